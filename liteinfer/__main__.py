@@ -1,0 +1,3 @@
+from liteinfer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The `liteinfer` command. Each subcommand lives in the module that implements it.
+
+A module listed in COMMAND_MODULES defines `register(sub)` that adds its subparsers and sets
+`func(args) -> int`. Modules keep heavy imports (numpy, llama_cpp, onnxruntime, fastapi)
+inside functions so `liteinfer --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from liteinfer.errors import LiteInferError
+
+COMMAND_MODULES = [
+    "liteinfer.catalog",  # pull, models
+    "liteinfer.generate",  # generate, chat
+    "liteinfer.server.app",  # serve
+    "liteinfer.hardware.profile",  # profile, doctor
+    "liteinfer.quant.cli",  # quantize
+    "liteinfer.convert.cli",  # convert
+    "liteinfer.evaluate.cli",  # eval
+    "liteinfer.oneshot_cli",  # embed, classify
+    "liteinfer.tune.cli",  # tune
+    "liteinfer.bench",  # bench
+    "liteinfer.power.cli",  # power
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liteinfer", description="Local AI inference for small machines.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):  # not written yet: skip
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from liteinfer import __version__
+
+    return f"liteinfer {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LiteInferError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # never a traceback for users; LITEINFER_DEBUG=1 shows it
+        if os.environ.get("LITEINFER_DEBUG"):
+            raise
+        print(f"error: internal: {type(e).__name__}: {e} (LITEINFER_DEBUG=1 for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""DeviceConfig: every knob of the engine, scheduler, server and power policy in one file.
+
+`hw_profiler.py` / `liteinfer profile` writes it (planner defaults for this machine),
+`app.py --config` / `liteinfer serve --config` reads it. Validated by pydantic on load;
+an invalid or stale file gives one line naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from liteinfer.errors import LiteInferError
+from liteinfer.files import atomic_write_text
+
+SCHEMA_VERSION = 1
+KVType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineSettings(_Section):
+    """llama.cpp context and model-loading parameters."""
+
+    n_threads: int | None = Field(None, ge=1, description="decode threads; None = physical cores")
+    n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; None = n_threads")
+    n_ctx: int = Field(8192, ge=64, description="KV cells shared by all sequences (unified cache)")
+    n_batch: int = Field(512, ge=1, description="max tokens in one decode call")
+    n_ubatch: int = Field(512, ge=1, description="physical micro-batch size")
+    n_seq_max: int = Field(32, ge=1, le=256, description="max sequences held in the KV cache")
+    type_k: KVType = "f16"
+    type_v: KVType = "f16"
+    flash_attn: bool | None = Field(None, description="None = llama.cpp decides")
+    use_mmap: bool = True
+    use_mlock: bool = False
+    use_extra_bufts: bool | None = Field(
+        None, description="weight repacking buffers; None = off on CPUs with AMX (crash), on elsewhere"
+    )
+
+
+class SchedulerSettings(_Section):
+    """Continuous batching for LLM sequences, and the adaptive controller's targets."""
+
+    max_batch: int = Field(32, ge=1, le=256, description="max sequences decoded together")
+    prefill_chunk: int = Field(256, ge=16, description="max prompt tokens entering one step")
+    adaptive: bool = True
+    target_ttft_ms: float = Field(1500.0, gt=0)
+    target_itl_ms: float = Field(200.0, gt=0, description="target inter-token latency")
+    prefix_cache: bool = True
+
+
+class OneShotSettings(_Section):
+    """Dynamic request batching for embeddings and classifiers (ONNX Runtime)."""
+
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_delay_ms: float = Field(5.0, ge=0)
+    adaptive: bool = True
+    target_p95_ms: float = Field(200.0, gt=0)
+    intra_op_threads: int | None = Field(None, ge=1)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_queue: int = Field(64, ge=1, description="waiting requests before 429")
+    request_timeout_s: float = Field(300.0, gt=0)
+    default_max_tokens: int = Field(256, ge=1)
+    api_keys: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+
+
+class PowerSettings(_Section):
+    profile: Literal["unchanged", "performance", "balanced", "powersave", "dynamic"] = "unchanged"
+
+
+class DeviceConfig(_Section):
+    schema_version: int = SCHEMA_VERSION
+    model: str = "smollm2-135m"
+    embedding_model: str | None = None
+    classifier_model: str | None = None
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    oneshot: OneShotSettings = Field(default_factory=OneShotSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    power: PowerSettings = Field(default_factory=PowerSettings)
+    # What the profiler saw and which library entry matched: informational, free-form.
+    device: dict[str, Any] = Field(default_factory=dict)
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(root)"
+
+
+def load_config(path: str | os.PathLike | None) -> DeviceConfig:
+    """Read and validate a device_config.json; None or a missing file gives the defaults."""
+    if path is None:
+        return DeviceConfig()
+    p = Path(path)
+    if not p.exists():
+        return DeviceConfig()
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LiteInferError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise LiteInferError(f"{p}: expected a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise LiteInferError(
+            f"{p}: field schema_version is {version!r}, this liteinfer reads {SCHEMA_VERSION}: "
+            "re-run `python hw_profiler.py` to write a current file"
+        )
+    try:
+        return DeviceConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise LiteInferError(f"{p}: field {_field_path(err['loc'])}: {err['msg']}") from None
+
+
+def save_config(config: DeviceConfig, path: str | os.PathLike) -> None:
+    atomic_write_text(path, config.model_dump_json(indent=2) + "\n")
