@@ -6,14 +6,19 @@ MODEL  ?= smollm2-135m
 CONFIG ?= device_config.json
 ARGS   ?=
 
-.PHONY: run test setup system-deps lint bench clean
+.PHONY: run test test-deps setup system-deps lint bench clean
 
 run: setup
 	$(PY) -m liteinfer pull $(MODEL)
 	$(PY) app.py --config $(CONFIG) $(ARGS)
 
-test: setup system-deps
+test: setup system-deps test-deps
 	bash scripts/run_tests.sh
+
+# Test-only Python extras: torch (a local CPU wheel; pinned so pip never pulls a CUDA build)
+# for the PyTorch conversion and training tests.
+test-deps: setup
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 
 setup: $(STAMP)
 

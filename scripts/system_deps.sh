@@ -5,7 +5,7 @@ set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 [ -d /usr/share/games/fortunes ] || need+=(fortunes)
-ls /usr/share/dataset-fashion-mnist* >/dev/null 2>&1 || ls -d /usr/share/*fashion* >/dev/null 2>&1 || need+=(dataset-fashion-mnist)
+[ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "need root to install: ${need[*]}" >&2; exit 1; fi
   echo "installing system packages: ${need[*]}"
