@@ -1,0 +1,40 @@
+"""`liteinfer convert <source> ...`: model conversion commands.
+
+Each source format is one `add_*` function that adds a subparser to `convert`'s own
+subparsers; a new converter (e.g. `convert torch`) is one more function in SOURCES.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_hf(conv: argparse._SubParsersAction) -> None:
+    p = conv.add_parser("hf", help="Hugging Face llama-family safetensors folder -> GGUF")
+    p.add_argument("src", type=Path, help="folder with config.json, *.safetensors, tokenizer.json")
+    p.add_argument("out", type=Path, help="output .gguf file")
+    p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16"], help="weight type (default f32)")
+    p.add_argument("--pre", default=None,
+                   help="llama.cpp pre-tokenizer name (default: read from tokenizer.json's structure)")
+    p.set_defaults(func=_hf_main)
+
+
+def _hf_main(args: argparse.Namespace) -> int:
+    from liteinfer.convert.hf import convert_hf
+
+    out = convert_hf(args.src, args.out, outtype=args.outtype, pre=args.pre, progress=sys.stderr.isatty())
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+SOURCES = [add_hf]  # the ONNX side appends add_torch / add_minilm here
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert models (HF safetensors -> GGUF, ...)")
+    conv = p.add_subparsers(dest="source", metavar="SOURCE")
+    for add in SOURCES:
+        add(conv)
+    p.set_defaults(func=lambda a: p.print_help() or 2)
