@@ -1,0 +1,466 @@
+"""GGUF LLM engine on llama.cpp's low-level API, built for batching.
+
+One `step()` = one `llama_decode` call that advances many sequences at once: prompt chunks
+and single decode tokens mixed in one batch. Each sequence owns a KV "slot" (llama.cpp seq
+id) in one unified KV cache, so sequences can share a common prefix's cells (seq_cp) instead
+of recomputing it. Sampling runs in llama.cpp's sampler chains, one per sequence.
+
+The engine owns memory (slots, KV cells, prefix cache); the scheduler decides what goes into
+each step. Not thread-safe: one thread drives an engine.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import time
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liteinfer.config import EngineSettings
+from liteinfer.errors import LiteInferError
+from liteinfer.hardware.cores import usable_cores
+
+GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+DEFAULT_CHAT_TEMPLATE = (  # ChatML, for GGUFs that carry no template
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class KVCacheFull(LiteInferError):
+    """No room in the KV cache for this step even after evicting cached prefixes."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    seed: int | None = None
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One generation: its KV slot, all its tokens, and how many of them are in the KV cache."""
+
+    slot: int
+    tokens: list[int]
+    n_prompt: int
+    n_cached: int
+    params: SamplingParams
+    sampler: object
+    n_reused: int = 0  # prompt tokens whose KV came from the prefix cache
+    record_margins: bool = False
+    margins: list[float] = field(default_factory=list)  # top1 - top2 logit at each sample
+
+    @property
+    def n_pending(self) -> int:
+        return len(self.tokens) - self.n_cached
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.n_prompt :]
+
+
+@dataclass
+class _CachedPrefix:
+    tokens: list[int]
+    last_used: float
+
+
+@dataclass
+class EngineStats:
+    prompt_tokens: int = 0
+    decode_tokens: int = 0
+    reused_tokens: int = 0
+    steps: int = 0
+    decode_seconds: float = 0.0
+
+
+def _silence_llama_logs() -> None:
+    import llama_cpp
+
+    if os.environ.get("LITEINFER_DEBUG"):
+        return
+
+    @llama_cpp.llama_log_callback
+    def _quiet(level, text, user_data):  # noqa: ARG001 - llama.cpp callback signature
+        return None
+
+    _silence_llama_logs.callback = _quiet  # keep a reference: C holds the pointer
+    llama_cpp.llama_log_set(_quiet, ctypes.c_void_p(0))
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+class LlamaEngine:
+    def __init__(self, model_path: str | os.PathLike, settings: EngineSettings | None = None):
+        import llama_cpp
+
+        self._ll = llama_cpp
+        self.settings = s = settings or EngineSettings()
+        self.path = Path(model_path)
+        from liteinfer.catalog import check_gguf
+
+        check_gguf(self.path)
+        _silence_llama_logs()
+        llama_cpp.llama_backend_init()
+
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.use_mmap = s.use_mmap
+        mparams.use_mlock = s.use_mlock
+        # AMX weight-repack buffers crash multi-token decode on Intel AMX CPUs (see FACTS.md).
+        mparams.use_extra_bufts = (not _cpu_has_amx()) if s.use_extra_bufts is None else s.use_extra_bufts
+        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self.model:
+            raise LiteInferError(f"llama.cpp could not load {self.path} (unsupported or damaged GGUF)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+
+        if s.type_v not in ("f32", "f16", "bf16") and s.flash_attn is False:
+            raise LiteInferError("a quantized V cache (type_v) needs flash_attn on (or auto)")
+        threads = s.n_threads or usable_cores()
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = s.n_ctx
+        cparams.n_batch = s.n_batch
+        cparams.n_ubatch = min(s.n_ubatch, s.n_batch)
+        cparams.n_seq_max = s.n_seq_max
+        cparams.n_threads = threads
+        cparams.n_threads_batch = s.n_threads_batch or threads
+        cparams.type_k = GGML_TYPES[s.type_k]
+        cparams.type_v = GGML_TYPES[s.type_v]
+        cparams.flash_attn_type = -1 if s.flash_attn is None else int(s.flash_attn)
+        cparams.kv_unified = True  # one cell pool shared by all sequences: prefix cells are shared
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise LiteInferError(f"llama.cpp could not create a context (n_ctx={s.n_ctx}): out of memory?")
+        self.n_threads = threads
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.n_batch = s.n_batch
+        self.max_seq_len = min(self.n_ctx, self.n_ctx_train or self.n_ctx)
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self._batch = llama_cpp.llama_batch_init(s.n_batch, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self._free_slots = list(range(s.n_seq_max - 1, -1, -1))
+        self._active: dict[int, Sequence] = {}
+        self._cached: dict[int, _CachedPrefix] = {}
+        self.prefix_cache = True
+        self.stats = EngineStats()
+        self._template = None
+
+    # ---- text ---------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8", errors="replace")
+        n_max = len(data) + 16
+        buf = (self._ll.llama_token * n_max)()
+        n = self._ll.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            buf = (self._ll.llama_token * n_max)()
+            n = self._ll.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def detokenize(self, tokens: Seq[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def text_decoder(self) -> codecs.IncrementalDecoder:
+        """Streaming UTF-8 decoder: a multi-byte character split over tokens comes out whole."""
+        return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._ll.llama_vocab_is_eog(self.vocab, token))
+
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self._ll.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            self._ll.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render messages with the GGUF's own Jinja chat template (ChatML if it has none)."""
+        if self._template is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(msg: str) -> None:
+                raise LiteInferError(f"chat template: {msg}")
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+            source = self.metadata("tokenizer.chat_template") or DEFAULT_CHAT_TEMPLATE
+            self._template = env.from_string(source)
+        bos = self.token_bytes(self._ll.llama_vocab_bos(self.vocab)).decode(errors="replace")
+        eos = self.token_bytes(self._ll.llama_vocab_eos(self.vocab)).decode(errors="replace")
+        return self._template.render(
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
+        )
+
+    # ---- sequences ----------------------------------------------------------------------
+    def _new_sampler(self, p: SamplingParams):
+        ll = self._ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            ll.llama_sampler_chain_add(
+                chain, ll.llama_sampler_init_penalties(64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+            )
+        if p.greedy:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(p.temperature))
+        seed = 0xFFFFFFFF if p.seed is None else p.seed & 0xFFFFFFFF  # LLAMA_DEFAULT_SEED = random
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    @property
+    def free_slots(self) -> int:
+        """Slots a new sequence can take (free ones plus evictable cached prefixes)."""
+        return len(self._free_slots) + len(self._cached)
+
+    @property
+    def cells_used(self) -> int:
+        """Upper bound on KV cells in use (shared prefix cells counted once per holder)."""
+        return sum(s.n_cached for s in self._active.values()) + sum(len(c.tokens) for c in self._cached.values())
+
+    @property
+    def cells_active(self) -> int:
+        return sum(s.n_cached for s in self._active.values())
+
+    @property
+    def n_active(self) -> int:
+        return len(self._active)
+
+    def _longest_prefix(self, prompt: list[int]) -> tuple[int | None, int]:
+        best_slot, best_len = None, 0
+        holders = [(slot, s.tokens[: s.n_cached]) for slot, s in self._active.items()]
+        holders += [(slot, c.tokens) for slot, c in self._cached.items()]
+        for slot, toks in holders:
+            n = 0
+            for a, b in zip(toks, prompt):
+                if a != b:
+                    break
+                n += 1
+            if n > best_len:
+                best_slot, best_len = slot, n
+        return best_slot, best_len
+
+    def _evict_lru(self) -> bool:
+        if not self._cached:
+            return False
+        slot = min(self._cached, key=lambda k: self._cached[k].last_used)
+        del self._cached[slot]
+        self._ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
+        self._free_slots.append(slot)
+        return True
+
+    def start(self, prompt_tokens: list[int], params: SamplingParams | None = None,
+              record_margins: bool = False) -> Sequence:
+        """Take a KV slot for a new sequence, reusing the longest cached prefix of its prompt."""
+        params = params or SamplingParams()
+        if not prompt_tokens:
+            raise LiteInferError("empty prompt")
+        if len(prompt_tokens) >= self.max_seq_len:
+            raise LiteInferError(
+                f"prompt is {len(prompt_tokens)} tokens, the context holds {self.max_seq_len}"
+            )
+        src, reuse = self._longest_prefix(prompt_tokens) if self.prefix_cache else (None, 0)
+        reuse = min(reuse, len(prompt_tokens) - 1)  # the last prompt token must run for logits
+        if src is not None and src in self._cached and reuse > 0:
+            slot = src  # take the cached slot over: keep its prefix, drop the rest
+            del self._cached[slot]
+            if not self._ll.llama_memory_seq_rm(self.mem, slot, reuse, -1):
+                self._ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
+                reuse = 0
+        else:
+            if not self._free_slots and not self._evict_lru():
+                raise LiteInferError("no free sequence slot (raise engine.n_seq_max)")
+            slot = self._free_slots.pop()
+            if reuse > 0 and src is not None:
+                self._ll.llama_memory_seq_cp(self.mem, src, slot, 0, reuse)
+        seq = Sequence(slot=slot, tokens=list(prompt_tokens), n_prompt=len(prompt_tokens), n_cached=reuse,
+                       params=params, sampler=self._new_sampler(params), n_reused=reuse,
+                       record_margins=record_margins)
+        self._active[slot] = seq
+        self.stats.reused_tokens += reuse
+        return seq
+
+    def release(self, seq: Sequence, keep_prefix: bool = True) -> None:
+        """End a sequence. Its KV stays as an evictable cached prefix unless keep_prefix=False."""
+        if self._active.get(seq.slot) is not seq:
+            return
+        del self._active[seq.slot]
+        if seq.sampler is not None:
+            self._ll.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        if keep_prefix and self.prefix_cache and seq.n_cached > 0:
+            self._cached[seq.slot] = _CachedPrefix(seq.tokens[: seq.n_cached], time.monotonic())
+        else:
+            self._ll.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+            self._free_slots.append(seq.slot)
+
+    def clear_prefix_cache(self) -> None:
+        while self._evict_lru():
+            pass
+
+    def slot_kv_len(self, slot: int) -> int:
+        """Tokens llama.cpp holds for a slot (0 when its KV is freed)."""
+        return int(self._ll.llama_memory_seq_pos_max(self.mem, slot)) + 1
+
+    # ---- the batched step ---------------------------------------------------------------
+    def step(self, plan: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
+        """Feed each sequence's next `n` uncached tokens in ONE llama_decode; sample where a
+        sequence's last token ran. Returns [(sequence, new_token)] for those sequences."""
+        b = self._batch
+        n = 0
+        outputs: list[tuple[Sequence, int]] = []
+        for seq, k in plan:
+            k = min(k, seq.n_pending)
+            if n + k > self.n_batch:
+                raise ValueError(f"step plan has more than n_batch={self.n_batch} tokens")
+            last = len(seq.tokens) - 1
+            for j in range(seq.n_cached, seq.n_cached + k):
+                b.token[n] = seq.tokens[j]
+                b.pos[n] = j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = seq.slot
+                b.logits[n] = j == last
+                if j == last:
+                    outputs.append((seq, n))
+                n += 1
+        if n == 0:
+            return []
+        b.n_tokens = n
+        t0 = time.perf_counter()
+        rc = self._ll.llama_decode(self.ctx, b)
+        while rc == 1 and self._evict_lru():  # no KV room: drop cached prefixes and retry
+            rc = self._ll.llama_decode(self.ctx, b)
+        if rc == 1:
+            raise KVCacheFull("KV cache full: too many tokens in flight for n_ctx")
+        if rc != 0:
+            raise LiteInferError(f"llama_decode failed ({rc})")
+        for seq, k in plan:
+            k = min(k, seq.n_pending)
+            if seq.n_cached < seq.n_prompt:
+                self.stats.prompt_tokens += k
+            else:
+                self.stats.decode_tokens += k
+            seq.n_cached += k
+        results = []
+        for seq, idx in outputs:
+            if seq.record_margins:
+                seq.margins.append(self._top2_margin(idx))
+            tok = self._ll.llama_sampler_sample(seq.sampler, self.ctx, idx)
+            seq.tokens.append(int(tok))
+            results.append((seq, int(tok)))
+        self.stats.steps += 1
+        self.stats.decode_seconds += time.perf_counter() - t0
+        return results
+
+    def _logits_row(self, idx: int):
+        import numpy as np
+
+        ptr = self._ll.llama_get_logits_ith(self.ctx, idx)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def _top2_margin(self, idx: int) -> float:
+        import numpy as np
+
+        row = self._logits_row(idx)
+        top2 = np.partition(row, -2)[-2:]
+        return float(abs(top2[1] - top2[0]))
+
+    def logits(self, tokens: list[int], chunk: int = 128):
+        """Logits after every position of `tokens` in one sequence: [len(tokens), n_vocab]."""
+        import numpy as np
+
+        if not tokens:
+            raise LiteInferError("empty token list")
+        if len(tokens) > self.max_seq_len:
+            raise LiteInferError(f"{len(tokens)} tokens exceed the context ({self.max_seq_len})")
+        if not self._free_slots and not self._evict_lru():
+            raise LiteInferError("no free sequence slot")
+        slot = self._free_slots.pop()
+        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        b = self._batch
+        chunk = min(chunk, self.n_batch)
+        try:
+            for start in range(0, len(tokens), chunk):
+                part = tokens[start : start + chunk]
+                for j, tok in enumerate(part):
+                    b.token[j] = tok
+                    b.pos[j] = start + j
+                    b.n_seq_id[j] = 1
+                    b.seq_id[j][0] = slot
+                    b.logits[j] = True
+                b.n_tokens = len(part)
+                rc = self._ll.llama_decode(self.ctx, b)
+                while rc == 1 and self._evict_lru():
+                    rc = self._ll.llama_decode(self.ctx, b)
+                if rc != 0:
+                    raise LiteInferError(f"llama_decode failed ({rc})")
+                for j in range(len(part)):
+                    out[start + j] = self._logits_row(j)
+        finally:
+            self._ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
+            self._free_slots.append(slot)
+        return out
+
+    def close(self) -> None:
+        ll = getattr(self, "_ll", None)
+        if ll is None or getattr(self, "ctx", None) is None:
+            return
+        for seq in list(self._active.values()):
+            self.release(seq, keep_prefix=False)
+        ll.llama_batch_free(self._batch)
+        ll.llama_free(self.ctx)
+        ll.llama_model_free(self.model)
+        self.ctx = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
