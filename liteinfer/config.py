@@ -63,6 +63,7 @@ class OneShotSettings(_Section):
     adaptive: bool = True
     target_p95_ms: float = Field(200.0, gt=0)
     intra_op_threads: int | None = Field(None, ge=1)
+    max_queue: int = Field(1024, ge=1, description="inputs waiting (all requests) before 429")
 
 
 class ServerSettings(_Section):
