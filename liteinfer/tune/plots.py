@@ -1,0 +1,80 @@
+"""PNG plots of a tuning study: the Pareto front (or trial values) and convergence."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from liteinfer.files import atomic_output
+from liteinfer.tune.search import Objective, completed
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_front(study, objectives: list[Objective], front: list, chosen, path: str | os.PathLike) -> Path:
+    """Multi-objective: the first two objectives, all trials grey, the front in colour.
+    Single objective: value per trial."""
+    plt = _pyplot()
+    trials = completed(study)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    if len(objectives) >= 2:
+        x, y = objectives[1], objectives[0]
+        ax.scatter([t.values[1] for t in trials], [t.values[0] for t in trials], c="#bbbbbb", s=18, label="trials")
+        f = sorted(front, key=lambda t: t.values[1])
+        ax.plot([t.values[1] for t in f], [t.values[0] for t in f], "o-", c="#1f77b4", ms=5, label="Pareto front")
+        if chosen is not None:
+            ax.scatter([chosen.values[1]], [chosen.values[0]], marker="*", s=180, c="#d62728", zorder=5,
+                       label="chosen")
+        ax.set_xlabel(f"{x.metric} ({x.direction})")
+        ax.set_ylabel(f"{y.metric} ({y.direction})")
+    else:
+        o = objectives[0]
+        ax.scatter([t.number for t in trials], [t.values[0] for t in trials], c="#1f77b4", s=18, label="trials")
+        if chosen is not None:
+            ax.scatter([chosen.number], [chosen.values[0]], marker="*", s=180, c="#d62728", zorder=5, label="chosen")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"{o.metric} ({o.direction})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("liteinfer tune: trials")
+    out = Path(path)
+    _save(fig, out)
+    plt.close(fig)
+    return out
+
+
+def plot_convergence(study, objectives: list[Objective], path: str | os.PathLike) -> Path:
+    """Best-so-far of each objective against the trial number."""
+    plt = _pyplot()
+    trials = sorted(completed(study), key=lambda t: t.number)
+    fig, axes = plt.subplots(len(objectives), 1, figsize=(6, 2.4 * len(objectives)), squeeze=False)
+    for i, o in enumerate(objectives):
+        best, xs, ys = None, [], []
+        pick = max if o.direction == "maximize" else min
+        for t in trials:
+            best = t.values[i] if best is None else pick(best, t.values[i])
+            xs.append(t.number)
+            ys.append(best)
+        ax = axes[i][0]
+        ax.scatter([t.number for t in trials], [t.values[i] for t in trials], c="#bbbbbb", s=12)
+        ax.step(xs, ys, where="post", c="#1f77b4")
+        ax.set_ylabel(o.metric)
+        ax.grid(alpha=0.3)
+    axes[-1][0].set_xlabel("trial")
+    axes[0][0].set_title("liteinfer tune: convergence (best so far)")
+    out = Path(path)
+    _save(fig, out)
+    plt.close(fig)
+    return out

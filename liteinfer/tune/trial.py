@@ -1,0 +1,205 @@
+"""Measure one configuration on the real engine with a real workload.
+
+`run_workload` drives the engine the way a continuous-batching server does: up to
+`max_batch` sequences in flight, prompt tokens entering in chunks of at most
+`prefill_chunk` per step, every step one batched llama_decode. All requests arrive at once
+(a burst), so latency includes queueing. `measure_config` loads a model with a
+DeviceConfig and returns plain numbers; `measure_isolated` does the same in a child
+process, so a config that crashes llama.cpp costs one trial, not the tuner, and peak RSS is
+that trial's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+
+from liteinfer.config import DeviceConfig
+from liteinfer.errors import LiteInferError
+from liteinfer.tune.workload import Request, chat_mix, tokenize_requests
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def run_workload(engine, prompts: list[list[int]], max_tokens: list[int], max_batch: int,
+                 prefill_chunk: int, on_step=None) -> dict:
+    """Run all prompts to exactly max_tokens each (greedy, EOS ignored); return timings."""
+    from liteinfer.engines.llama import SamplingParams
+
+    queue = deque(range(len(prompts)))
+    active: dict[int, object] = {}  # request index -> engine Sequence
+    t0 = time.perf_counter()
+    first: dict[int, float] = {}
+    done: dict[int, float] = {}
+    generated = 0
+    steps = 0
+    while queue or active:
+        while queue and len(active) < max_batch and engine.free_slots > 0:
+            i = queue.popleft()
+            active[i] = engine.start(prompts[i], SamplingParams(max_tokens=max_tokens[i], temperature=0.0))
+        plan = []
+        budget_prefill = prefill_chunk
+        budget = engine.n_batch
+        # Decoding sequences first (one token each: they keep inter-token latency low), then
+        # prompt chunks in the prefill budget that is left.
+        for seq in active.values():
+            if seq.n_cached >= seq.n_prompt and budget > 0:
+                plan.append((seq, 1))
+                budget -= 1
+        for seq in active.values():
+            if seq.n_cached < seq.n_prompt and budget > 0 and budget_prefill > 0:
+                k = min(seq.n_pending, budget, budget_prefill)
+                plan.append((seq, k))
+                budget -= k
+                budget_prefill -= k
+        results = engine.step(plan)
+        steps += 1
+        now = time.perf_counter() - t0
+        for seq, _tok in results:
+            i = next(j for j, s in active.items() if s is seq)
+            first.setdefault(i, now)
+            generated += 1
+            if len(seq.generated) >= max_tokens[i]:
+                done[i] = now
+                engine.release(seq)
+                del active[i]
+        if on_step:
+            on_step()
+    wall = time.perf_counter() - t0
+    ttft = [first[i] * 1000 for i in sorted(first)]
+    lat = [done[i] * 1000 for i in sorted(done)]
+    itl = [(done[i] - first[i]) * 1000 / max(1, max_tokens[i] - 1) for i in done]
+    return {
+        "requests": len(prompts),
+        "prompt_tokens": sum(len(p) for p in prompts),
+        "generated_tokens": generated,
+        "seconds": wall,
+        "steps": steps,
+        "tok_s": generated / wall if wall > 0 else 0.0,
+        "total_tok_s": (generated + sum(len(p) for p in prompts)) / wall if wall > 0 else 0.0,
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p95_ms": percentile(ttft, 95),
+        "latency_p50_ms": percentile(lat, 50),
+        "latency_p95_ms": percentile(lat, 95),
+        "latency_p99_ms": percentile(lat, 99),
+        "itl_mean_ms": sum(itl) / len(itl) if itl else float("nan"),
+    }
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure_config(model: str | os.PathLike, cfg: DeviceConfig, requests: list[Request] | None = None,
+                   warmup: bool = True, sys_root: str = "/sys") -> dict:
+    """Load `model` with cfg.engine, run the workload with cfg.scheduler limits; return metrics.
+
+    Energy (joules, J/token, watts) comes from the first energy meter found, else None.
+    Applies cfg.power.profile first when it is a cpufreq profile and we may change it.
+    """
+    from liteinfer.engines.llama import LlamaEngine, SamplingParams
+    from liteinfer.power import cpufreq, meters
+
+    requests = requests or chat_mix()
+    power_note = None
+    if cfg.power.profile not in ("unchanged", "dynamic"):
+        try:
+            cpufreq.set_profile(cfg.power.profile, sys_root)
+        except LiteInferError as e:
+            power_note = str(e)
+    t_load = time.perf_counter()
+    engine = LlamaEngine(model, cfg.engine)
+    load_s = time.perf_counter() - t_load
+    engine.prefix_cache = cfg.scheduler.prefix_cache
+    try:
+        prompts = tokenize_requests(engine, requests)
+        max_tokens = [r.max_tokens for r in requests]
+        if warmup:  # first decodes allocate compute buffers and fault in the weights
+            seq = engine.start(prompts[0][:8], SamplingParams(temperature=0.0))
+            engine.step([(seq, seq.n_pending)])
+            engine.step([(seq, 1)])
+            engine.release(seq, keep_prefix=False)
+        peak = [_rss_mb()]
+        meter = meters.default_meter(sys_root)
+        if meter:
+            meter.start()
+        counter = [0]
+
+        def on_step() -> None:
+            counter[0] += 1
+            if counter[0] % 8 == 0:
+                peak[0] = max(peak[0], _rss_mb())
+                if hasattr(meter, "sample"):  # fold RAPL wraps on long runs
+                    meter.sample()
+
+        m = run_workload(engine, prompts, max_tokens, cfg.scheduler.max_batch, cfg.scheduler.prefill_chunk,
+                         on_step=on_step)
+        reading = meter.stop() if meter else None
+        peak[0] = max(peak[0], _rss_mb())
+    finally:
+        engine.close()
+    m.update(
+        load_s=load_s,
+        rss_peak_mb=peak[0],
+        threads=engine.n_threads,
+        meter=meter.name if meter else None,
+        joules=reading.joules if reading else None,
+        watts=reading.watts if reading else None,
+        j_per_token=reading.joules / m["generated_tokens"] if reading and m["generated_tokens"] else None,
+        loadavg_1m=os.getloadavg()[0],
+        power_note=power_note,
+    )
+    return m
+
+
+def measure_isolated(model: str | os.PathLike, cfg: DeviceConfig, requests: list[Request] | None = None,
+                     timeout_s: float = 600) -> dict:
+    """measure_config in a child process; a crash or timeout raises LiteInferError."""
+    payload = json.dumps({
+        "model": str(model),
+        "config": cfg.model_dump(mode="json"),
+        "requests": [asdict(r) for r in (requests or chat_mix())],
+    })
+    try:
+        out = subprocess.run([sys.executable, "-m", "liteinfer.tune.trial"], input=payload, capture_output=True,
+                             text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[2])
+    except subprocess.TimeoutExpired:
+        raise LiteInferError(f"trial timed out after {timeout_s:.0f} s") from None
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise LiteInferError(f"trial failed (exit {out.returncode}): {tail}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child() -> int:
+    d = json.loads(sys.stdin.read())
+    cfg = DeviceConfig.model_validate(d["config"])
+    m = measure_config(d["model"], cfg, [Request(**r) for r in d["requests"]])
+    m["rss_peak_mb"] = max(m["rss_peak_mb"], _peak_rss_mb())  # the whole process, this trial only
+    print(json.dumps(m))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child())
