@@ -54,16 +54,18 @@ DARWIN_ISA = {
     "hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.arm.FEAT_SME": "sme",
 }
 
-# DRM kernel drivers -> (vendor, what it is). "display" drivers do no compute.
+# DRM kernel drivers -> (vendor, kind, name). "display" drivers do no compute.
 DRM_DRIVERS = {
-    "i915": ("Intel", "gpu"), "xe": ("Intel", "gpu"), "amdgpu": ("AMD", "gpu"),
-    "radeon": ("AMD", "gpu"), "nouveau": ("NVIDIA", "gpu"), "nvidia": ("NVIDIA", "gpu"),
-    "v3d": ("Broadcom", "gpu"), "vc4": ("Broadcom", "display"), "panfrost": ("Arm Mali", "gpu"),
-    "panthor": ("Arm Mali", "gpu"), "mali": ("Arm Mali", "gpu"), "lima": ("Arm Mali", "gpu"),
-    "msm": ("Qualcomm Adreno", "gpu"), "rockchip-drm": ("Rockchip", "display"),
-    "rknpu": ("Rockchip", "npu"), "tegra": ("NVIDIA", "display"), "nvgpu": ("NVIDIA", "gpu"),
-    "virtio_gpu": ("virtio", "display"), "bochs-drm": ("QEMU", "display"),
-    "simpledrm": ("firmware", "display"),
+    "i915": ("Intel", "igpu", "Intel integrated GPU"), "xe": ("Intel", "igpu", "Intel Xe GPU"),
+    "amdgpu": ("AMD", "gpu", "AMD Radeon GPU"), "radeon": ("AMD", "gpu", "AMD Radeon GPU (legacy driver)"),
+    "nouveau": ("NVIDIA", "gpu", "NVIDIA GPU (nouveau)"), "nvidia": ("NVIDIA", "gpu", "NVIDIA GPU"),
+    "v3d": ("Broadcom", "igpu", "Broadcom VideoCore GPU (v3d)"),
+    "vc4": ("Broadcom", "display", "VideoCore display (vc4)"), "vc4-drm": ("Broadcom", "display", "VideoCore display (vc4)"),
+    "panfrost": ("Arm Mali", "igpu", "Arm Mali GPU (panfrost)"), "panthor": ("Arm Mali", "igpu", "Arm Mali GPU (panthor)"),
+    "lima": ("Arm Mali", "igpu", "Arm Mali-400/450 GPU (lima)"), "msm": ("Qualcomm", "igpu", "Qualcomm Adreno GPU"),
+    "rockchip-drm": ("Rockchip", "display", "Rockchip display"), "tegra": ("NVIDIA", "display", "Tegra display"),
+    "virtio_gpu": ("virtio", "display", "virtio GPU"), "bochs-drm": ("QEMU", "display", "QEMU display"),
+    "simpledrm": ("firmware", "display", "firmware framebuffer"),
 }
 ACCEL_DRIVERS = {  # /sys/class/accel (the kernel's compute-accelerator class)
     "intel_vpu": ("Intel", "Intel NPU"), "amdxdna": ("AMD", "AMD XDNA NPU"),
@@ -354,11 +356,12 @@ def _probe_cpu(root: Path, p: Probe) -> None:
             if key in seen:
                 continue
             seen.add(key)
-            kind = (level, ctype, _size_kb(size), len(_cpu_list(shared)) if shared else 1)
+            kind = (level, ctype, _size_kb(size))
             if kind in kinds:
                 kinds[kind].instances += 1
             else:
-                kinds[kind] = Cache(level=level, type=ctype, size_kb=kind[2], shared_by=kind[3])
+                kinds[kind] = Cache(level=level, type=ctype, size_kb=kind[2],
+                                    shared_by=len(_cpu_list(shared)) if shared else 1)
     cpu.caches = sorted(kinds.values(), key=lambda c: (c.level, c.type, -c.size_kb))
 
 
@@ -566,16 +569,13 @@ def _probe_accelerators(root: Path, p: Probe) -> None:
             continue
         uevent = _read(card / "device/uevent") or ""
         driver = (re.search(r"DRIVER=(\S+)", uevent) or [None, ""])[1].lower()
-        vendor, kind = DRM_DRIVERS.get(driver, (driver or "unknown", "gpu"))
+        vendor, kind, name = DRM_DRIVERS.get(driver, (driver or "unknown", "gpu", f"GPU ({driver or 'no driver'})"))
         if vendor == "NVIDIA" and have_nvidia:
             continue
         if driver == "rknpu":
             continue  # reported below with the NPU
-        if kind == "gpu" and driver in ("i915", "xe", "v3d", "panfrost", "panthor", "mali", "lima", "msm"):
-            kind = "igpu"
-        api = {"i915": "openvino", "xe": "openvino", "amdgpu": "vulkan", "radeon": "vulkan"}.get(
-            driver, "vulkan" if kind in ("gpu", "igpu") else "")
-        acc.append(Accelerator(kind=kind, vendor=vendor, name=f"{vendor} {kind.upper()} ({driver or 'no driver'})",
+        api = {"i915": "openvino", "xe": "openvino"}.get(driver, "vulkan" if kind in ("gpu", "igpu") else "")
+        acc.append(Accelerator(kind=kind, vendor=vendor, name=name,
                                node=f"/dev/dri/{card.name}", driver=driver, api=api,
                                usable=(root / "dev/dri" / card.name).exists()))
 
@@ -588,7 +588,7 @@ def _probe_accelerators(root: Path, p: Probe) -> None:
     rk_nodes = [n for n in ("dev/rknpu", "sys/class/misc/rknpu", "sys/module/rknpu") if (root / n).exists()]
     rk_drm = any("driver=rknpu" in (_read(c / "device/uevent") or "").lower()
                  for c in (root / "sys/class/drm").glob("card*"))
-    rk_soc = next((s.split(",")[1] for s in p.compatible if s.startswith("rockchip,rk35")), "")
+    rk_soc = next((s.split(",")[1] for s in p.compatible if re.fullmatch(r"rockchip,rk35\d\ds?", s)), "")
     if rk_nodes or rk_drm or rk_soc in ("rk3588", "rk3588s", "rk3576", "rk3568", "rk3566"):
         tops = {"rk3588": 6, "rk3588s": 6, "rk3576": 6, "rk3568": 1, "rk3566": 1}.get(rk_soc)
         name = f"Rockchip {rk_soc.upper()} NPU" if rk_soc else "Rockchip NPU"

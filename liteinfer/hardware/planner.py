@@ -1,0 +1,346 @@
+"""Probe + device library entry + short measurements -> DeviceConfig.
+
+`plan()` is a pure function (tests feed it recorded probes and fixed measurements);
+`measure()` runs the 5-20 s of real measurements; `profile()` does all three. Every choice
+is written down with its reason in config.device["reasons"], so `liteinfer doctor` can
+explain it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from liteinfer.config import DeviceConfig
+from liteinfer.hardware.devices import DeviceEntry, Match, best_match
+from liteinfer.hardware.probe import Probe
+
+MB = 2**20
+RUNTIME_OVERHEAD_MB = 300  # Python + llama.cpp + FastAPI resident set besides weights and KV
+MEMORY_FRACTION = 0.8  # of the memory this process may use; the rest is for the OS and others
+KV_FRACTION = 0.5  # share of what is left after the weights that the KV cache may take
+MAX_N_CTX = 65536
+
+# Bits per weight of llama.cpp quant types (block scales included), for size estimates.
+QUANT_BPW = {"Q4_0": 4.5, "Q4_K_M": 4.85, "Q5_K_M": 5.7, "Q8_0": 8.5, "F16": 16.0}
+MODEL_CLASSES = [0.135, 0.5, 1.5, 3.0, 7.0, 14.0, 32.0, 70.0]  # billions of parameters
+KV_BYTES_PER_PARAM_TOKEN = 23040 / 135e6  # SmolLM2's ratio, a rough guide for the size table
+
+
+@dataclass
+class Plan:
+    config: DeviceConfig
+    reasons: list[str]
+
+
+def _round_down(x: float, step: int) -> int:
+    return max(step, int(x) // step * step)
+
+
+def _pick_threads(p: Probe, m: dict[str, Any], reasons: list[str]) -> int:
+    sweep = {int(k): v for k, v in (m.get("threads_batch4_tok_s") or {}).items() if v}
+    if sweep:
+        best = max(sweep.values())
+        # fewest threads within 3% of the best: fewer threads leave a core for HTTP/tokenizing
+        n = min(k for k, v in sweep.items() if v >= 0.97 * best)
+        reasons.append(f"threads={n}: measured {sweep[n]:.1f} tok/s at batch 4 (sweep {sweep})")
+        return n
+    n = min(p.usable_cores, p.cpu.big_cores())
+    why = "physical cores this process may use"
+    if p.cpu.big_little:
+        why = f"the {p.cpu.big_cores()} big cores (slow cores hold back every step's barrier)"
+    if p.container.cpu_quota is not None:
+        why += f", cgroup quota {p.container.cpu_quota:g} CPUs"
+    reasons.append(f"threads={n}: {why}")
+    return n
+
+
+MAX_STEP_MS = 1000.0  # a batch step longer than this makes streaming feel stuck
+
+
+def _pick_batch(m: dict[str, Any], cores: int, entry: DeviceEntry | None, reasons: list[str]) -> int:
+    """Smallest measured batch within 5% of the best throughput (steps under MAX_STEP_MS).
+
+    max_batch is a ceiling: the scheduler fills it only under load, so it should sit where
+    throughput stops growing; past that, bigger batches only add latency. Taking the knee
+    against the maximum (not the first dip) keeps one noisy point from deciding.
+    """
+    curve = sorted((int(k), float(v)) for k, v in (m.get("batched_decode_tok_s") or {}).items() if v)
+    curve = [(b, t) for b, t in curve if b / t * 1000 <= MAX_STEP_MS] or curve[:1]
+    if len(curve) >= 2:
+        top = max(t for _, t in curve)
+        best_b, best_t = next((b, t) for b, t in curve if t >= 0.95 * top)
+        # The knee is the last point and it still climbed >= 10%: one doubling more is cheap.
+        (last_b, _), (_, prev_t) = curve[-1], curve[-2]
+        rising = best_b == last_b and best_t >= 1.10 * prev_t and 2 * best_b / best_t * 1000 <= MAX_STEP_MS
+        if rising:
+            best_b *= 2
+        reasons.append(f"max_batch={best_b}: batched decode {dict(curve)} tok/s, smallest batch within 5% "
+                       f"of the best{' (doubled: still rising)' if rising else ''}")
+        return min(best_b, 256)
+    if entry is not None:
+        reasons.append(f"max_batch={entry.recommended.max_batch}: library default for {entry.id}")
+        return entry.recommended.max_batch
+    b = min(64, 4 * cores)
+    reasons.append(f"max_batch={b}: 4 per core (no measurement)")
+    return b
+
+
+def model_size_mb(params_b: float, quant: str) -> int:
+    return int(params_b * 1e9 * QUANT_BPW[quant] / 8 / MB)
+
+
+def model_table(budget_mb: int, bandwidth_gbs: float | None, n_ctx: int,
+                measured: tuple[float, float] | None = None) -> list[dict[str, Any]]:
+    """For each model class and quant type: size, whether it fits, estimated decode tok/s.
+
+    The estimate is the lower of two bounds: memory bandwidth (decode reads every weight
+    once per token) and the measured model's speed scaled by size (compute grows the same way).
+    `measured` = (decode tok/s, model MB) of the model the planner ran.
+    """
+    rows = []
+    for params in MODEL_CLASSES:
+        for quant in ("Q4_0", "Q4_K_M", "Q8_0"):
+            size = model_size_mb(params, quant)
+            kv = params * 1e9 * KV_BYTES_PER_PARAM_TOKEN * min(n_ctx, 4096) / MB
+            row: dict[str, Any] = {"params_b": params, "quant": quant, "size_mb": size,
+                                   "fits": size + kv + RUNTIME_OVERHEAD_MB <= budget_mb}
+            bounds = []
+            if bandwidth_gbs:  # ~60% of copy bandwidth is what decode kernels reach
+                bounds.append(bandwidth_gbs * 0.6 * 1e9 / (size * MB))
+            if measured:
+                bounds.append(measured[0] * measured[1] / size)
+            if bounds:
+                row["est_decode_tok_s"] = round(min(bounds), 1)
+            rows.append(row)
+    return rows
+
+
+def _pick_model(table: list[dict[str, Any]], p: Probe, reasons: list[str]) -> str:
+    # ARM cores get llama.cpp's repacked Q4_0 kernels; x86 without AVX2 is best on Q4_0 too.
+    quant = "Q4_0" if p.cpu.arch in ("aarch64", "arm64") or "avx2" not in p.cpu.isa else "Q4_K_M"
+    ok = [r for r in table if r["quant"] == quant and r["fits"] and r.get("est_decode_tok_s", 99) >= 8]
+    if not ok:
+        ok = [r for r in table if r["quant"] == quant and r["fits"]][:1]
+    if not ok:
+        reasons.append("model: nothing above 135M fits in memory")
+        return "135M Q4_0"
+    best = ok[-1]
+    label = f"{best['params_b']:g}B {quant}" if best["params_b"] >= 0.5 else f"{best['params_b'] * 1000:g}M {quant}"
+    speed = f", ~{best['est_decode_tok_s']} tok/s decode" if "est_decode_tok_s" in best else ""
+    reasons.append(f"model: {label} is the largest that fits ({best['size_mb']} MB{speed}, >= 8 tok/s wanted)")
+    return label
+
+
+def plan(p: Probe, entry: DeviceEntry | None = None, measurements: dict[str, Any] | None = None,
+         base: DeviceConfig | None = None, match_info: Match | None = None) -> Plan:
+    """The config for this machine. Pure: same inputs, same config."""
+    m = dict(measurements or {})
+    cfg = (base or DeviceConfig()).model_copy(deep=True)
+    reasons: list[str] = []
+    eng, sch, srv = cfg.engine, cfg.scheduler, cfg.server
+
+    # Threads.
+    n = _pick_threads(p, m, reasons)
+    eng.n_threads = n
+    eng.n_threads_batch = n
+
+    # Latency targets scale with the machine: a 5 tok/s board cannot promise 200 ms per token.
+    decode1 = m.get("decode_tok_s")
+    if decode1:
+        sch.target_itl_ms = round(min(1000.0, max(200.0, 1500.0 / decode1)), 1)
+        sch.target_ttft_ms = round(min(10000.0, max(1500.0, 4 * sch.target_itl_ms)), 1)
+
+    max_batch = _pick_batch(m, n, entry, reasons)
+    sch.max_batch = max_batch
+
+    # Prefill chunk: as many prompt tokens as fit in one target step, 64..512.
+    prompt = m.get("prompt_tok_s")
+    if prompt:
+        sch.prefill_chunk = min(512, max(64, _round_down(prompt * sch.target_itl_ms / 1000, 64)))
+        reasons.append(f"prefill_chunk={sch.prefill_chunk}: {prompt:.0f} prompt tok/s x {sch.target_itl_ms:.0f} ms")
+    eng.n_batch = max(512, sch.prefill_chunk + max_batch)
+    eng.n_ubatch = min(eng.n_ubatch, eng.n_batch)
+    eng.n_seq_max = min(256, max_batch + max(4, max_batch // 2))  # spare slots keep cached prefixes
+
+    # Memory: weights + KV + runtime within a fraction of what we may use.
+    budget = int(p.effective_memory_mb * MEMORY_FRACTION)
+    weights = int((m.get("model_bytes") or 0) / MB)
+    kv_tok = m.get("kv_bytes_per_token_f16")
+    left = budget - weights - RUNTIME_OVERHEAD_MB
+    if weights and weights > budget:
+        reasons.append(f"memory: the model ({weights} MB) exceeds the budget ({budget} MB): it will page from disk")
+    n_ctx_train = m.get("n_ctx_train") or 8192
+    # One full-length sequence, or 512 cells for each sequence of a full batch (the cache is
+    # shared: most requests are short), whichever is more.
+    want = min(MAX_N_CTX, max(min(n_ctx_train, 4096), max_batch * 512))
+    if kv_tok and left > 0:
+        kv_budget = left * KV_FRACTION * MB
+        fit_f16 = kv_budget / kv_tok
+        if fit_f16 >= want:
+            eng.type_k = eng.type_v = "f16"
+            n_ctx = want
+            reasons.append(f"kv: f16, n_ctx={want} ({want * kv_tok / MB:.0f} MB of a {kv_budget / MB:.0f} MB KV budget)")
+        else:
+            fit_q8 = kv_budget / (kv_tok * 8.5 / 16)  # q8_0 = 8.5 bits per value vs 16
+            eng.type_k = eng.type_v = "q8_0"
+            eng.flash_attn = True  # llama.cpp needs flash attention for a quantized V cache
+            n_ctx = int(min(want, fit_q8))
+            reasons.append(f"kv: q8_0 + flash attention, n_ctx={n_ctx}: f16 would fit only {int(fit_f16)} tokens")
+        eng.n_ctx = max(512, _round_down(n_ctx, 256))
+    elif entry is not None:
+        eng.n_ctx = entry.recommended.n_ctx
+        eng.type_k = eng.type_v = entry.recommended.kv_type
+        if entry.recommended.kv_type not in ("f16", "f32", "bf16"):
+            eng.flash_attn = True
+        reasons.append(f"kv: {eng.type_k}, n_ctx={eng.n_ctx} from the library entry (model not measured)")
+    else:
+        eng.n_ctx = 4096 if budget < 4096 else 8192
+        reasons.append(f"kv: f16, n_ctx={eng.n_ctx} (model not measured)")
+    sch.max_batch = max_batch = min(max_batch, max(1, eng.n_ctx // 256))  # >= 256 cells per sequence
+
+    # mmap always (fast start, weights shared with the page cache); mlock only when allowed
+    # and cheap, so the weights are never evicted under memory pressure.
+    eng.use_mmap = True
+    lock_ok = p.memory.memlock_limit_mb is None or (weights and p.memory.memlock_limit_mb >= weights)
+    eng.use_mlock = bool(weights and lock_ok and weights <= 0.5 * p.effective_memory_mb)
+    reasons.append(
+        "mlock on: weights stay resident" if eng.use_mlock else
+        f"mlock off: RLIMIT_MEMLOCK {p.memory.memlock_limit_mb} MB" if not lock_ok else "mlock off"
+    )
+    if "amx" in p.cpu.isa:
+        eng.use_extra_bufts = False
+        reasons.append("use_extra_bufts off: AMX repack buffers crash llama.cpp decode")
+
+    # Server and one-shot limits follow the batch.
+    srv.max_queue = max(8, 4 * max_batch)
+    cfg.oneshot.intra_op_threads = n
+    cfg.oneshot.max_batch = 8 if budget < 1024 else 32
+
+    # Power profile: only where there is something to set.
+    if not p.power.cpufreq:
+        cfg.power.profile = "unchanged"
+        reasons.append("power: unchanged (no cpufreq interface)")
+    elif entry is not None and match_info is not None and match_info.closeness in ("exact", "close"):
+        cfg.power.profile = entry.recommended.power_profile
+        reasons.append(f"power: {cfg.power.profile} (library entry {entry.id})")
+    else:
+        cfg.power.profile = "dynamic" if p.power.battery else "balanced"
+        reasons.append(f"power: {cfg.power.profile}")
+
+    bandwidth = m.get("mem_bandwidth_gbs") or (entry.memory.bandwidth_gbs * 0.5 if entry and entry.memory.bandwidth_gbs else None)
+    measured = (decode1, weights) if decode1 and weights else None
+    table = model_table(budget, bandwidth, eng.n_ctx, measured)
+    recommended_model = _pick_model(table, p, reasons)
+
+    cfg.device = {
+        "profiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fingerprint": fingerprint(p),
+        "probe": {
+            "board": p.board, "cloud": p.cloud, "cpu": p.cpu.model_name, "arch": p.cpu.arch,
+            "physical_cores": p.cpu.physical_cores, "logical_cores": p.cpu.logical_cores,
+            "big_cores": p.cpu.big_cores(), "isa": p.cpu.isa, "memory_mb": p.memory.total_mb,
+            "effective_memory_mb": p.effective_memory_mb, "usable_cores": p.usable_cores,
+            "cpu_quota": p.container.cpu_quota, "memory_limit_mb": p.container.memory_limit_mb,
+            "accelerators": [f"{a.kind}: {a.name}" for a in p.compute_accelerators()],
+        },
+        "match": None if match_info is None else {
+            "id": match_info.entry.id, "name": match_info.entry.name, "score": match_info.score,
+            "closeness": match_info.closeness, "reasons": match_info.reasons,
+        },
+        "measurements": m,
+        "memory_budget_mb": budget,
+        "recommended_model": recommended_model,
+        "models": [r for r in table if r["fits"]],
+        "reasons": reasons,
+    }
+    return Plan(config=cfg, reasons=reasons)
+
+
+def fingerprint(p: Probe) -> dict[str, Any]:
+    """What makes a config stale when it changes: CPU, core count, memory, limits."""
+    return {"cpu": p.cpu.model_name, "arch": p.cpu.arch, "logical_cores": p.cpu.logical_cores,
+            "memory_gb": round(p.memory.total_mb / 1024), "usable_cores": p.usable_cores,
+            "memory_limit_mb": p.container.memory_limit_mb}
+
+
+def stale_fields(config: DeviceConfig, p: Probe) -> list[str]:
+    """Fingerprint fields of `config` that differ from this machine."""
+    old = config.device.get("fingerprint") or {}
+    new = fingerprint(p)
+    return [f"device.fingerprint.{k}: {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]]
+
+
+# --- the measuring wrapper ----------------------------------------------------------------
+
+
+def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=print) -> dict[str, Any]:
+    """Real measurements for plan(): bandwidth, model sizes, engine speed (and a thread sweep).
+
+    quick: ~3-6 s (bandwidth, batch 1/4/16 at the planned thread count);
+    full: adds a thread sweep and batch 32, ~10-20 s on a quiet 2-core machine.
+    """
+    from liteinfer.catalog import resolve_llm
+    from liteinfer.config import EngineSettings
+    from liteinfer.engines.llama import LlamaEngine
+    from liteinfer.hardware.microbench import measure_engine, memory_bandwidth, model_facts, set_threads
+
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    bw = memory_bandwidth(size_mb=64, seconds=0.2 if quick else 0.5)
+    out["mem_bandwidth_gbs"] = bw["copy_gbs"]
+    log(f"  memory bandwidth: {bw['copy_gbs']} GB/s (numpy copy)")
+    try:
+        out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    path = resolve_llm(model)
+    threads = max(1, min(p.usable_cores, p.cpu.big_cores()))
+    load = out.get("load_avg_1m")
+    if load is not None and load > 0.5 * p.usable_cores:
+        out["busy"] = True
+        log(f"  warning: load average {load} on {p.usable_cores} usable cores: other work is running, "
+            "these numbers are pessimistic; re-run when the machine is idle")
+    candidates = [threads] if quick else sorted({threads, max(1, threads // 2), p.usable_cores}, reverse=True)
+    batches = (1, 4, 16) if quick else (1, 4, 16, 32)
+    settings = EngineSettings(n_threads=threads, n_ctx=4096, n_seq_max=max(batches) + 1, n_batch=512)
+    eng = LlamaEngine(path, settings)
+    try:
+        out.update(model_facts(eng))
+        if len(candidates) > 1:
+            # Thread sweep on one loaded model (llama_set_n_threads), at batch 4: a serving
+            # step carries several tokens, where thread count and barrier costs show.
+            sweep = {}
+            for n in candidates:
+                set_threads(eng, n)
+                r = measure_engine(eng, batches=(4,), quick=True, budget_s=1.0)
+                sweep[str(n)] = (r.get("batched_decode_tok_s") or {}).get("4") or 0.0
+                log(f"  {n} threads: {sweep[str(n)]} tok/s at batch 4")
+            out["threads_batch4_tok_s"] = sweep
+            best = max(sweep.values())
+            threads = min(int(k) for k, v in sweep.items() if v >= 0.97 * best)
+            set_threads(eng, threads)
+        out["threads"] = threads
+        r = measure_engine(eng, batches=batches, quick=quick, budget_s=6.0 if quick else 10.0)
+        out.update(r)
+        log(f"  {threads} threads: prompt {r.get('prompt_tok_s')} tok/s, decode {r.get('decode_tok_s')} tok/s, "
+            f"batched {r.get('batched_decode_tok_s')}")
+    finally:
+        eng.close()
+    out["measure_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def profile(model: str = "smollm2-135m", quick: bool = False, measure_engine: bool = True, root: str = "/",
+            log=print) -> tuple[Probe, Match | None, dict[str, Any], Plan]:
+    from liteinfer.hardware.probe import probe
+
+    p = probe(root)
+    best = best_match(p)
+    entry = best.entry if best is not None and best.closeness != "weak" else None
+    m: dict[str, Any] = {}
+    if measure_engine:
+        m = measure(p, model=model, quick=quick, log=log)
+    return p, best, m, plan(p, entry, m, match_info=best)
