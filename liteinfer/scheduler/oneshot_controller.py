@@ -1,0 +1,174 @@
+"""The adaptive policy for the dynamic batcher: max_batch and max_delay from measurements.
+
+Every `update_every` batches it reads the last `window` BatchRecords and:
+- fits the batch cost model run_s = a + b * n (least squares over the sizes seen); items/s
+  at batch n is then n / (a + b n), so throughput is part of the same fit;
+- max_batch: the latency bound is the largest n whose predicted p95 fits the target: an
+  item waits for at most the batch in flight and then its own, so p95 ~ 2 (a + b n) + delay,
+  kept under margin * target_p95 (a smaller margin when the CPU is saturated: latency then
+  varies more; x0.7 when the measured p95 is over the target anyway). But when more items
+  are waiting than that (a burst, or more clients than the bound), splitting them only makes
+  the last ones wait longer: the limit then rises to the items waiting, up to the point of
+  saturation n = 19 a / b, past which a batch gains < 5% items/s;
+- max_delay, the ski-rental rule: waiting for one more item is worth at most what it saves,
+  one model call's fixed cost `a`. So a held batch closes when no item came for
+  hold_gap = a, and holds at most max_delay = 8 a (capped at target/4). When holding gains
+  >= 1 item per batch it stays on; when it gains less, the delay halves (to 0 below 0.25). At 0 it probes
+  (two held batches) every `probe_every` updates, to notice load coming back.
+The controller has no clock and no threads: the batcher calls observe() from its worker,
+and tests drive it with synthetic timings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+from liteinfer.config import OneShotSettings
+from liteinfer.scheduler.dynamic import BatchRecord
+
+MIN_DELAY_S = 5e-5  # below this a delay is noise: use 0
+
+
+def cpu_busy_fraction() -> float:
+    """Share of all CPUs busy since the last call (psutil), 0..1; 0 when unknown."""
+    try:
+        import psutil
+
+        return psutil.cpu_percent(interval=None) / 100.0
+    except Exception:
+        return 0.0
+
+
+class OneShotController:
+    def __init__(
+        self,
+        target_p95_ms: float = 200.0,
+        max_batch_cap: int = 32,
+        initial_delay_ms: float = 2.0,
+        window: int = 64,
+        update_every: int = 8,
+        probe_every: int = 32,
+        cpu_load: Callable[[], float] | None = cpu_busy_fraction,
+    ):
+        self.target_s = target_p95_ms / 1000
+        self.cap = max(1, int(max_batch_cap))
+        self.max_batch = self.cap
+        self.max_delay_s = min(initial_delay_ms / 1000, self.delay_cap_s)
+        self.hold_gap_s: float | None = None  # set once there are measurements
+        self.update_every = update_every
+        self.probe_every = probe_every
+        self.cpu_load = cpu_load
+        self.records: deque[BatchRecord] = deque(maxlen=window)
+        self.a: float | None = None  # fixed cost of a model call, s
+        self.b: float | None = None  # cost per item, s
+        self.p95_s = 0.0
+        self.load = 0.0
+        self.observed = 0
+        self.updates = 0
+        self._since_probe = 0
+        self._probe_left = 0
+        self._probe_gain = 0
+
+    @classmethod
+    def from_settings(cls, s: OneShotSettings, **kw) -> OneShotController:
+        return cls(target_p95_ms=s.target_p95_ms, max_batch_cap=s.max_batch, initial_delay_ms=s.max_delay_ms, **kw)
+
+    @property
+    def delay_cap_s(self) -> float:
+        return self.target_s / 4
+
+    def observe(self, rec: BatchRecord) -> None:
+        self.records.append(rec)
+        self.observed += 1
+        if self._probe_left and rec.waited_s > 0:  # a probe decides after a couple of held batches
+            self._probe_left -= 1
+            self._probe_gain += rec.gained
+            if not self._probe_left and self._probe_gain < 0.5:
+                self.max_delay_s = 0.0
+        if self.observed % self.update_every == 0:
+            self.update()
+
+    def fit(self) -> tuple[float, float] | None:
+        """(a, b) of run_s = a + b * n over the window; None until two batch sizes were seen."""
+        n = [r.size for r in self.records]
+        t = [r.run_s for r in self.records]
+        if len(set(n)) < 2:
+            return None
+        mn, mt = sum(n) / len(n), sum(t) / len(t)
+        var = sum((x - mn) ** 2 for x in n)
+        b = sum((x - mn) * (y - mt) for x, y in zip(n, t)) / var
+        b = max(b, 1e-7)
+        a = max(mt - b * mn, 0.0)
+        return a, b
+
+    def update(self) -> None:
+        self.updates += 1
+        recent = list(self.records)[-self.update_every :]
+        lat = sorted(x for r in self.records for x in r.latencies_s)
+        self.p95_s = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0
+        self.load = self.cpu_load() if self.cpu_load else 0.0
+        fitted = self.fit()
+        if fitted is not None:
+            self.a, self.b = fitted
+        self._update_batch(recent)
+        self._update_delay(recent)
+
+    def _update_batch(self, recent: list[BatchRecord]) -> None:
+        if not recent:
+            return
+        if self.b is not None:
+            a, b = self.a or 0.0, self.b
+        else:  # one batch size seen so far: all time per item (a = 0) over-estimates b, safely
+            a, b = 0.0, max(sum(r.run_s / r.size for r in recent) / len(recent), 1e-7)
+        margin = 0.8 if self.load < 0.9 else 0.6
+        n_latency = int(((margin * self.target_s - self.max_delay_s) / 2 - a) / b)
+        if self.p95_s > self.target_s:  # the model is optimistic here: believe the measurement
+            n_latency = min(n_latency, int(self.max_batch * 0.7))
+        demand = sum(r.size + r.queued for r in recent) / len(recent)  # items waiting at batch time
+        n_saturate = math.ceil(19 * a / b)  # batches past this gain < 5% items/s
+        n = max(n_latency, min(math.ceil(demand), n_saturate))
+        self.max_batch = max(1, min(self.cap, n))
+
+    def _overhead_s(self) -> float:
+        """The fixed cost of one call; before a fit, the cheapest per-item time seen (an upper bound)."""
+        if self.a is not None:
+            return self.a
+        return min(r.run_s / r.size for r in self.records) if self.records else 1e-3
+
+    def _update_delay(self, recent: list[BatchRecord]) -> None:
+        waits = [r for r in recent if r.waited_s > 0]
+        self.hold_gap_s = min(self._overhead_s(), self.delay_cap_s)
+        hold = min(8 * self.hold_gap_s, self.delay_cap_s)
+        if waits:
+            gain = sum(r.gained for r in waits) / len(waits)
+            if gain >= 1.0:
+                self.max_delay_s = hold
+            elif gain < 0.25:  # holding gained (almost) nothing: stop holding
+                self.max_delay_s = 0.0
+            else:
+                self.max_delay_s /= 2
+                if self.max_delay_s < MIN_DELAY_S:
+                    self.max_delay_s = 0.0
+        elif self.max_delay_s == 0.0:
+            self._since_probe += 1
+            if self._since_probe >= self.probe_every:
+                self._since_probe, self._probe_left, self._probe_gain = 0, 2, 0
+                self.max_delay_s = hold
+        # else: batches filled (or the queue was backlogged) without waiting: nothing to learn
+
+    def snapshot(self) -> dict:
+        rate = None
+        if self.b is not None:
+            rate = self.max_batch / ((self.a or 0.0) + self.b * self.max_batch)
+        return {
+            "max_batch": self.max_batch,
+            "max_delay_ms": round(self.max_delay_s * 1000, 3),
+            "hold_gap_ms": None if self.hold_gap_s is None else round(self.hold_gap_s * 1000, 3),
+            "a_ms": None if self.a is None else round(self.a * 1000, 3),
+            "b_ms": None if self.b is None else round(self.b * 1000, 3),
+            "predicted_items_per_s": rate,
+            "p95_ms": round(self.p95_s * 1000, 2),
+            "cpu_load": round(self.load, 2),
+        }
