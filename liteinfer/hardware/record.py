@@ -97,7 +97,8 @@ def record(dest: str | Path, src: str | Path = "/") -> int:
             atomic_write_bytes(dest / path.relative_to(src), b"")
             n += 1
     for tool in TOOLS:
-        if shutil.which(tool):
+        live = str(src) == "/"
+        if (shutil.which(tool) if live else any((src / d / tool).exists() for d in ("usr/bin", "usr/sbin", "bin"))):
             atomic_write_bytes(dest / "usr/bin" / tool, b"")
             n += 1
     return n
