@@ -11,6 +11,7 @@ that trial's own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -112,11 +113,13 @@ def _peak_rss_mb() -> float:
 
 
 def measure_config(model: str | os.PathLike, cfg: DeviceConfig, requests: list[Request] | None = None,
-                   warmup: bool = True, sys_root: str = "/sys") -> dict:
+                   warmup: bool = True, sys_root: str = "/sys", region=None) -> dict:
     """Load `model` with cfg.engine, run the workload with cfg.scheduler limits; return metrics.
 
     Energy (joules, J/token, watts) comes from the first energy meter found, else None.
     Applies cfg.power.profile first when it is a cpufreq profile and we may change it.
+    `region`: a context manager entered around the measured run only (bench --perf uses it
+    to switch perf counters on after model load and warm-up).
     """
     from liteinfer.engines.llama import LlamaEngine, SamplingParams
     from liteinfer.power import cpufreq, meters
@@ -153,9 +156,10 @@ def measure_config(model: str | os.PathLike, cfg: DeviceConfig, requests: list[R
                 if hasattr(meter, "sample"):  # fold RAPL wraps on long runs
                     meter.sample()
 
-        m = run_workload(engine, prompts, max_tokens, cfg.scheduler.max_batch, cfg.scheduler.prefill_chunk,
-                         on_step=on_step)
-        reading = meter.stop() if meter else None
+        with region() if region else contextlib.nullcontext():
+            m = run_workload(engine, prompts, max_tokens, cfg.scheduler.max_batch, cfg.scheduler.prefill_chunk,
+                             on_step=on_step)
+            reading = meter.stop() if meter else None
         peak[0] = max(peak[0], _rss_mb())
     finally:
         engine.close()
@@ -168,6 +172,7 @@ def measure_config(model: str | os.PathLike, cfg: DeviceConfig, requests: list[R
         watts=reading.watts if reading else None,
         j_per_token=reading.joules / m["generated_tokens"] if reading and m["generated_tokens"] else None,
         loadavg_1m=os.getloadavg()[0],
+        cpus=os.cpu_count(),
         power_note=power_note,
     )
     return m
