@@ -23,10 +23,10 @@ PMIC = """\
 """
 
 
-def make_rapl(root: Path, zone: str, energy_uj: int, max_uj: int) -> Path:
+def make_rapl(root: Path, zone: str, energy_uj: int, max_uj: int, name: str = "package-0") -> Path:
     d = root / "class/powercap" / zone
     d.mkdir(parents=True)
-    (d / "name").write_text("package-0\n")
+    (d / "name").write_text(f"{name}\n")
     (d / "energy_uj").write_text(f"{energy_uj}\n")
     (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
     return d
@@ -82,6 +82,12 @@ def test_rapl_two_packages_summed(tmp_path):
     a.joinpath("energy_uj").write_text("1500000")
     b.joinpath("energy_uj").write_text("500000")
     assert m.stop().joules == pytest.approx(2.0)
+
+
+def test_rapl_psys_not_double_counted(tmp_path):
+    pkg = make_rapl(tmp_path, "intel-rapl:0", 0, 10**9)
+    make_rapl(tmp_path, "intel-rapl:1", 0, 10**9, name="psys")  # platform: contains the package
+    assert meters.RaplMeter.find(tmp_path).zones == [pkg]
 
 
 def test_rapl_unreadable_is_unavailable(tmp_path):

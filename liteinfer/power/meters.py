@@ -93,6 +93,13 @@ def _read_int(path: Path) -> int:
     return int(path.read_text().strip())
 
 
+def _zone_name(zone: Path) -> str:
+    try:
+        return (zone / "name").read_text().strip()
+    except OSError:
+        return ""
+
+
 class RaplMeter(Meter):
     """Intel/AMD RAPL package energy via /sys/class/powercap/intel-rapl:N (top-level zones).
 
@@ -124,6 +131,10 @@ class RaplMeter(Meter):
     def find(cls, sys_root: str | os.PathLike = "/sys") -> RaplMeter | str:
         base = Path(sys_root, "class/powercap")
         zones = sorted(p for p in base.glob("*-rapl:*") if re.fullmatch(r"[a-z]+-rapl:\d+", p.name))
+        # "psys" (laptops) is the whole platform and already contains the packages: sum
+        # packages only, unless psys is all there is.
+        packages = [z for z in zones if _zone_name(z) != "psys"]
+        zones = packages or zones
         if not zones:
             return f"no RAPL zones under {base}"
         try:
