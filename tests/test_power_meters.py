@@ -59,6 +59,7 @@ def test_rapl_reading_and_wraparound(tmp_path):
     (pkg / "energy_uj").write_text("3000000\n")  # wrapped: 2 J before the wrap + 1 J + 3 J after
     (sub / "energy_uj").write_text("999999999\n")
     clock.t += 2.0
+    assert m.read().joules == pytest.approx(5.000001)  # running total, meter keeps going
     r = m.stop()
     assert r.joules == pytest.approx(5.000001)  # 2 J + the 0 count itself (1 µJ) + 3 J
     assert r.seconds == 2.0 and r.watts == pytest.approx(2.5, rel=1e-6)

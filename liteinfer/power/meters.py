@@ -71,6 +71,11 @@ class Meter:
             if stopped:
                 return
 
+    def read(self) -> Reading:
+        """Energy since start() without stopping: for a running total (server /metrics)."""
+        joules = self._joules if self.sampled else self._energy_j() - self._e0
+        return Reading(joules=max(0.0, joules), seconds=self._clock() - self._t0)
+
     def stop(self) -> Reading:
         if self.sampled:
             self._stop.set()
