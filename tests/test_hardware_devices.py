@@ -76,3 +76,15 @@ def test_bad_entry_is_one_line_naming_file_and_field(tmp_path):
     (tmp_path / "other-name.json").write_text(json.dumps(entry))
     with pytest.raises(LiteInferError, match="must equal the file name"):
         load_library(str(tmp_path))
+
+
+def test_every_entry_is_documented_and_doc_links_resolve():
+    docs = Path(__file__).parent.parent / "docs" / "hardware"
+    pages = {p.name: p.read_text() for p in docs.glob("*.md")}
+    assert len(pages) >= 7 and "adding-a-device.md" in pages
+    text = "\n".join(pages.values())
+    missing = [e.id for e in load_library() if f"`{e.id}`" not in text and e.id not in pages["index.md"]]
+    assert missing == []
+    for name, body in pages.items():
+        for target in re.findall(r"\]\(([^)#:]+\.md)", body):
+            assert (docs / target).exists(), f"{name} links to missing {target}"

@@ -282,7 +282,7 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
     quick: ~3-6 s (bandwidth, batch 1/4/16 at the planned thread count);
     full: adds a thread sweep and batch 32, ~10-20 s on a quiet 2-core machine.
     """
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.catalog import pull
     from liteinfer.config import EngineSettings
     from liteinfer.engines.llama import LlamaEngine
     from liteinfer.hardware.microbench import measure_engine, memory_bandwidth, model_facts, set_threads
@@ -296,14 +296,19 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
         out["load_avg_1m"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
-    path = resolve_llm(model)
+    path = pull(model)  # the engine checks the GGUF itself; checking twice costs seconds
+    if path.is_dir():
+        path = next(iter(sorted(path.glob("*.gguf"))), path)
     threads = max(1, min(p.usable_cores, p.cpu.big_cores()))
     load = out.get("load_avg_1m")
     if load is not None and load > 0.5 * p.usable_cores:
         out["busy"] = True
         log(f"  warning: load average {load} on {p.usable_cores} usable cores: other work is running, "
             "these numbers are pessimistic; re-run when the machine is idle")
-    candidates = [threads] if quick else sorted({threads, max(1, threads // 2), p.usable_cores}, reverse=True)
+    # The thread sweep is the full profile's; a quick one sweeps only when the machine is busy,
+    # where fewer threads than cores usually wins (llama.cpp's barrier waits for preempted threads).
+    sweep_threads = not quick or out.get("busy", False)
+    candidates = sorted({threads, max(1, threads // 2), p.usable_cores}, reverse=True) if sweep_threads else [threads]
     batches = (1, 4, 16) if quick else (1, 4, 16, 32)
     settings = EngineSettings(n_threads=threads, n_ctx=4096, n_seq_max=max(batches) + 1, n_batch=512)
     eng = LlamaEngine(path, settings)
