@@ -6,14 +6,14 @@ Every `update_every` batches it reads the last `window` BatchRecords and:
 - max_batch: the latency bound is the largest n whose predicted p95 fits the target: an
   item waits for at most the batch in flight and then its own, so p95 ~ 2 (a + b n) + delay,
   kept under margin * target_p95 (a smaller margin when the CPU is saturated: latency then
-  varies more; x0.7 when the measured p95 is over the target anyway). But when more items
-  are waiting than that (a burst, or more clients than the bound), splitting them only makes
-  the last ones wait longer: the limit then rises to the items waiting, up to the point of
-  saturation n = 19 a / b, past which a batch gains < 5% items/s;
+  varies more). But when more items are waiting than that (a burst, more clients than the
+  bound, an overloaded machine), splitting them only makes the last ones wait longer
+  (ceil(Q/n) (a + b n) falls as n grows to Q): the limit then rises to the items waiting;
 - max_delay, the ski-rental rule: waiting for one more item is worth at most what it saves,
   one model call's fixed cost `a`. So a held batch closes when no item came for
   hold_gap = a, and holds at most max_delay = 8 a (capped at target/4). When holding gains
-  >= 1 item per batch it stays on; when it gains less, the delay halves (to 0 below 0.25). At 0 it probes
+  >= 1 item per batch it stays on; when it gains less, the delay halves (to 0 below 0.25);
+  when the measured p95 is over the target, no holding at all. At 0 it probes
   (two held batches) every `probe_every` updates, to notice load coming back.
 The controller has no clock and no threads: the batcher calls observe() from its worker,
 and tests drive it with synthetic timings.
@@ -21,7 +21,6 @@ and tests drive it with synthetic timings.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 
@@ -124,12 +123,8 @@ class OneShotController:
             a, b = 0.0, max(sum(r.run_s / r.size for r in recent) / len(recent), 1e-7)
         margin = 0.8 if self.load < 0.9 else 0.6
         n_latency = int(((margin * self.target_s - self.max_delay_s) / 2 - a) / b)
-        if self.p95_s > self.target_s:  # the model is optimistic here: believe the measurement
-            n_latency = min(n_latency, int(self.max_batch * 0.7))
-        demand = sum(r.size + r.queued for r in recent) / len(recent)  # items waiting at batch time
-        n_saturate = math.ceil(19 * a / b)  # batches past this gain < 5% items/s
-        n = max(n_latency, min(math.ceil(demand), n_saturate))
-        self.max_batch = max(1, min(self.cap, n))
+        demand = max(r.size + r.queued for r in recent)  # most items waiting at a batch start
+        self.max_batch = max(1, min(self.cap, max(n_latency, demand)))
 
     def _overhead_s(self) -> float:
         """The fixed cost of one call; before a fit, the cheapest per-item time seen (an upper bound)."""
@@ -141,7 +136,9 @@ class OneShotController:
         waits = [r for r in recent if r.waited_s > 0]
         self.hold_gap_s = min(self._overhead_s(), self.delay_cap_s)
         hold = min(8 * self.hold_gap_s, self.delay_cap_s)
-        if waits:
+        if self.p95_s > self.target_s:  # over the target already: holding only adds to it
+            self.max_delay_s = 0.0
+        elif waits:
             gain = sum(r.gained for r in waits) / len(waits)
             if gain >= 1.0:
                 self.max_delay_s = hold

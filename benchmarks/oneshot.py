@@ -1,0 +1,301 @@
+"""One-shot serving benchmark: dynamic batching vs no batching vs a plain onnxruntime loop.
+
+    python benchmarks/oneshot.py [--model int8|fp32|PATH.onnx] [--duration 5] [--quick]
+
+What runs, all in this one invocation, over the same model file and the same texts
+(fortunes from /usr/share/games/fortunes, one text per request):
+  peers    plain onnxruntime, in this process: tokenizers + session.run, one text per call
+           (and the same loop with 32 texts per call, the batched-kernel upper bound)
+  servers  the real HTTP server (`python -m liteinfer.server.oneshot_routes`, uvicorn on
+           127.0.0.1) once per setting: no batching (max_batch 1), fixed (max_batch, delay)
+           settings, and the adaptive controller; a closed-loop load client with raw HTTP/1.1
+           keep-alive connections (asyncio, base64 embeddings like the openai client) at
+           concurrency 1 / 8 / 32; requests finishing in the warmup are not counted.
+Prints inferences/s, p50/p95 latency and mean batch per setting and concurrency, the ratios
+behind the targets (adaptive within 5% of the best fixed setting; >= 3x no batching at 32
+clients) and the server's RSS (target <= 200 MB with the quantized model).
+
+The load client shares the CPU with the server (2 cores here): that costs every HTTP setting
+alike, but the in-process ORT loop does not pay it. The load average is printed: numbers
+taken on a busy machine are upper bounds on latency, lower bounds on throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from liteinfer.config import DeviceConfig, OneShotSettings, save_config  # noqa: E402
+
+FIXED = [(4, 1.0), (8, 2.0), (32, 2.0), (32, 10.0)]
+FORTUNES = Path("/usr/share/games/fortunes")
+
+
+def load_texts(n: int = 512, seed: int = 0) -> list[str]:
+    texts = []
+    for name in ("computers", "science", "wisdom", "literature", "people", "fortunes"):
+        f = FORTUNES / name
+        if f.is_file():
+            for entry in f.read_text(errors="replace").split("\n%\n"):
+                t = " ".join(entry.split())
+                if 20 <= len(t) <= 300:
+                    texts.append(t)
+    if not texts:  # no fortunes package: synthetic sentences of mixed length
+        words = "the a quick model small device runs fast text with batch of queue latency".split()
+        rng = random.Random(seed)
+        texts = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 40))) for _ in range(n)]
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
+
+
+def quantized_minilm() -> Path:
+    """all-MiniLM-L6-v2 with every MatMul / Gather in int8 (liteinfer.quant.onnx), cached."""
+    from liteinfer.convert.bert import cached_minilm
+    from liteinfer.quant.onnx import Quantizer, load_onnx, save_model
+
+    src = cached_minilm()
+    out = src.with_name(src.stem + "-int8.onnx")
+    if not out.exists():
+        q = Quantizer(load_onnx(src))
+        save_model(q.build({t.node: "int8" for t in q.targets.values() if "int8" in t.choices}), out)
+    return out
+
+
+# ---------------------------------------------------------------- peers: plain onnxruntime
+
+
+def plain_ort(path: Path, texts: list[str], seconds: float, batch: int) -> dict:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from liteinfer.engines.onnx_meta import TOKENIZER_KEY
+    from liteinfer.hardware.cores import usable_cores
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = usable_cores()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    tok = Tokenizer.from_str(sess.get_modelmeta().custom_metadata_map[TOKENIZER_KEY])
+    tok.no_truncation()
+    out_name = sess.get_outputs()[-1].name
+    lat, done, i = [], 0, 0
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        chunk = [texts[(i + k) % len(texts)] for k in range(batch)]
+        i += batch
+        t = time.perf_counter()
+        enc = [e.ids for e in tok.encode_batch(chunk)]
+        width = max(map(len, enc))
+        ids = np.zeros((batch, width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for r, e in enumerate(enc):
+            ids[r, : len(e)], mask[r, : len(e)] = e, 1
+        sess.run([out_name], {"input_ids": ids, "attention_mask": mask})
+        lat.append(time.perf_counter() - t)
+        done += batch
+    return {"rate": done / seconds, "p50": _q(lat, 0.5), "p95": _q(lat, 0.95), "batch": batch}
+
+
+def _q(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))] * 1000 if v else float("nan")
+
+
+# ---------------------------------------------------------------- HTTP server + load client
+
+
+class Server:
+    def __init__(self, model: Path, settings: OneShotSettings, port: int):
+        cfg = DeviceConfig(embedding_model=str(model), oneshot=settings)
+        self.cfg_path = Path(tempfile.mkdtemp(prefix="liteinfer-bench-")) / "config.json"
+        save_config(cfg, self.cfg_path)
+        self.port = port
+        self.proc = subprocess.Popen([sys.executable, "-m", "liteinfer.server.oneshot_routes", "--config",
+                                      str(self.cfg_path), "--port", str(port)], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited: {self.proc.stderr.read()}")
+            try:
+                self.get("/health")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit("server did not start")
+
+    def get(self, path: str) -> dict:
+        import http.client
+
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        c.request("GET", path)
+        return json.loads(c.getresponse().read())
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) of the server process in MB, from /proc."""
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            fields[k] = v.strip()
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def _client(port: int, bodies: list[bytes], start: int, t_warm: float, t_end: float, out: list, errors: list):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = start
+    try:
+        while time.perf_counter() < t_end:
+            body = bodies[i % len(bodies)]
+            i += 1
+            head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            t = time.perf_counter()
+            writer.write(head + body)
+            resp = await reader.readuntil(b"\r\n\r\n")
+            status = int(resp.split(b" ", 2)[1])
+            length = next(int(line.split(b":")[1]) for line in resp.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            done = time.perf_counter()
+            if status != 200:
+                errors.append(status)
+            elif done >= t_warm:
+                out.append(done - t)
+    finally:
+        writer.close()
+
+
+def load(port: int, bodies: list[bytes], clients: int, warmup: float, seconds: float) -> dict:
+    lat: list[float] = []
+    errors: list[int] = []
+    t_warm = time.perf_counter() + warmup
+    t_end = t_warm + seconds
+
+    async def main():
+        await asyncio.gather(*(_client(port, bodies, k * 17, t_warm, t_end, lat, errors) for k in range(clients)))
+
+    asyncio.run(main())
+    return {"rate": len(lat) / seconds, "p50": _q(lat, 0.5), "p95": _q(lat, 0.95), "errors": len(errors)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="int8", help="int8 (quantized MiniLM, default), fp32, or a .onnx path")
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--target-p95-ms", type=float, default=200.0)
+    ap.add_argument("--quick", action="store_true", help="2 s points, fewer fixed settings")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    if args.quick:
+        args.duration, args.warmup = 2.0, 1.0
+    from liteinfer.convert.bert import cached_minilm
+
+    model = {"int8": quantized_minilm, "fp32": cached_minilm}.get(args.model, lambda: Path(args.model))()
+    conc = [int(c) for c in args.concurrency.split(",")]
+    texts = load_texts()
+    load_before = os.getloadavg()
+    print(f"model {model.name} ({model.stat().st_size / 1e6:.1f} MB), {len(texts)} texts, "
+          f"load average {load_before[0]:.2f} on {os.cpu_count()} CPUs")
+    if load_before[0] > 0.5 * (os.cpu_count() or 1):
+        print("WARNING: the machine is busy; timings are noisy (latency upper bounds, throughput lower bounds)")
+
+    results: dict = {"model": str(model), "load_before": load_before[0], "peer": {}, "http": {}}
+    for batch in (1, 32):
+        r = plain_ort(model, texts, args.duration, batch)
+        results["peer"][f"ort loop b={batch}"] = r
+        print(f"plain onnxruntime loop, {batch:2d} text(s)/call: {r['rate']:7.1f} inf/s  p95/call {r['p95']:7.1f} ms")
+
+    settings = [("no batching", OneShotSettings(max_batch=1, max_delay_ms=0, adaptive=False))]
+    fixed = FIXED[1:3] if args.quick else FIXED
+    settings += [(f"fixed {n}/{d:g}ms", OneShotSettings(max_batch=n, max_delay_ms=d, adaptive=False)) for n, d in fixed]
+    settings.append(("adaptive", OneShotSettings(max_batch=32, max_delay_ms=2.0, adaptive=True,
+                                                 target_p95_ms=args.target_p95_ms)))
+    bodies = [json.dumps({"input": t, "encoding_format": "base64"}).encode() for t in texts]
+    rss = None
+    for name, s in settings:
+        srv = Server(model, s, free_port())
+        try:
+            results["http"][name] = {}
+            for c in conc:
+                before = srv.get("/v1/oneshot/stats")["embedding"]
+                r = load(srv.port, bodies, c, args.warmup, args.duration)
+                after = srv.get("/v1/oneshot/stats")["embedding"]
+                d_batches = after["batches"] - before["batches"]
+                r["mean_batch"] = (after["items"] - before["items"]) / d_batches if d_batches else 0.0
+                if name == "adaptive":
+                    r["controller"] = after.get("controller")
+                results["http"][name][c] = r
+                print(f"{name:16s} c={c:2d}: {r['rate']:7.1f} inf/s  p50 {r['p50']:7.1f} ms  p95 {r['p95']:7.1f} ms"
+                      f"  mean batch {r['mean_batch']:5.1f}" + (f"  errors {r['errors']}" if r["errors"] else ""),
+                      flush=True)
+            if name == "adaptive":
+                rss = srv.rss_mb()
+        finally:
+            srv.stop()
+
+    print()
+    print(f"{'setting':16s} " + " ".join(f"{'c=' + str(c) + ' inf/s':>12s} {'p95 ms':>8s}" for c in conc))
+    for name, per in results["http"].items():
+        print(f"{name:16s} " + " ".join(f"{per[c]['rate']:12.1f} {per[c]['p95']:8.1f}" for c in conc))
+    print()
+    peer1 = results["peer"]["ort loop b=1"]["rate"]
+    ok = True
+    for c in conc:
+        fixed_rates = {n: per[c]["rate"] for n, per in results["http"].items() if n.startswith("fixed")}
+        best_name = max(fixed_rates, key=fixed_rates.get)
+        adaptive = results["http"]["adaptive"][c]["rate"]
+        none = results["http"]["no batching"][c]["rate"]
+        ratio = adaptive / fixed_rates[best_name]
+        line = (f"c={c:2d}: adaptive / best fixed ({best_name}) = {ratio:.3f}; adaptive / no batching = "
+                f"{adaptive / none:.2f}x; adaptive / plain ORT loop = {adaptive / peer1:.2f}x")
+        ok &= ratio >= 0.95
+        if c == 32:
+            ok &= adaptive / none >= 3.0
+        print(line)
+    if rss:
+        print(f"embeddings service RSS (adaptive server, after the runs): {rss[0]:.0f} MB now, {rss[1]:.0f} MB peak"
+              f" (target <= 200 MB)")
+        results["rss_mb"] = rss
+    load_after = os.getloadavg()
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print("targets: " + ("met" if ok else "NOT met") + " (adaptive >= 0.95 x best fixed at every c; >= 3x no batching at c=32)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
