@@ -1,0 +1,150 @@
+"""`liteinfer quantize IN OUT ...`: one command, one backend per model format.
+
+The backend is picked from the input (BACKENDS: a predicate and a main function); each
+backend adds its own options through ARGUMENTS. GGUF LLMs (and Hugging Face llama folders,
+converted first) go through llama.cpp's quantizer: uniform types, or `--mixed` per-tensor
+plans from measured sensitivity under a size budget, saved as a recipe JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from liteinfer.errors import LiteInferError
+
+
+def add_gguf_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("GGUF (llama.cpp) options")
+    g.add_argument("--type", default=None, help="uniform type: q4_k_m (default), q4_0, q8_0, q5_k_m, q6_k, iq4_xs, ...")
+    g.add_argument("--mixed", action="store_true", help="per-tensor types from measured sensitivity")
+    g.add_argument("--target-bpw", type=float, default=None, help="--mixed size budget in bits per weight")
+    g.add_argument("--target-size", type=float, default=None, metavar="MB", help="--mixed size budget in MB")
+    g.add_argument("--recipe", default=None, help="apply a saved recipe JSON (per-tensor types)")
+    g.add_argument("--save-recipe", default=None, help="where --mixed writes its recipe (default OUT.recipe.json)")
+    g.add_argument("--imatrix", default=None, help="importance matrix (GGUF, ours or llama-imatrix's)")
+    g.add_argument("--save-imatrix", default=None, help="write the importance matrix computed from --calib")
+    g.add_argument("--candidates", default=None, help="--mixed candidate types, comma-separated "
+                   "(default q2_k,q3_k,iq4_xs,q4_k,q5_k,q6_k,q8_0)")
+    g.add_argument("--sensitivity", default="auto", choices=["auto", "kl", "proxy"],
+                   help="per-tensor cost: KL divergence (exact, slower) or weighted weight error")
+    g.add_argument("--ctx", type=int, default=256, help="calibration window length (tokens)")
+    g.add_argument("--calib-windows", type=int, default=16, help="calibration windows for the imatrix")
+    g.add_argument("--threads", type=int, default=None)
+
+
+def gguf_main(args: argparse.Namespace) -> int:
+    from liteinfer.quant import gguf as q
+
+    src, dst = Path(args.input), Path(args.output)
+    if dst.resolve() == src.resolve():
+        raise LiteInferError("output must differ from the input")
+    if args.type and not args.mixed:
+        q.ftype_id(args.type)  # unknown type: fail before any work
+    if args.mixed and args.recipe:
+        raise LiteInferError("--mixed plans a recipe, --recipe applies one: give only one")
+    if args.mixed and args.target_bpw is None and args.target_size is None:
+        raise LiteInferError("--mixed needs --target-bpw or --target-size")
+    with tempfile.TemporaryDirectory(prefix="liteinfer-q-", dir=dst.parent if dst.parent.exists() else None) as tmp:
+        if src.is_dir():  # a Hugging Face folder: convert to F32 GGUF first
+            from liteinfer.convert.hf import convert_hf
+
+            src = convert_hf(src, Path(tmp) / "source-f32.gguf", progress=False)
+        src_tensors = q.read_tensors(src)  # truncated / not GGUF: one-line error
+        q.warn_requantize(src_tensors)
+        show = sys.stderr.isatty()
+        if args.mixed or args.recipe:
+            tensors = _mixed(args, src, dst, show)
+        else:
+            imat = _imatrix(args, src, show)
+            tensors = q.quantize(src, dst, args.type or "q4_k_m", imatrix=imat, threads=args.threads)
+    size = dst.stat().st_size
+    ratio = sum(t.n_bytes for t in src_tensors) / sum(t.n_bytes for t in tensors)
+    print(f"wrote {dst} ({size / 1e6:.2f} MB, {q.model_bpw(tensors):.3f} bits per weight, "
+          f"1/{ratio:.2f} of the input's tensor bytes)")
+    return 0
+
+
+def _imatrix(args, src: Path, show: bool):
+    """Importance matrix from --imatrix, else computed from --calib text, else None."""
+    if args.imatrix:
+        from liteinfer.quant.imatrix import load_imatrix
+
+        return load_imatrix(args.imatrix)
+    if not args.calib:
+        return None
+    from liteinfer.quant.mixed import calibrate
+
+    cal = calibrate(src, args.calib, args.ctx, args.calib_windows, progress=show)
+    _save_imatrix(args, cal)
+    return cal.imatrix
+
+
+def _save_imatrix(args, cal) -> None:
+    if args.save_imatrix and cal.counts:
+        from liteinfer.quant.imatrix import save_imatrix
+
+        save_imatrix(args.save_imatrix, cal.sums, cal.counts, str(args.calib), cal.info.windows, cal.info.ctx)
+
+
+def _mixed(args, src: Path, dst: Path, show: bool):
+    from liteinfer.quant.mixed import apply_recipe, calibrate, plan_mixed
+    from liteinfer.quant.recipe import load_recipe, save_recipe
+
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        imat = _imatrix(args, src, show)
+        return apply_recipe(src, dst, recipe, imat)
+    if not args.calib:
+        raise LiteInferError("--mixed needs calibration text: --calib FILE")
+    from liteinfer.quant.gguf import ggml_type
+    from liteinfer.quant.mixed import check_budget
+    from liteinfer.quant.sensitivity import DEFAULT_TYPES
+
+    types = [t.strip() for t in args.candidates.split(",") if t.strip()] if args.candidates else list(DEFAULT_TYPES)
+    for t in types:
+        ggml_type(t)
+    check_budget(src, args.target_bpw, args.target_size, types)
+    cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, progress=show)
+    _save_imatrix(args, cal)
+    recipe = plan_mixed(src, cal, args.target_bpw, args.target_size, types, args.sensitivity, progress=show)
+    recipe.imatrix = args.imatrix or args.save_imatrix
+    tensors = apply_recipe(src, dst, recipe, cal.imatrix)
+    recipe_path = Path(args.save_recipe or f"{dst}.recipe.json")
+    save_recipe(recipe, recipe_path)
+    counts: dict[str, int] = {}
+    for t in recipe.tensors.values():
+        counts[t.type] = counts.get(t.type, 0) + 1
+    mix = ", ".join(f"{n} x {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    kld = f", predicted KLD {recipe.predicted_kld:.4f}" if recipe.predicted_kld is not None else ""
+    print(f"plan ({recipe.method}): {mix}; {recipe.bpw:.3f} bpw{kld}; recipe {recipe_path}")
+    return tensors
+
+
+def _is_gguf_input(path: str) -> bool:
+    return True  # the default backend: GGUF files and Hugging Face folders
+
+
+# (predicate on the input path, main function): the first match handles the command.
+# The ONNX backend adds itself in front: (lambda p: p.endswith(".onnx"), onnx_main).
+BACKENDS = [(_is_gguf_input, gguf_main)]
+ARGUMENTS = [add_gguf_args]
+
+
+def main(args: argparse.Namespace) -> int:
+    for accepts, run in BACKENDS:
+        if accepts(str(args.input)):
+            return run(args)
+    raise LiteInferError(f"no quantizer for {args.input}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantize a model (GGUF LLM: uniform or sensitivity-driven mixed types)")
+    p.add_argument("input", help="model to quantize (.gguf, Hugging Face llama folder, ...)")
+    p.add_argument("output", help="output model file")
+    p.add_argument("--calib", default=None, help="calibration data (LLMs: a text file, never the evaluation text)")
+    for add in ARGUMENTS:
+        add(p)
+    p.set_defaults(func=main)

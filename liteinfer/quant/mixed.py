@@ -1,0 +1,127 @@
+"""Sensitivity-driven mixed precision for GGUF: calibrate, measure, allocate, quantize.
+
+    calibrate()      tokenize calibration text, numpy reference model, importance matrix
+    plan_mixed()     per-tensor costs (sensitivity.measure) -> plan under the budget -> Recipe
+    apply_recipe()   llama.cpp quantizes with one exact type override per tensor
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from liteinfer.errors import LiteInferError
+from liteinfer.quant.recipe import Calibration, Recipe, TensorPlan
+
+KL_MAX_WORK = 2e13  # params x calibration tokens x candidates above which `auto` uses the proxy
+
+
+@dataclass
+class Calib:
+    ref: object  # ReferenceLlama
+    windows: list[list[int]]
+    imatrix: dict
+    sums: dict
+    counts: dict
+    info: Calibration
+
+
+def tokenize_file(model: Path, text: str) -> list[int]:
+    from liteinfer.config import EngineSettings
+    from liteinfer.engines.llama import LlamaEngine
+
+    eng = LlamaEngine(model, EngineSettings(n_ctx=64, n_batch=64, n_ubatch=64, n_seq_max=1))
+    try:
+        return eng.tokenize(text, add_special=False)
+    finally:
+        eng.close()
+
+
+def calibrate(src: Path, text_path: str | Path, ctx: int = 256, n_windows: int = 16,
+              imatrix_path: str | Path | None = None, progress: bool = False) -> Calib:
+    from liteinfer.convert.reference import ReferenceLlama
+    from liteinfer.evaluate.llm import read_text
+    from liteinfer.quant.imatrix import calibration_windows, compute_imatrix, load_imatrix
+
+    text = read_text(text_path)  # missing / empty file: one-line error
+    windows = calibration_windows(tokenize_file(src, text), ctx, n_windows)
+    ref = ReferenceLlama.from_gguf(src)
+    if imatrix_path:
+        imat, sums, counts = load_imatrix(imatrix_path), {}, {}
+    else:
+        stats = compute_imatrix(ref, windows, progress=progress)
+        imat, sums, counts = stats.imatrix(), stats.sums(), stats.count
+    info = Calibration(text=str(text_path), ctx=ctx, windows=len(windows), tokens=sum(map(len, windows)))
+    return Calib(ref, windows, imat, sums, counts, info)
+
+
+def budget_bytes(src_tensors, target_bpw: float | None, target_mb: float | None, src: Path) -> float:
+    n = sum(t.n_elements for t in src_tensors)
+    if target_bpw is not None:
+        if target_bpw <= 0:
+            raise LiteInferError("--target-bpw must be positive")
+        return target_bpw * n / 8
+    if target_mb is None or target_mb <= 0:
+        raise LiteInferError("--mixed needs --target-bpw or --target-size (MB, positive)")
+    overhead = src.stat().st_size - sum(t.n_bytes for t in src_tensors)  # header, vocab, alignment
+    return target_mb * 1e6 - overhead
+
+
+def check_budget(src: Path, target_bpw: float | None, target_mb: float | None, types) -> None:
+    """Fail before calibrating when no plan can fit (cheap: nominal sizes only)."""
+    from liteinfer.quant.gguf import read_tensors
+    from liteinfer.quant.sensitivity import smallest_bpw
+
+    tensors = read_tensors(src)
+    budget = budget_bytes(tensors, target_bpw, target_mb, src)
+    low = smallest_bpw(tensors, types)
+    if low * sum(t.n_elements for t in tensors) / 8 > budget:
+        raise LiteInferError(f"size budget cannot be met: even all-{min(types, key=_bpw)} is {low:.2f} bits per weight")
+
+
+def _bpw(t: str) -> float:
+    from liteinfer.quant.gguf import bits_per_weight
+
+    return bits_per_weight(t)
+
+
+def plan_mixed(src: Path, cal: Calib, target_bpw: float | None = None, target_mb: float | None = None,
+               types=None, method: str = "auto", progress: bool = False) -> Recipe:
+    from liteinfer.quant.gguf import read_tensors
+    from liteinfer.quant.sensitivity import DEFAULT_TYPES, allocate, measure
+
+    tensors = read_tensors(src)
+    budget = budget_bytes(tensors, target_bpw, target_mb, src)
+    types = tuple(types or DEFAULT_TYPES)
+    if method == "auto":
+        work = sum(t.n_elements for t in tensors) * cal.info.tokens * len(types)
+        method = "kl" if work <= KL_MAX_WORK else "proxy"
+    if method not in ("kl", "proxy"):
+        raise LiteInferError(f"unknown sensitivity method {method!r} (kl, proxy, auto)")
+    # KL needs only a few windows; the imatrix used them all
+    windows = cal.windows[: max(1, min(len(cal.windows), 4))]
+    sens = measure(src, cal.ref, windows, cal.imatrix, types, method, progress)
+    plan = allocate(sens, budget)
+    total = sens.fixed_bytes + sum(o.n_bytes for o in plan.values())
+    return Recipe(
+        source=Path(src).name, method=method, target_bpw=target_bpw,
+        target_bytes=int(budget) if target_mb is not None else None,
+        bpw=8 * total / sens.n_elements,
+        predicted_kld=sum(o.cost for o in plan.values()) if method == "kl" else None,
+        calibration=cal.info, candidates=list(types),
+        tensors={n: TensorPlan(type=o.type, bytes=o.n_bytes, cost=o.cost) for n, o in sorted(plan.items())},
+    )
+
+
+def apply_recipe(src: Path, dst: Path, recipe: Recipe, imatrix: dict | None):
+    from liteinfer.quant.gguf import quantize, read_tensors
+
+    have = {t.name for t in read_tensors(src) if t.quantizable}
+    planned = set(recipe.tensors)
+    if planned != have:
+        missing, extra = sorted(have - planned), sorted(planned - have)
+        raise LiteInferError(f"recipe does not fit {src.name}: missing {missing[:2]}, unknown {extra[:2]}")
+    if imatrix is None:
+        print("warning: no importance matrix (give --calib or --imatrix): plain rounding", file=sys.stderr)
+    return quantize(src, dst, ftype="q8_0", imatrix=imatrix, overrides=recipe.overrides())

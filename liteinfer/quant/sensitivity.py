@@ -1,0 +1,179 @@
+"""Per-tensor sensitivity to quantization, and the type choice under a size budget.
+
+Measurement. For each candidate type, llama.cpp quantizes the whole model to that type
+once (with the importance matrix); we read each tensor back, dequantized, so the rounding is
+exactly llama.cpp's, fallbacks and all (a k-quant on a row width that is not a multiple of
+256 silently becomes a legacy type, and its true size is what we count). Then the cost of
+(tensor, type) is the KL divergence of the model's next-token distribution on calibration
+text when that tensor alone is replaced by its quantized version, from the FP reference's
+(numpy forward pass, restarted at the tensor's layer). For models too large for that,
+`proxy` mode uses E||dW x||^2 / E||W x||^2 (the importance-weighted relative output error).
+
+Allocation. Minimize the sum of costs (KL is roughly additive for small perturbations)
+subject to total bytes <= budget: a Lagrangian sweep (each tensor picks the type minimizing
+cost + lambda * bytes, lambda bisected to the budget), then greedy upgrades with the best
+cost-drop per byte until the slack is used.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from liteinfer.errors import LiteInferError
+
+DEFAULT_TYPES = ("q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
+
+
+@dataclass
+class Option:
+    type: str  # the type llama.cpp actually produces (after any fallback)
+    n_bytes: int
+    cost: float
+
+
+@dataclass
+class Sensitivity:
+    options: dict[str, list[Option]] = field(default_factory=dict)  # tensor -> candidates
+    fixed_bytes: int = 0  # tensors llama.cpp never quantizes (norms)
+    n_elements: int = 0
+    method: str = "kl"
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def _layer_of(name: str, n_layer: int) -> int:
+    if name.startswith("blk."):
+        return int(name.split(".")[1])
+    return n_layer if name == "output.weight" else 0
+
+
+def _progress(total: int, desc: str, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not show)
+
+
+def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndarray], types=DEFAULT_TYPES,
+            method: str = "kl", progress: bool = False, workdir: Path | None = None) -> Sensitivity:
+    """Cost and size of every (quantizable tensor, candidate type) pair."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from liteinfer.quant.gguf import quantize, read_tensors
+
+    tensors = read_tensors(src)
+    quant = [t for t in tensors if t.quantizable]
+    sens = Sensitivity(fixed_bytes=sum(t.n_bytes for t in tensors if not t.quantizable),
+                       n_elements=sum(t.n_elements for t in tensors), method=method)
+    n_layer = ref.n_layer
+    base_lp, resid = [], []
+    if method == "kl":  # the FP model's distributions and residual streams, computed once
+        for w in windows:
+            xs = ref.residuals(w)
+            resid.append(xs)
+            base_lp.append(log_softmax(ref.head(xs[-1])))
+    bar = _progress(len(types) * (1 + len(quant)), "sensitivity", progress)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for tname in types:
+            out = Path(tmp) / f"{tname}.gguf"
+            quantize(src, out, ftype="q8_0", imatrix=imatrix, overrides={t.name: tname for t in quant})
+            bar.update(1)
+            reader = GGUFReader(str(out))
+            for qt in reader.tensors:
+                if qt.name not in {t.name for t in quant}:
+                    continue
+                deq = dequantize(qt.data, qt.tensor_type).astype(np.float32).reshape(
+                    [int(d) for d in reversed(qt.shape)])
+                if method == "kl":
+                    cost = _kl_cost(ref, qt.name, deq, windows, resid, base_lp, n_layer)
+                else:
+                    cost = _proxy_cost(ref.gguf_weight(qt.name), deq, imatrix.get(qt.name))
+                sens.options.setdefault(qt.name, []).append(
+                    Option(qt.tensor_type.name.lower(), int(qt.n_bytes), float(cost)))
+                bar.update(1)
+            del reader
+    bar.close()
+    return sens
+
+
+def _kl_cost(ref, name: str, deq: np.ndarray, windows, resid, base_lp, n_layer: int) -> float:
+    orig = {hf: ref.w[hf] for hf in ref.hf_names(name)}
+    ref.set_gguf_weight(name, deq)
+    try:
+        start = _layer_of(name, n_layer)
+        kls = []
+        for w, xs, lp0 in zip(windows, resid, base_lp, strict=True):
+            x = ref.embed(w) if name == "token_embd.weight" else xs[start]
+            lp = log_softmax(ref.forward_from(start, x))
+            kls.append((np.exp(lp0) * (lp0 - lp)).sum(-1))
+        return float(np.concatenate(kls).mean())
+    finally:
+        ref.w.update(orig)
+
+
+def _proxy_cost(w: np.ndarray, deq: np.ndarray, imat: np.ndarray | None) -> float:
+    d2 = ((w - deq) ** 2).astype(np.float64)
+    w2 = (w.astype(np.float64)) ** 2
+    if imat is None:  # token embedding: every row is one token, no activations to weigh by
+        return float(d2.sum() / w2.sum())
+    return float((d2 @ imat).sum() / (w2 @ imat).sum())
+
+
+def smallest_bpw(tensors, types) -> float:
+    """A lower bound on any plan's bits per weight (nominal type sizes, before fallbacks)."""
+    from liteinfer.quant.gguf import bits_per_weight
+
+    low = min(bits_per_weight(t) for t in types)
+    bits = sum(t.n_elements * low if t.quantizable else 8 * t.n_bytes for t in tensors)
+    return bits / sum(t.n_elements for t in tensors)
+
+
+def allocate(sens: Sensitivity, budget_bytes: float) -> dict[str, Option]:
+    """The cheapest-cost plan whose total size (quantizable + fixed tensors) fits the budget."""
+    names = sorted(sens.options)
+    avail = budget_bytes - sens.fixed_bytes
+    opts = {n: sorted(sens.options[n], key=lambda o: o.n_bytes) for n in names}
+    smallest = sum(o[0].n_bytes for o in opts.values())
+    if smallest > avail:
+        bpw = 8 * (smallest + sens.fixed_bytes) / sens.n_elements
+        raise LiteInferError(f"size budget cannot be met: the smallest plan is {bpw:.2f} bits per weight "
+                             f"({(smallest + sens.fixed_bytes) / 1e6:.2f} MB of tensors)")
+
+    def pick(lam: float) -> dict[str, Option]:
+        return {n: min(o, key=lambda x: x.cost + lam * x.n_bytes) for n, o in opts.items()}
+
+    lo, hi = 0.0, 1.0
+    while sum(o.n_bytes for o in pick(hi).values()) > avail:
+        hi *= 4
+        if hi > 1e12:
+            break
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(o.n_bytes for o in pick(mid).values()) > avail:
+            lo = mid
+        else:
+            hi = mid
+    plan = pick(hi)
+    if sum(o.n_bytes for o in plan.values()) > avail:  # lambda search hit its cap
+        plan = {n: o[0] for n, o in opts.items()}
+    # spend the slack: best cost reduction per extra byte first
+    while True:
+        used = sum(o.n_bytes for o in plan.values())
+        best, best_gain = None, 0.0
+        for n, o in opts.items():
+            for cand in o:
+                extra = cand.n_bytes - plan[n].n_bytes
+                gain = plan[n].cost - cand.cost
+                if extra > 0 and gain > 0 and used + extra <= avail and gain / extra > best_gain:
+                    best, best_gain = (n, cand), gain / extra
+        if best is None:
+            return plan
+        plan[best[0]] = best[1]
