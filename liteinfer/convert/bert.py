@@ -251,3 +251,21 @@ def cached_minilm() -> Path:
     if not out.exists():
         convert_bert(folder, out, name="minilm-l6-v2")
     return out
+
+
+def verify_against_reference(folder: Path, onnx_path: Path, texts: tuple[str, ...] = (
+    "The quick brown fox jumps over the lazy dog.", "Embeddings map sentences to vectors.",
+)) -> float:
+    """Lowest cosine between the ONNX model's and the numpy reference's embeddings."""
+    import numpy as np
+
+    from liteinfer.engines.onnx import Embedder
+
+    emb = Embedder(onnx_path)
+    cfg, weights = load_bert(folder)
+    worst = 1.0
+    for text in texts:
+        ids = emb.prepare(text)
+        _, ref = numpy_forward(cfg, weights, np.array([ids]), np.ones((1, len(ids)), dtype=np.int64))
+        worst = min(worst, float(emb.run([ids])[0] @ ref[0]))
+    return worst

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from liteinfer.convert.cli_onnx import add_minilm, add_torch
+
 
 def add_hf(conv: argparse._SubParsersAction) -> None:
     p = conv.add_parser("hf", help="Hugging Face llama-family safetensors folder -> GGUF")
@@ -29,7 +31,7 @@ def _hf_main(args: argparse.Namespace) -> int:
     return 0
 
 
-SOURCES = [add_hf]  # the ONNX side appends add_torch / add_minilm here
+SOURCES = [add_hf, add_minilm, add_torch]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
