@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from liteinfer.evaluate.cli_onnx import add_classify, add_embed
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="GGUF path or catalog name")
@@ -56,7 +58,7 @@ def _kld_main(args: argparse.Namespace) -> int:
     return 0
 
 
-EVALS = [add_ppl, add_kld]  # the ONNX side appends its evaluations here
+EVALS = [add_ppl, add_kld, add_classify, add_embed]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

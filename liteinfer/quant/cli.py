@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from liteinfer.errors import LiteInferError
+from liteinfer.quant.cli_onnx import add_onnx_arguments, is_onnx, run_onnx
 
 
 def add_gguf_args(p: argparse.ArgumentParser) -> None:
@@ -129,8 +130,8 @@ def _is_gguf_input(path: str) -> bool:
 
 # (predicate on the input path, main function): the first match handles the command.
 # The ONNX backend adds itself in front: (lambda p: p.endswith(".onnx"), onnx_main).
-BACKENDS = [(_is_gguf_input, gguf_main)]
-ARGUMENTS = [add_gguf_args]
+BACKENDS = [(is_onnx, run_onnx), (_is_gguf_input, gguf_main)]
+ARGUMENTS = [add_gguf_args, add_onnx_arguments]
 
 
 def main(args: argparse.Namespace) -> int:

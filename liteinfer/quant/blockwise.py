@@ -1,0 +1,141 @@
+"""Block-wise weight quantization in numpy: scales, GPTQ rounding, ORT's packed layouts.
+
+Blocks run along the reduction (input) dimension: for a MatMul weight W [K, N] each output
+column n has ceil(K / block) blocks, each with a float scale and a uint zero point, so
+w ~= (q - zp) * scale with q in [0, 2^bits). That is the layout of ORT's MatMulNBits
+(B [N, blocks, block*bits/8], scales [N*blocks], zero_points packed) and, per row, of
+GatherBlockQuantized for embedding tables.
+
+Two ways to pick the integers:
+  rtn:  round to nearest, with a small search over clipping ranges per block (min MSE)
+  gptq: error-compensating rounding (Frantar et al. 2022): quantize input rows one at a time
+        and push each row's rounding error onto the rows not yet quantized, weighted by the
+        inverse Hessian H = X^T X of the layer's calibration inputs. Same grid, less output error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+
+
+@dataclass
+class BlockQuant:
+    """q [K, N] uint8 integers, scale/zero [blocks, N]: w[k, n] = (q - zero) * scale of block k // block."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+    bits: int
+    block: int
+
+    def dequant(self) -> np.ndarray:
+        s = np.repeat(self.scale, self.block, axis=0)[: self.q.shape[0]]
+        z = np.repeat(self.zero, self.block, axis=0)[: self.q.shape[0]]
+        return ((self.q.astype(np.float32) - z) * s).astype(np.float32)
+
+
+def _grid(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Min-MSE asymmetric scale and zero point per column of a block w [rows, N]."""
+    qmax = (1 << bits) - 1
+    lo, hi = np.minimum(w.min(0), 0.0), np.maximum(w.max(0), 0.0)
+    best_s = best_z = None
+    best_err = np.full(w.shape[1], np.inf)
+    for c in CLIP_GRID:
+        s = np.maximum((hi - lo) * c / qmax, 1e-12)
+        z = np.clip(np.round(-lo * c / s), 0, qmax)
+        err = (((np.clip(np.round(w / s + z), 0, qmax) - z) * s - w) ** 2).sum(0)
+        better = err < best_err
+        if best_s is None:
+            best_s, best_z = s.copy(), z.copy()
+        best_s[better], best_z[better], best_err[better] = s[better], z[better], err[better]
+    return best_s.astype(np.float32), best_z.astype(np.float32)
+
+
+def quantize_rtn(w: np.ndarray, bits: int, block: int) -> BlockQuant:
+    """Round to nearest on a per-(block, column) min-MSE grid."""
+    k, n = w.shape
+    nb = -(-k // block)
+    qmax = (1 << bits) - 1
+    q = np.zeros((k, n), dtype=np.uint8)
+    scale = np.zeros((nb, n), dtype=np.float32)
+    zero = np.zeros((nb, n), dtype=np.float32)
+    for b in range(nb):
+        rows = w[b * block : (b + 1) * block]
+        s, z = _grid(rows, bits)
+        scale[b], zero[b] = s, z
+        q[b * block : (b + 1) * block] = np.clip(np.round(rows / s + z), 0, qmax)
+    return BlockQuant(q, scale, zero, bits, block)
+
+
+def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, block: int, damp: float = 0.01) -> BlockQuant:
+    """GPTQ onto the same block grid; `hessian` is X^T X [K, K] of the layer inputs."""
+    w = w.astype(np.float64).copy()
+    k, n = w.shape
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[dead] = 0.0
+    h += np.eye(k) * damp * np.mean(np.diag(h))
+    try:
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
+    except np.linalg.LinAlgError:
+        return quantize_rtn(w.astype(np.float32), bits, block)
+    nb = -(-k // block)
+    qmax = (1 << bits) - 1
+    q = np.zeros((k, n), dtype=np.uint8)
+    scale = np.zeros((nb, n), dtype=np.float32)
+    zero = np.zeros((nb, n), dtype=np.float32)
+    for b in range(nb):
+        lo, hi = b * block, min((b + 1) * block, k)
+        s, z = _grid(w[lo:hi].astype(np.float32), bits)
+        scale[b], zero[b] = s, z
+        s64, z64 = s.astype(np.float64), z.astype(np.float64)
+        errs = np.zeros((hi - lo, n))
+        for i in range(lo, hi):
+            qi = np.clip(np.round(w[i] / s64 + z64), 0, qmax)
+            q[i] = qi
+            err = (w[i] - (qi - z64) * s64) / hinv[i, i]
+            w[i + 1 : hi] -= np.outer(hinv[i, i + 1 : hi], err)
+            errs[i - lo] = err
+        w[hi:] -= hinv[lo:hi, hi:].T @ errs  # lazy update of the rows after this block
+    return BlockQuant(q, scale, zero, bits, block)
+
+
+# ---------------------------------------------------------------- ORT layouts
+
+
+def pack_rows(q: np.ndarray, bits: int) -> np.ndarray:
+    """Pack uint values along the last axis: 4-bit puts element 2i in the low nibble."""
+    if bits == 8:
+        return q.astype(np.uint8)
+    if q.shape[-1] % 2:
+        q = np.concatenate([q, np.zeros((*q.shape[:-1], 1), dtype=q.dtype)], axis=-1)
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def matmulnbits_tensors(bq: BlockQuant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B uint8 [N, blocks, blob], scales float32 [N*blocks], zero_points uint8) for MatMulNBits."""
+    k, n = bq.q.shape
+    nb = bq.scale.shape[0]
+    padded = np.zeros((nb * bq.block, n), dtype=np.uint8)
+    padded[:k] = bq.q
+    blocks = padded.T.reshape(n, nb, bq.block)
+    b = pack_rows(blocks, bq.bits)  # [N, nb, block*bits/8]
+    scales = np.ascontiguousarray(bq.scale.T).reshape(-1).astype(np.float32)
+    zp = pack_rows(bq.zero.T.astype(np.uint8), bq.bits).reshape(-1)  # [N, ceil(nb*bits/8)]
+    return np.ascontiguousarray(b), scales, zp
+
+
+def gather_tensors(bq: BlockQuant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data uint8 [V, D*bits/8], scales [V, D/block], zero_points uint8) for GatherBlockQuantized.
+
+    `bq` holds the transposed table (K = D along rows, N = V columns) so blocks run along D.
+    """
+    data = pack_rows(np.ascontiguousarray(bq.q.T), bq.bits)
+    scales = np.ascontiguousarray(bq.scale.T).astype(np.float32)
+    zp = pack_rows(bq.zero.T.astype(np.uint8), bq.bits)
+    return data, scales, zp

@@ -1,0 +1,363 @@
+"""Per-node quantization of ONNX models: a plan {node name: type} -> a quantized ModelProto.
+
+Targets are the nodes that hold weights: MatMul (and Gemm, rewritten as MatMul + Add first),
+Conv, and Gather over an embedding table. Types, smallest first:
+
+  int4-b128 / int4-b64 / int4-b32   MatMul -> MatMulNBits (4-bit, accuracy_level 4),
+                                    Gather -> GatherBlockQuantized (4-bit); blocks of 128/64/32
+  int8                              MatMul -> MatMulNBits 8-bit, Gather -> GatherBlockQuantized
+                                    8-bit, Conv -> static QDQ int8 (per-channel weights,
+                                    calibrated activations; ORT runs it as QLinearConv)
+  fp16                              weight stored in fp16, a Cast back to fp32 (file size only)
+  fp32                              unchanged
+
+Weight-only integers come from GPTQ when calibration activations are available (Hessians from
+`collect_hessians`), else from round-to-nearest with a min-MSE clipping search (blockwise.py).
+Quantized weights are cached per (node, type), so trying many plans costs one GPTQ per pair.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from liteinfer.errors import LiteInferError
+from liteinfer.quant import blockwise
+
+MS_DOMAIN = "com.microsoft"
+ACCURACY_LEVEL = 4  # int8 activations x low-bit weights: the fast CPU path
+QTYPES = ("int4-b128", "int4-b64", "int4-b32", "int8", "fp16", "fp32")
+MIN_ELEMENTS = 4096  # smaller weights are not worth a node swap
+
+
+def parse_qtype(qtype: str) -> tuple[int, int]:
+    """(bits, block) of an integer type name."""
+    if qtype == "int8":
+        return 8, 32
+    if qtype.startswith("int4-b"):
+        return 4, int(qtype.removeprefix("int4-b"))
+    raise LiteInferError(f"unknown quantization type {qtype!r} (known: {', '.join(QTYPES)})")
+
+
+@dataclass
+class Target:
+    node: str  # node name (unique; unnamed nodes get names in `prepare_model`)
+    op: str  # MatMul | Conv | Gather
+    weight: str  # initializer name
+    shape: tuple[int, ...]
+    activation: str | None  # input tensor whose statistics GPTQ uses (MatMul only)
+    choices: list[str] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def load_onnx(path: str | Path):
+    """onnx.load with a one-line error for missing, truncated or foreign files."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise LiteInferError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as e:  # DecodeError, ValidationError, ...
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LiteInferError(f"{path}: not a valid ONNX model ({first})") from None
+    return model
+
+
+def prepare_model(model):
+    """A copy with every node named and constant-weight Gemm rewritten as MatMul + Add."""
+    from onnx import helper, numpy_helper
+
+    model = copy.deepcopy(model)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    names = set()
+    new_nodes = []
+    for i, node in enumerate(graph.node):
+        if not node.name or node.name in names:
+            node.name = f"{node.op_type}_{i}"
+        names.add(node.name)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type == "Gemm" and len(node.input) >= 2 and node.input[1] in inits
+            and attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        ):
+            w = numpy_helper.to_array(inits[node.input[1]])
+            if attrs.get("transB", 0):
+                w = np.ascontiguousarray(w.T)
+            wname = node.input[1] + ".matmul_weight"
+            graph.initializer.append(numpy_helper.from_array(w, wname))
+            mm_out = node.output[0] + ".mm" if len(node.input) > 2 and node.input[2] else node.output[0]
+            new_nodes.append(helper.make_node("MatMul", [node.input[0], wname], [mm_out], name=node.name))
+            if mm_out != node.output[0]:
+                new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + ".bias"))
+            continue
+        new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _drop_unused_initializers(model)
+    return model
+
+
+def find_targets(model) -> list[Target]:
+    from onnx import helper
+
+    inits = {i.name: tuple(i.dims) for i in model.graph.initializer if i.data_type == 1}  # float32
+    targets = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits:
+            shape = inits[node.input[1]]
+            if len(shape) == 2 and shape[0] >= 16 and np.prod(shape) >= MIN_ELEMENTS:
+                targets.append(Target(node.name, "MatMul", node.input[1], shape, node.input[0],
+                                      ["int4-b128", "int4-b64", "int4-b32", "int8", "fp16", "fp32"]))
+        elif node.op_type == "Conv" and len(node.input) >= 2 and node.input[1] in inits:
+            shape = inits[node.input[1]]
+            if np.prod(shape) >= 64:
+                targets.append(Target(node.name, "Conv", node.input[1], shape, None, ["int8", "fp16", "fp32"]))
+        elif node.op_type == "Gather" and node.input[0] in inits:
+            axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+            shape = inits[node.input[0]]
+            if axis == 0 and len(shape) == 2 and np.prod(shape) >= MIN_ELEMENTS and shape[1] >= 32:
+                targets.append(Target(node.name, "Gather", node.input[0], shape, None,
+                                      ["int4-b128", "int4-b64", "int4-b32", "int8", "fp16", "fp32"]))
+    return targets
+
+
+def type_bytes(t: Target, qtype: str) -> int:
+    """Bytes the target's weight takes stored as `qtype` (scales and zero points included)."""
+    if qtype == "fp32":
+        return 4 * t.numel
+    if qtype == "fp16":
+        return 2 * t.numel
+    if t.op == "Conv":  # int8 per output channel: data + float scale + zero point
+        return t.numel + 5 * t.shape[0]
+    bits, block = parse_qtype(qtype)
+    k, n = (t.shape if t.op == "MatMul" else (t.shape[1], t.shape[0]))
+    nb = -(-k // block)
+    return n * nb * block * bits // 8 + n * nb * 4 + n * (-(-nb * bits // 8))
+
+
+def weights_bytes(model) -> int:
+    """Bytes of all initializers: what the file size is, less protobuf framing."""
+    return sum(len(i.raw_data) if i.raw_data else _init_nbytes(i) for i in model.graph.initializer)
+
+
+def _init_nbytes(init) -> int:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(init).nbytes
+
+
+# ---------------------------------------------------------------- calibration statistics
+
+
+def add_outputs(model, names: list[str]):
+    """A copy of the model that also returns the named intermediate tensors."""
+    from onnx import helper
+
+    m = copy.deepcopy(model)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(helper.make_empty_tensor_value_info(n))
+    return m
+
+
+def collect_hessians(model, targets: list[Target], feeds: list[dict], threads: int | None = None) -> dict[str, np.ndarray]:
+    """X^T X of each MatMul target's input over the calibration feeds (padding rows skipped)."""
+    import onnxruntime as ort
+
+    acts = sorted({t.activation for t in targets if t.op == "MatMul" and t.activation})
+    if not acts:
+        return {}
+    probe = add_outputs(model, acts)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    hess: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        outs = sess.run(acts, feed)
+        keep = feed["attention_mask"].reshape(-1).astype(bool) if "attention_mask" in feed else None
+        for name, x in zip(acts, outs, strict=True):
+            x = x.reshape(-1, x.shape[-1]).astype(np.float32)
+            if keep is not None and len(keep) == len(x):
+                x = x[keep]
+            hess[name] = hess.get(name, 0) + (x.T @ x).astype(np.float64)
+    return hess
+
+
+# ---------------------------------------------------------------- building quantized models
+
+
+class Quantizer:
+    """Builds quantized models from plans; caches each (node, type)'s quantized weights."""
+
+    def __init__(self, model, hessians: dict | None = None, calib_feeds: list[dict] | None = None,
+                 accuracy_level: int = ACCURACY_LEVEL):
+        from onnx import numpy_helper
+
+        self.model = prepare_model(model)
+        self.targets = {t.node: t for t in find_targets(self.model)}
+        self.weights = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer
+                        if i.name in {t.weight for t in self.targets.values()}}
+        self.hessians = hessians or {}
+        self.calib_feeds = calib_feeds or []
+        self.accuracy_level = accuracy_level
+        self._cache: dict[tuple[str, str], blockwise.BlockQuant] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="liteinfer-quant-")
+        self._calib_cache = Path(self._tmp.name) / "calibration.json"
+        self.method: dict[str, str] = {}
+
+    def block_quant(self, t: Target, qtype: str) -> blockwise.BlockQuant:
+        key = (t.node, qtype)
+        if key not in self._cache:
+            bits, block = parse_qtype(qtype)
+            w = self.weights[t.weight].astype(np.float32)
+            if t.op == "Gather":  # blocks along the embedding dimension of each row
+                self._cache[key] = blockwise.quantize_rtn(np.ascontiguousarray(w.T), bits, block)
+                self.method[t.node] = "rtn"
+            elif t.activation in self.hessians:
+                self._cache[key] = blockwise.quantize_gptq(w, self.hessians[t.activation], bits, block)
+                self.method[t.node] = "gptq"
+            else:
+                self._cache[key] = blockwise.quantize_rtn(w, bits, block)
+                self.method[t.node] = "rtn"
+        return self._cache[key]
+
+    def build(self, plan: dict[str, str]):
+        """A quantized ModelProto for {node: type}; nodes not in the plan stay fp32."""
+        from onnx import helper
+
+        for node, qtype in plan.items():
+            if node not in self.targets:
+                raise LiteInferError(f"plan names {node!r}, which is not a quantizable node of this model")
+            if qtype not in self.targets[node].choices:
+                raise LiteInferError(f"type {qtype!r} is not available for {self.targets[node].op} node {node!r}")
+        convs = [n for n, q in plan.items() if q == "int8" and self.targets[n].op == "Conv"]
+        model = self._static_int8(self.model, convs) if convs else copy.deepcopy(self.model)
+        by_name = {n.name: n for n in model.graph.node}
+        new_inits, replace = [], {}
+        for node_name, qtype in plan.items():
+            t = self.targets[node_name]
+            node = by_name.get(node_name)
+            if qtype == "fp32" or (t.op == "Conv" and qtype == "int8") or node is None:
+                continue
+            if qtype == "fp16":
+                half = t.weight + ".fp16"
+                new_inits.append((half, self.weights[t.weight].astype(np.float16)))
+                cast_out = t.weight + ".fp32"
+                idx = 0 if t.op == "Gather" else 1
+                node.input[idx] = cast_out
+                replace[node_name] = [helper.make_node("Cast", [half], [cast_out], name=node_name + ".cast", to=1), node]
+                continue
+            bq = self.block_quant(t, qtype)
+            if t.op == "MatMul":
+                b, scales, zp = blockwise.matmulnbits_tensors(bq)
+                names = [f"{t.weight}.q{bq.bits}", f"{t.weight}.scales", f"{t.weight}.zp"]
+                new_inits += list(zip(names, (b, scales, zp), strict=True))
+                k, n = t.shape
+                replace[node_name] = [helper.make_node(
+                    "MatMulNBits", [node.input[0], *names], list(node.output), name=node_name, domain=MS_DOMAIN,
+                    K=k, N=n, bits=bq.bits, block_size=bq.block, accuracy_level=self.accuracy_level,
+                )]
+            else:  # Gather over an embedding table
+                data, scales, zp = blockwise.gather_tensors(bq)
+                names = [f"{t.weight}.q{bq.bits}", f"{t.weight}.scales", f"{t.weight}.zp"]
+                new_inits += list(zip(names, (data, scales, zp), strict=True))
+                replace[node_name] = [helper.make_node(
+                    "GatherBlockQuantized", [names[0], node.input[1], names[1], names[2]], list(node.output),
+                    name=node_name, domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
+                    block_size=bq.block, bits=bq.bits,
+                )]
+        return _finish(model, replace, new_inits)
+
+    def _static_int8(self, model, conv_nodes: list[str]):
+        """Static QDQ int8 (per-channel weights) for the given Conv nodes; ranges calibrated once."""
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if not self.calib_feeds:
+            raise LiteInferError("int8 convolutions need calibration data (--calib)")
+        src, dst = Path(self._tmp.name) / "in.onnx", Path(self._tmp.name) / "out.onnx"
+        onnx.save(model, str(src))
+        quantize_static(
+            str(src), str(dst), _Reader(self.calib_feeds), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"], nodes_to_quantize=conv_nodes, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(self._calib_cache),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        out = onnx.load(str(dst))
+        del out.metadata_props[:]
+        out.metadata_props.extend(model.metadata_props)
+        return out
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over a list of feeds (re-iterable)."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self.i = feeds, 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+    def __deepcopy__(self, memo):
+        return _Reader(self.feeds)
+
+
+def _finish(model, replace: dict, new_inits: list):
+    """Swap nodes, add initializers, declare com.microsoft, drop weights nothing reads."""
+    from onnx import helper, numpy_helper
+
+    nodes = []
+    for node in model.graph.node:
+        nodes.extend(replace.get(node.name, [node]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for name, arr in new_inits:
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    _drop_unused_initializers(model)
+    return model
+
+
+def _drop_unused_initializers(model) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for sub in (a.g for n in model.graph.node for a in n.attribute if a.g.node):
+        used |= {i for n in sub.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def save_model(model, out: str | Path) -> int:
+    """Write atomically; returns the file size."""
+    import onnx
+
+    from liteinfer.files import atomic_output
+
+    with atomic_output(out) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(out).stat().st_size

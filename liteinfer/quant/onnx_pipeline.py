@@ -1,0 +1,136 @@
+"""`liteinfer quantize model.onnx out.onnx ...`: the whole ONNX path in one function.
+
+    quantize_onnx(src, out, qtype="int8", calib=...)                      one type everywhere
+    quantize_onnx(src, out, mixed=True, min_accuracy=0.99, calib=...)     sensitivity-driven mix
+
+Reads the model's liteinfer metadata to know how to turn the calibration file into inputs,
+collects Hessians for GPTQ, builds, checks that ORT loads the result, and writes it atomically
+with the plan recorded in the metadata. Any bad input stops before an output file exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from liteinfer.errors import LiteInferError
+
+CALIB_LIMIT = {"embedding": 128, "classifier": 256}
+
+
+@dataclass
+class OnnxQuantReport:
+    out: Path
+    plan: dict[str, str]
+    fp32_bytes: int
+    out_bytes: int
+    score: float | None
+    metric: str
+    plan_text: str
+    seconds: float
+
+
+def _calib_set(fp32_path: Path, calib: str | Path, limit: int | None):
+    from liteinfer.engines.onnx import load_model
+    from liteinfer.evaluate.onnx import load_eval_set
+
+    model = load_model(fp32_path)
+    evalset = load_eval_set(model, calib, limit=limit or CALIB_LIMIT[model.kind])
+    output = model.meta.text.output if model.kind == "embedding" else model.prep.output
+    return model, evalset, output
+
+
+def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mixed: bool = False,
+                  calib: str | Path | None = None, min_accuracy: float | None = None,
+                  max_size_mb: float | None = None, types: list[str] | None = None,
+                  calib_limit: int | None = None, accuracy_level: int = 4, gptq: bool = True,
+                  progress: Callable[[str], None] | None = None) -> OnnxQuantReport:
+    from liteinfer.engines.onnx_meta import read_meta, write_meta
+    from liteinfer.quant.onnx import QTYPES, Quantizer, collect_hessians, find_targets, load_onnx, save_model
+    from liteinfer.quant.sensitivity_onnx import MixedResult, Scorer, format_plan, search
+
+    t0 = time.time()
+    src, out = Path(src), Path(out)
+    if not mixed and qtype is None:
+        raise LiteInferError("give --type TYPE or --mixed")
+    if qtype is not None and qtype not in QTYPES:
+        raise LiteInferError(f"unknown quantization type {qtype!r} (known: {', '.join(QTYPES)})")
+    types = types or list(QTYPES)
+    for t in types:
+        if t not in QTYPES:
+            raise LiteInferError(f"unknown quantization type {t!r} (known: {', '.join(QTYPES)})")
+    if min_accuracy is not None and not 0 < min_accuracy <= 1:
+        raise LiteInferError(f"--min-accuracy must be in (0, 1], got {min_accuracy}")
+    if mixed and min_accuracy is None and max_size_mb is None:
+        raise LiteInferError("--mixed needs --min-accuracy and/or --max-size")
+    if mixed and calib is None:
+        raise LiteInferError("--mixed needs calibration data (--calib)")
+    if out.resolve() == src.resolve():
+        raise LiteInferError("output would overwrite the input model")
+
+    fp32 = load_onnx(src)
+    meta = read_meta(fp32)
+    model = evalset = output = None
+    if calib is not None:
+        model, evalset, output = _calib_set(src, calib, calib_limit)
+    targets = find_targets(fp32)
+    need_calib = qtype == "int8" and any(t.op == "Conv" for t in targets)
+    if need_calib and evalset is None:
+        raise LiteInferError("int8 convolutions are calibrated (static QDQ): give --calib DATA")
+
+    hessians = {}
+    if evalset is not None and gptq and (mixed or (qtype or "").startswith("int4")):
+        if progress:
+            progress("collecting layer input statistics for GPTQ")
+        hessians = collect_hessians(fp32, targets, evalset.feeds)
+    q = Quantizer(fp32, hessians, evalset.feeds if evalset else None, accuracy_level=accuracy_level)
+    if not q.targets:
+        raise LiteInferError(f"{src}: no MatMul/Gemm/Conv/Gather weights to quantize")
+
+    scorer = None
+    if evalset is not None:
+        scorer = Scorer(model.kind, output, evalset.feeds, evalset.labels)
+        scorer.set_reference(q.model)
+
+    if mixed:
+        max_bytes = int(max_size_mb * 1e6) if max_size_mb is not None else None
+        result = search(q, scorer, types, min_accuracy, max_bytes, progress)
+        plan, score = result.plan, result.score
+        plan_text = format_plan(q, result)
+    else:
+        plan = {n: (qtype if qtype in t.choices else "int8") for n, t in q.targets.items()}
+        score = None
+        plan_text = ""
+    quantized = q.build(plan)
+    if scorer is not None and score is None:
+        score = scorer.score(scorer.run(quantized))
+    if not mixed:
+        from liteinfer.quant.onnx import weights_bytes
+
+        fake = MixedResult(plan, score if score is not None else float("nan"), weights_bytes(quantized),
+                           weights_bytes(q.model), {}, metric=scorer.metric if scorer else "not measured (no --calib)")
+        plan_text = format_plan(q, fake)
+        if min_accuracy is not None and score is not None and score < min_accuracy:
+            raise LiteInferError(f"{qtype} scores {score:.4f} ({scorer.metric}), below --min-accuracy {min_accuracy}")
+        if max_size_mb is not None and weights_bytes(quantized) > max_size_mb * 1e6:
+            raise LiteInferError(f"{qtype} takes {weights_bytes(quantized) / 1e6:.2f} MB, over --max-size {max_size_mb}")
+    meta.quantization = {
+        "plan": plan, "methods": {n: q.method.get(n, "") for n in plan}, "score": score,
+        "metric": scorer.metric if scorer else "", "source": src.name, "accuracy_level": accuracy_level,
+    }
+    write_meta(quantized, meta)
+    _check_loads(quantized)
+    size = save_model(quantized, out)
+    return OnnxQuantReport(out, plan, src.stat().st_size, size, score, scorer.metric if scorer else "",
+                           plan_text, time.time() - t0)
+
+
+def _check_loads(model) -> None:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise LiteInferError(f"internal: quantized model does not load in onnxruntime ({str(e)[:200]})") from None

@@ -1,0 +1,208 @@
+"""Sensitivity-driven mixed precision for ONNX models: measure, allocate, verify.
+
+1. Sensitivity: for every weight node and every candidate type, quantize that node alone and
+   measure the loss on calibration data against the FP32 outputs (1 - mean cosine for
+   embeddings, mean KL divergence of the softmax for classifiers).
+2. Allocation: start with every node at its smallest type; repeatedly upgrade the node whose
+   next type buys the most loss reduction per byte (losses are treated as additive). This gives
+   a path of plans from smallest to largest.
+3. Verification: binary search along the path for the smallest plan whose real model (built
+   and run, not predicted) meets the floor: mean cosine for embeddings; for classifiers the
+   accuracy ratio to FP32 on labelled data, or top-1 agreement with FP32 without labels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from liteinfer.errors import LiteInferError
+from liteinfer.quant.onnx import Quantizer, Target, type_bytes, weights_bytes
+
+LOSSLESS = ("fp16", "fp32")  # not measured: their loss is ~0 by construction
+
+
+@dataclass
+class Scorer:
+    """Runs candidate models on calibration feeds and compares them with the FP32 outputs."""
+
+    kind: str  # embedding | classifier
+    output: str
+    feeds: list[dict]
+    labels: np.ndarray | None = None
+    threads: int | None = None
+    ref: np.ndarray | None = None
+
+    def run(self, model) -> np.ndarray:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return np.concatenate([sess.run([self.output], f)[0] for f in self.feeds])
+
+    def set_reference(self, model) -> None:
+        self.ref = self.run(model)
+
+    def loss(self, out: np.ndarray) -> float:
+        from liteinfer.evaluate.onnx import cosine_rows, kl_divergence
+
+        if self.kind == "embedding":
+            return float(1.0 - cosine_rows(self.ref, out).mean())
+        return float(kl_divergence(self.ref, out).mean())
+
+    def score(self, out: np.ndarray) -> float:
+        from liteinfer.evaluate.onnx import cosine_rows
+
+        if self.kind == "embedding":
+            return float(cosine_rows(self.ref, out).mean())
+        if self.labels is not None:
+            ref_acc = float(np.mean(self.ref.argmax(1) == self.labels))
+            return float(np.mean(out.argmax(1) == self.labels)) / max(ref_acc, 1e-12)
+        return float(np.mean(out.argmax(1) == self.ref.argmax(1)))
+
+    @property
+    def metric(self) -> str:
+        if self.kind == "embedding":
+            return "mean cosine to FP32"
+        return "accuracy ratio to FP32" if self.labels is not None else "top-1 agreement with FP32"
+
+
+@dataclass
+class Step:
+    plan: dict[str, str]
+    est_bytes: int
+    pred_loss: float
+
+
+@dataclass
+class MixedResult:
+    plan: dict[str, str]
+    score: float
+    est_bytes: int
+    fp32_bytes: int
+    sensitivity: dict[str, dict[str, float]]
+    tried: list[tuple[int, int, float]] = field(default_factory=list)  # (path index, bytes, score)
+    metric: str = ""
+
+
+def measure_sensitivity(q: Quantizer, scorer: Scorer, types: list[str],
+                        progress: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+    """loss[node][type] with only that node quantized; lossless types get 0."""
+    sens: dict[str, dict[str, float]] = {}
+    todo = [(t, qt) for t in q.targets.values() for qt in t.choices if qt in types and qt not in LOSSLESS]
+    for i, (t, qt) in enumerate(todo):
+        sens.setdefault(t.node, {})[qt] = scorer.loss(scorer.run(q.build({t.node: qt})))
+        if progress:
+            progress(f"sensitivity {i + 1}/{len(todo)}: {t.node} {qt} loss {sens[t.node][qt]:.2e}")
+    for t in q.targets.values():
+        for qt in t.choices:
+            if qt in LOSSLESS and qt in types:
+                sens.setdefault(t.node, {})[qt] = 0.0
+    return sens
+
+
+def _choices(t: Target, types: list[str]) -> list[str]:
+    allowed = [qt for qt in t.choices if qt in types]
+    return sorted(allowed, key=lambda qt: type_bytes(t, qt))
+
+
+def greedy_path(targets: list[Target], sens: dict[str, dict[str, float]], types: list[str]) -> list[Step]:
+    """Plans from smallest to largest; each step upgrades the best loss-per-byte node."""
+    choices = {t.node: _choices(t, types) for t in targets}
+    state = {t.node: 0 for t in targets}
+    by_node = {t.node: t for t in targets}
+
+    def snapshot() -> Step:
+        plan = {n: choices[n][i] for n, i in state.items()}
+        est = sum(type_bytes(by_node[n], qt) for n, qt in plan.items())
+        return Step(plan, est, sum(sens[n][qt] for n, qt in plan.items()))
+
+    path = [snapshot()]
+    while True:
+        best, best_gain = None, 0.0
+        for n, i in state.items():
+            cur_loss, cur_bytes = sens[n][choices[n][i]], type_bytes(by_node[n], choices[n][i])
+            for j in range(i + 1, len(choices[n])):
+                extra = type_bytes(by_node[n], choices[n][j]) - cur_bytes
+                gain = (cur_loss - sens[n][choices[n][j]]) / max(extra, 1)
+                if gain > best_gain:
+                    best, best_gain = (n, j), gain
+        if best is None:
+            return path
+        state[best[0]] = best[1]
+        path.append(snapshot())
+
+
+def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | None,
+           max_bytes: int | None = None, progress: Callable[[str], None] | None = None) -> MixedResult:
+    """The smallest plan on the greedy path meeting `min_score` (and `max_bytes` when given)."""
+    if not q.targets:
+        raise LiteInferError("the model has no MatMul/Gemm/Conv/Gather weights to quantize")
+    fp32_total = weights_bytes(q.model)
+    fixed = fp32_total - sum(4 * t.numel for t in q.targets.values())
+    t0 = time.time()
+    sens = measure_sensitivity(q, scorer, types, progress)
+    path = greedy_path(list(q.targets.values()), sens, types)
+    if progress:
+        progress(f"sensitivity done in {time.time() - t0:.0f} s; {len(path)} plans on the path")
+    tried: list[tuple[int, int, float]] = []
+    scores: dict[int, float] = {}
+
+    def real(i: int) -> float:
+        if i not in scores:
+            scores[i] = scorer.score(scorer.run(q.build(path[i].plan)))
+            tried.append((i, fixed + path[i].est_bytes, scores[i]))
+            if progress:
+                progress(f"plan {i}: {(fixed + path[i].est_bytes) / 1e6:.2f} MB, score {scores[i]:.4f}")
+        return scores[i]
+
+    within = [i for i, s in enumerate(path) if max_bytes is None or fixed + s.est_bytes <= max_bytes]
+    if not within:
+        raise LiteInferError(
+            f"size budget {max_bytes / 1e6:.2f} MB cannot be met: the smallest plan takes "
+            f"{(fixed + path[0].est_bytes) / 1e6:.2f} MB"
+        )
+    if min_score is None:  # size-targeted: the largest plan that fits
+        best = within[-1]
+        real(best)
+    else:
+        lo, hi = 0, within[-1]
+        if real(hi) < min_score:
+            raise LiteInferError(
+                f"accuracy floor {min_score} cannot be met{' within the size budget' if max_bytes else ''}: "
+                f"the best plan scores {scores[hi]:.4f} ({scorer.metric})"
+            )
+        while lo < hi:  # smallest index meeting the floor, assuming score grows along the path
+            mid = (lo + hi) // 2
+            if real(mid) >= min_score:
+                hi = mid
+            else:
+                lo = mid + 1
+        best = hi
+    return MixedResult(path[best].plan, scores[best], fixed + path[best].est_bytes, fp32_total, sens,
+                       sorted(tried), scorer.metric)
+
+
+def format_plan(q: Quantizer, result: MixedResult) -> str:
+    """Readable plan: one line per node with type, bytes and measured loss, then totals."""
+    lines = [f"{'node':<28} {'op':<7} {'shape':<14} {'type':<10} {'KB':>8}  loss(alone)"]
+    for node, qt in result.plan.items():
+        t = q.targets[node]
+        loss = result.sensitivity.get(node, {}).get(qt, 0.0)
+        shape = "x".join(map(str, t.shape))
+        lines.append(f"{node[:28]:<28} {t.op:<7} {shape:<14} {qt:<10} {type_bytes(t, qt) / 1024:>8.1f}  {loss:.2e}")
+    counts: dict[str, int] = {}
+    for qt in result.plan.values():
+        counts[qt] = counts.get(qt, 0) + 1
+    mix = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    lines.append(
+        f"plan: {mix}; weights {result.est_bytes / 1e6:.2f} MB of {result.fp32_bytes / 1e6:.2f} MB FP32 "
+        f"(1/{result.fp32_bytes / result.est_bytes:.2f}); {result.metric}: {result.score:.4f}"
+    )
+    return "\n".join(lines)
