@@ -7,8 +7,9 @@
      - the planner's config (from the full profile of step 1),
      - every config of an exhaustive sweep over what the planner decides
        (engine threads x scheduler max_batch x prefill chunk),
-   through the tuner's continuous-batching measurement (liteinfer.tune.trial.measure_config:
-   burst of chat requests, up to max_batch sequences per llama_decode step). Each config
+   through the tuner's continuous-batching measurement (liteinfer.tune.trial.measure_isolated:
+   a child process per trial, a burst of chat requests, up to max_batch sequences per
+   llama_decode step; a trial past --trial-timeout counts as 0 tok/s). Each config
    is measured --rounds times in shuffled order and keeps its best run: on a shared machine
    the best run is the least disturbed one. Target: planned >= 90% of the sweep's best.
 
@@ -67,12 +68,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batches", default="1,4,8,16,32")
     ap.add_argument("--chunks", default="64,256")
+    ap.add_argument("--threads", default=None, help="thread counts to sweep (default 1..usable cores)")
+    ap.add_argument("--trial-timeout", type=float, default=180.0, help="seconds before a trial counts as 0 tok/s")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
     from liteinfer.catalog import resolve_llm
+    from liteinfer.errors import LiteInferError
     from liteinfer.hardware.probe import probe
-    from liteinfer.tune.trial import measure_config
+    from liteinfer.tune.trial import measure_isolated
     from liteinfer.tune.workload import chat_mix
 
     load0 = os.getloadavg()[0]
@@ -90,7 +94,7 @@ def main() -> int:
     model = resolve_llm(args.model)
     reqs = chat_mix(args.requests, args.max_tokens)
     default = DeviceConfig()
-    threads = range(1, p.usable_cores + 1)
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else range(1, p.usable_cores + 1)
     batches = [int(b) for b in args.batches.split(",")]
     chunks = [int(c) for c in args.chunks.split(",")]
     configs: dict[str, DeviceConfig] = {"default": default, "planned": planned}
@@ -101,11 +105,14 @@ def main() -> int:
     best: dict[str, dict] = {}
     t0 = time.perf_counter()
     for i, name in enumerate(order, 1):
-        m = measure_config(model, configs[name], reqs, warmup=True)
+        try:  # a child process per trial: a crash or a collapse costs one timeout, not the run
+            m = measure_isolated(model, configs[name], reqs, timeout_s=args.trial_timeout)
+        except LiteInferError as e:
+            m = {"tok_s": 0.0, "ttft_p95_ms": float("nan"), "loadavg_1m": os.getloadavg()[0], "error": str(e)}
         if name not in best or m["tok_s"] > best[name]["tok_s"]:
             best[name] = m
         print(f"  [{i}/{len(order)}] {name:<14} {m['tok_s']:7.1f} tok/s  (load {m['loadavg_1m']:.1f}, "
-              f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+              f"{time.perf_counter() - t0:.0f} s){'  ' + m['error'] if 'error' in m else ''}", file=sys.stderr)
 
     sweep = {k: v for k, v in best.items() if k not in ("default", "planned")}
     top_name = max(sweep, key=lambda k: sweep[k]["tok_s"])

@@ -146,3 +146,14 @@ def test_profile_bad_output_and_root(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text("{not json")
     assert_clean_error(liteinfer("doctor", "--config", str(bad)), "not valid JSON")
+
+
+def test_profile_with_a_broken_model_still_plans(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    out = tmp_path / "dc.json"
+    r = liteinfer("profile", "--quick", "--model", str(bad), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "engine measurement skipped" in r.stderr
+    cfg = load_config(out)
+    assert "error" in cfg.device["measurements"] and cfg.engine.n_threads >= 1

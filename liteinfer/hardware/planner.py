@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from liteinfer.config import DeviceConfig
+from liteinfer.errors import LiteInferError
 from liteinfer.hardware.devices import DeviceEntry, Match, best_match
 from liteinfer.hardware.probe import Probe
 
@@ -347,5 +348,9 @@ def profile(model: str = "smollm2-135m", quick: bool = False, measure_engine: bo
     entry = best.entry if best is not None and best.closeness != "weak" else None
     m: dict[str, Any] = {}
     if measure_engine:
-        m = measure(p, model=model, quick=quick, log=log)
+        try:
+            m = measure(p, model=model, quick=quick, log=log)
+        except LiteInferError as e:  # no model, or it cannot load: plan from probe + library
+            log(f"  warning: engine measurement skipped: {e}")
+            m = {"error": str(e)}
     return p, best, m, plan(p, entry, m, match_info=best)
