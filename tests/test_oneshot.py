@@ -59,13 +59,14 @@ def png(value: int, size: int = 20) -> bytes:
 
 
 class OneShotServer:
-    def __init__(self, *args: str):
+    """The one-shot-only server (`python -m liteinfer.server.oneshot_routes`), or another module's."""
+
+    def __init__(self, *args: str, module: tuple[str, ...] = ("liteinfer.server.oneshot_routes",)):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "liteinfer.server.oneshot_routes", "--port",
-                                      str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        deadline = time.monotonic() + 120
+        self.proc = subprocess.Popen([sys.executable, "-m", *module, "--port", str(self.port), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
@@ -251,6 +252,24 @@ def _config(tiny: Path, **oneshot) -> Path:
     path = tiny.parent / f"cfg-{'-'.join(f'{k}{v}' for k, v in oneshot.items())}.json"
     save_config(cfg, path)
     return path
+
+
+def test_routes_join_the_llm_server(tiny, default_model_path):
+    """`liteinfer serve --embedding-model --classifier-model`: one server, chat and one-shot models."""
+    srv = OneShotServer("-m", str(default_model_path), "--ctx", "1024", "--embedding-model", str(minilm_fp32()),
+                        "--classifier-model", str(tiny), module=("liteinfer", "serve"))
+    try:
+        ids = [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
+        assert len(ids) == 3 and "tiny" in ids
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": ["hello", "world"]})
+        assert r.status_code == 200 and len(r.json()["data"]) == 2
+        r = httpx.post(srv.url + "/v1/classify", files={"file": ("w.png", png(250), "image/png")})
+        assert r.status_code == 200 and r.json()["data"][0]["labels"][0]["label"] == "bright"
+        assert httpx.post(srv.url + "/v1/embeddings", json={"input": ""}).status_code == 400
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'liteinfer_oneshot_batch_size_count{model="tiny"} 1.0' in metrics
+    finally:
+        srv.stop()
 
 
 # ---------------------------------------------------------------- CLI
