@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 from pathlib import Path
 
 from liteinfer.engines.onnx_meta import ImagePrep, ModelMeta, write_meta
@@ -45,7 +46,8 @@ def export_module(module, out: str | Path, prep: ImagePrep, labels: list[str], n
     channels = 1 if prep.mode == "L" else 3
     example = torch.zeros(1, channels, prep.size, prep.size)
     with atomic_output(out) as tmp:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
             torch.onnx.export(
                 module, (example,), str(tmp), input_names=[prep.input], output_names=[prep.output],
                 dynamic_axes={prep.input: {0: "batch"}, prep.output: {0: "batch"}},
