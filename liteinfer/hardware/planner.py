@@ -280,8 +280,9 @@ def stale_fields(config: DeviceConfig, p: Probe) -> list[str]:
 def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=print) -> dict[str, Any]:
     """Real measurements for plan(): bandwidth, model sizes, engine speed (and a thread sweep).
 
-    quick: ~3-6 s (bandwidth, batch 1/4/16 at the planned thread count);
-    full: adds a thread sweep and batch 32, ~10-20 s on a quiet 2-core machine.
+    quick: bandwidth, batch 1/4/16 at the planned thread count, within ~10 s (model load
+    included); full: adds a thread sweep and batch 32, within ~20 s. A single engine step
+    cannot be cut short, so a badly overloaded machine can overrun a little.
     """
     from liteinfer.catalog import pull
     from liteinfer.config import EngineSettings
@@ -289,6 +290,9 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
     from liteinfer.hardware.microbench import measure_engine, memory_bandwidth, model_facts, set_threads
 
     t0 = time.perf_counter()
+    # Everything below shares one deadline, so a slow or busy machine still finishes in time:
+    # budgets shrink (fewer steps per point, later batch sizes skipped) instead of the run growing.
+    deadline = t0 + (10.0 if quick else 20.0)
     out: dict[str, Any] = {}
     bw = memory_bandwidth(size_mb=64, seconds=0.2 if quick else 0.5)
     out["mem_bandwidth_gbs"] = bw["copy_gbs"]
@@ -321,7 +325,8 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
             sweep = {}
             for n in candidates:
                 set_threads(eng, n)
-                r = measure_engine(eng, batches=(4,), quick=True, budget_s=1.0)
+                left = deadline - time.perf_counter()
+                r = measure_engine(eng, batches=(4,), quick=True, budget_s=max(0.2, min(1.0, left / 4)))
                 sweep[str(n)] = (r.get("batched_decode_tok_s") or {}).get("4") or 0.0
                 log(f"  {n} threads: {sweep[str(n)]} tok/s at batch 4")
             out["threads_batch4_tok_s"] = sweep
@@ -329,7 +334,8 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
             threads = min(int(k) for k, v in sweep.items() if v >= 0.97 * best)
             set_threads(eng, threads)
         out["threads"] = threads
-        r = measure_engine(eng, batches=batches, quick=quick, budget_s=6.0 if quick else 10.0)
+        left = deadline - time.perf_counter()
+        r = measure_engine(eng, batches=batches, quick=quick, budget_s=max(0.5, min(6.0 if quick else 10.0, left)))
         out.update(r)
         log(f"  {threads} threads: prompt {r.get('prompt_tok_s')} tok/s, decode {r.get('decode_tok_s')} tok/s, "
             f"batched {r.get('batched_decode_tok_s')}")
