@@ -157,3 +157,31 @@ def test_profile_with_a_broken_model_still_plans(tmp_path):
     assert "engine measurement skipped" in r.stderr
     cfg = load_config(out)
     assert "error" in cfg.device["measurements"] and cfg.engine.n_threads >= 1
+
+
+def _anchors(md: Path) -> set[str]:
+    """GitHub heading anchors of a markdown file."""
+    import re
+
+    out = set()
+    for line in md.read_text().splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return out
+
+
+def test_doctor_links_point_at_existing_sections():
+    from liteinfer.hardware.probe import probe
+    from liteinfer.hardware.profile import SECTIONS, advice
+
+    targets = set(SECTIONS.values())
+    for fixture in ("x86-vm", "raspberry-pi-5", "jetson-orin-nano", "orange-pi-5", "container-2cpu-4g", "mac-mini-m2"):
+        targets |= {t["see"] for t in advice(probe(HW / fixture), load_avg=99.0)}
+    for target in sorted(targets):
+        path, _, anchor = target.partition("#")
+        if path == "docs/tuning.md" and not (ROOT / path).exists():
+            continue  # the tuning manual is written by the tuning issue
+        assert (ROOT / path).exists(), target
+        if anchor:
+            assert anchor in _anchors(ROOT / path), target

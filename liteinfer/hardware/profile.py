@@ -17,6 +17,15 @@ from liteinfer.errors import LiteInferError
 
 TUNING = "docs/tuning.md"
 HARDWARE = "docs/hardware"
+# Sections of the tuning manual that doctor's advice points to (GitHub heading anchors).
+SECTIONS = {
+    "threads": f"{TUNING}#1-threads-physical-cores-and-fewer-when-the-machine-is-shared",
+    "kv": f"{TUNING}#5-kv-cache-type-enginetype_k--enginetype_v",
+    "memory": f"{TUNING}#7-size-enginen_ctx-for-the-real-load",
+    "mlock": f"{TUNING}#8-mmap-and-mlock-engineuse_mmap-engineuse_mlock",
+    "power": f"{TUNING}#10-cpu-power-policy-governor-epp-and-frequency-limits",
+    "build": f"{TUNING}#12-build-and-runtime-details",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,15 +109,15 @@ def advice(p, cfg=None, load_avg: float | None = None) -> list[dict[str, str]]:
     if load_avg is not None and load_avg > 0.5 * max(1, cores):
         add("load", f"load average {load_avg:.1f} on {cores} usable cores: llama.cpp threads wait for each other "
             "at every step, so other busy processes slow inference far more than their share; "
-            "run liteinfer on an otherwise idle machine or lower n_threads", f"{TUNING}#threads")
+            "run liteinfer on an otherwise idle machine or lower n_threads", SECTIONS["threads"])
     if c.big_little:
         big = max(c.clusters, key=lambda k: (k.capacity or 0, k.max_freq_mhz or 0))
         cpus = ",".join(str(i) for i in big.cpus)
         add("threads", f"big.LITTLE CPU: run on the {len(big.cpus)} {big.core or 'big'} cores only "
-            f"(n_threads={c.big_cores()}, and `taskset -c {cpus} liteinfer serve ...`)", f"{TUNING}#threads")
+            f"(n_threads={c.big_cores()}, and `taskset -c {cpus} liteinfer serve ...`)", SECTIONS["threads"])
     if c.smt:
         add("threads", f"SMT: {c.logical_cores} threads on {c.physical_cores} cores; hyperthreads share the vector "
-            f"units, keep n_threads <= {c.physical_cores}", f"{TUNING}#threads")
+            f"units, keep n_threads <= {c.physical_cores}", SECTIONS["threads"])
     if p.container.cpu_quota is not None and p.container.cpu_quota % 1:
         add("container", f"fractional CPU quota {p.container.cpu_quota:g}: the kernel throttles the last partial "
             f"core mid-step; use n_threads={max(1, int(p.container.cpu_quota))} or an integer --cpus",
@@ -121,20 +130,20 @@ def advice(p, cfg=None, load_avg: float | None = None) -> list[dict[str, str]]:
             "llama-cpp-python on this machine (GGML_NATIVE=ON)", f"{HARDWARE}/intel-amd-mini.md")
     if "amx" in c.isa:
         add("isa", "AMX CPU: llama.cpp's AMX repack buffers crash multi-token decode; keep "
-            "engine.use_extra_bufts false (the planner does)", f"{TUNING}#engine")
+            "engine.use_extra_bufts false (the planner does)", SECTIONS["build"])
     if c.arch in ("aarch64", "arm64") and "dotprod" not in c.isa:
         add("isa", "no dotprod (Armv8.0 cores): Q4_0 is the fastest quant type; K-quants run slower here",
             f"{HARDWARE}/raspberry-pi.md")
     if p.effective_memory_mb < 2048:
         add("memory", f"{p.effective_memory_mb} MB usable: stay with sub-1B models, q8_0 KV cache and a small n_ctx",
-            f"{TUNING}#memory")
+            SECTIONS["kv"])
     if p.memory.swap_total_mb == 0 and p.memory.total_mb < 8192:
         add("memory", "no swap: a memory spike kills the server (OOM); add zram swap (e.g. zram-tools) so "
-            "bursts do not, while weights stay in RAM", f"{TUNING}#memory")
+            "bursts do not, while weights stay in RAM", SECTIONS["memory"])
     if p.memory.memlock_limit_mb is not None and p.memory.memlock_limit_mb < 1024:
         add("memory", f"RLIMIT_MEMLOCK is {p.memory.memlock_limit_mb} MB: mlock of the weights is off; raise it "
             "(`ulimit -l unlimited`, LimitMEMLOCK=infinity in a systemd unit) to keep weights resident",
-            f"{TUNING}#memory")
+            SECTIONS["mlock"])
     for a in p.compute_accelerators():
         if a.api == "cuda":
             add("accelerator", f"{a.name}: this build runs llama.cpp on the CPU; a CUDA build of llama-cpp-python "
@@ -154,22 +163,22 @@ def advice(p, cfg=None, load_avg: float | None = None) -> list[dict[str, str]]:
     pw = p.power
     if not pw.cpufreq:
         add("power", "no cpufreq interface (VM or locked firmware): the power profile stays 'unchanged'",
-            f"{TUNING}#power")
+            SECTIONS["power"])
     elif pw.governor in ("powersave",) and pw.scaling_driver != "intel_pstate":
         add("power", "governor 'powersave' pins the lowest clock: use schedutil/ondemand or `liteinfer power`",
-            f"{TUNING}#power")
+            SECTIONS["power"])
     if not pw.energy_meter:
         add("power", "no energy meter (RAPL/hwmon/vcgencmd): tokens per joule cannot be measured here",
-            f"{TUNING}#power")
+            SECTIONS["power"])
     if cfg is not None:
         e = cfg.engine
         if e.n_threads and e.n_threads > cores:
             add("config", f"engine.n_threads={e.n_threads} but only {cores} cores are usable: threads will "
-                "time-share cores and every step waits for the slowest", f"{TUNING}#threads")
+                "time-share cores and every step waits for the slowest", SECTIONS["threads"])
         model_mb = (cfg.device.get("measurements") or {}).get("model_bytes", 0) / 2**20
         if e.use_mlock and p.memory.memlock_limit_mb is not None and model_mb > p.memory.memlock_limit_mb:
             add("config", "engine.use_mlock is on but RLIMIT_MEMLOCK is too small: llama.cpp will warn and skip it",
-                f"{TUNING}#memory")
+                SECTIONS["mlock"])
     return out
 
 
