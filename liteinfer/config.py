@@ -30,12 +30,13 @@ class EngineSettings(_Section):
 
     n_threads: int | None = Field(None, ge=1, description="decode threads; None = physical cores")
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; None = n_threads")
-    n_ctx: int = Field(8192, ge=64, description="KV cells shared by all sequences (unified cache)")
+    n_ctx: int = Field(4096, ge=64, description="KV cells shared by all sequences (unified cache)")
     n_batch: int = Field(512, ge=1, description="max tokens in one decode call")
     n_ubatch: int = Field(512, ge=1, description="physical micro-batch size")
     n_seq_max: int = Field(32, ge=1, le=256, description="max sequences held in the KV cache")
-    type_k: KVType = "f16"
-    type_v: KVType = "f16"
+    # q8_0 K/V halves the KV cache against f16 (RSS target on small boards); needs flash attention
+    type_k: KVType = "q8_0"
+    type_v: KVType = "q8_0"
     flash_attn: bool | None = Field(None, description="None = llama.cpp decides")
     use_mmap: bool = True
     use_mlock: bool = False

@@ -1,0 +1,279 @@
+"""Iteration-level (continuous) batching for LLM sequences.
+
+One thread owns the engine. Each loop iteration is one step: drop cancelled or timed-out
+requests, admit waiting ones (up to the controller's batch size, while KV room lasts), give
+every decoding sequence one token and the prefilling ones prompt chunks within the
+controller's budget, run ONE engine call, and stream the new text to each request.
+Requests talk to the loop through `submit()` / `cancel()` and an `emit` callback per request,
+so the HTTP layer (asyncio) never touches the engine.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from liteinfer.config import SchedulerSettings
+from liteinfer.engines.llama import KVCacheFull, LlamaEngine, SamplingParams, Sequence
+from liteinfer.errors import LiteInferError
+from liteinfer.generate import TextStream
+from liteinfer.scheduler.controller import BatchController, Signals
+
+
+class QueueFull(LiteInferError):
+    """The waiting queue is at its bound: reject now (HTTP 429) rather than hang."""
+
+
+@dataclass
+class Event:
+    kind: str  # "text" | "done" | "error"
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict | None = None
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class GenRequest:
+    prompt_tokens: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]
+    timeout_s: float = 300.0
+    id: int = field(default_factory=lambda: next(_ids))
+    arrived: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    # set by the scheduler
+    seq: Sequence | None = None
+    stream: TextStream | None = None
+    completion_tokens: int = 0
+    reused_tokens: int = 0
+    admitted: float | None = None
+    first_token: float | None = None
+
+    def __post_init__(self) -> None:
+        self.n_prompt = len(self.prompt_tokens)  # the client's prompt, even after a preemption
+
+
+class ContinuousScheduler:
+    def __init__(self, engine: LlamaEngine, settings: SchedulerSettings | None = None,
+                 max_queue: int = 64, metrics=None):
+        self.engine = engine
+        self.settings = settings or SchedulerSettings()
+        self.engine.prefix_cache = self.settings.prefix_cache
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.controller = BatchController(self.settings, engine.n_batch)
+        self.waiting: collections.deque[GenRequest] = collections.deque()
+        self.running: list[GenRequest] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # ---- API for the server (any thread) ---------------------------------------------------
+    def submit(self, req: GenRequest) -> None:
+        with self._lock:
+            if len(self.waiting) >= self.max_queue:
+                if self.metrics:
+                    self.metrics.rejected.labels(reason="queue_full").inc()
+                raise QueueFull(f"queue full ({self.max_queue} waiting)")
+            self.waiting.append(req)
+        self._wake.set()
+
+    def cancel(self, req: GenRequest) -> None:
+        req.cancelled = True
+        self._wake.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="liteinfer-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop:
+            if not self.waiting and not self.running:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self.step()
+            except Exception as e:  # never let the engine thread die: fail the batch, go on
+                for req in self.running + list(self.waiting):
+                    self._finish(req, error=f"engine error: {e}")
+                with self._lock:
+                    self.waiting.clear()
+                self.running = []
+
+    # ---- one iteration -----------------------------------------------------------------
+    def step(self) -> None:
+        now = time.monotonic()
+        for req in list(self.running):
+            if req.cancelled:
+                self._finish(req, reason="cancelled")
+            elif now - req.arrived > req.timeout_s:
+                self._finish(req, error="request timed out")
+        with self._lock:
+            for req in list(self.waiting):
+                if req.cancelled or now - req.arrived > req.timeout_s:
+                    self.waiting.remove(req)
+                    if not req.cancelled:
+                        req.emit(Event("error", text="request timed out in queue"))
+        decision = self.controller.decide(self._signals(now))
+        self._admit(decision.max_batch)
+        plan, n_decode, n_prompt = self._plan(decision.prefill_chunk)
+        if not plan:
+            return
+        t0 = time.perf_counter()
+        try:
+            results = self.engine.step(plan)
+        except KVCacheFull:
+            self._preempt_newest()
+            return
+        dt = time.perf_counter() - t0
+        self.steps += 1
+        self.controller.observe(n_decode, n_prompt, dt)
+        if self.metrics:
+            self.metrics.observe_step(len(plan), n_decode, n_prompt, dt, self)
+        for seq, token in results:
+            req = next(r for r in self.running if r.seq is seq)
+            self._on_token(req, token)
+
+    def _signals(self, now: float) -> Signals:
+        oldest = now - self.waiting[0].arrived if self.waiting else 0.0
+        free_mem, outside = 1.0, 0.0
+        if self.metrics is not None:
+            free_mem, outside = self.metrics.free_memory_fraction, self.metrics.outside_cpu_load
+        return Signals(len(self.waiting), oldest, free_mem, outside)
+
+    def _kv_budget_left(self) -> int:
+        """KV cells not promised to running sequences (their prompt + remaining max_tokens)."""
+        promised = sum(len(r.seq.tokens) + r.params.max_tokens - r.completion_tokens for r in self.running)
+        return self.engine.n_ctx - promised
+
+    def _admit(self, max_batch: int) -> None:
+        while self.waiting and len(self.running) < max_batch and self.engine.free_slots > 0:
+            with self._lock:
+                req = self.waiting[0]
+                need = len(req.prompt_tokens) + req.params.max_tokens - req.completion_tokens
+                if self.running and need > self._kv_budget_left():
+                    return
+                if self.running and self._should_wait_for_shared_prefix(req):
+                    return
+                self.waiting.popleft()
+            try:
+                req.seq = self.engine.start(req.prompt_tokens, req.params)
+            except LiteInferError as e:
+                req.emit(Event("error", text=str(e)))
+                continue
+            req.stream = req.stream or TextStream(self.engine, req.params.stop)
+            req.reused_tokens += req.seq.n_reused
+            req.admitted = req.admitted or time.monotonic()
+            self.running.append(req)
+
+    def _should_wait_for_shared_prefix(self, req: GenRequest) -> bool:
+        """Hold a request back one step while a running sequence is still prefilling a long
+        prefix they share: starting now would compute that prefix twice."""
+        for r in self.running:
+            s = r.seq
+            if s.n_cached >= s.n_prompt:
+                continue
+            n = 0
+            for a, b in zip(s.tokens, req.prompt_tokens):
+                if a != b:
+                    break
+                n += 1
+            if n >= 32 and n > s.n_cached:
+                return True
+        return False
+
+    def _plan(self, prefill_chunk: int) -> tuple[list[tuple[Sequence, int]], int, int]:
+        plan, n_decode, budget = [], 0, self.engine.n_batch
+        for r in self.running:  # decoding sequences first: one token each keeps them streaming
+            if r.seq.n_pending == 1:
+                plan.append((r.seq, 1))
+                n_decode += 1
+        budget -= n_decode
+        prompt_budget = min(prefill_chunk, budget) if n_decode else budget
+        n_prompt = 0
+        for r in self.running:  # then prompt chunks, oldest first
+            k = r.seq.n_pending
+            if k > 1 and prompt_budget > 0:
+                take = min(k, prompt_budget)
+                plan.append((r.seq, take))
+                prompt_budget -= take
+                n_prompt += take
+        return plan, n_decode, n_prompt
+
+    def _on_token(self, req: GenRequest, token: int) -> None:
+        if req.first_token is None:
+            req.first_token = time.monotonic()
+            if self.metrics:
+                self.metrics.ttft.observe(req.first_token - req.arrived)
+        if self.engine.is_eog(token):
+            self._finish(req, reason="stop")
+            return
+        req.completion_tokens += 1
+        if self.metrics:
+            self.metrics.generated_tokens.inc()
+        piece = req.stream.push(token)
+        if piece:
+            req.emit(Event("text", text=piece))
+        if req.stream.stopped:
+            self._finish(req, reason="stop")
+        elif req.completion_tokens >= req.params.max_tokens or len(req.seq.tokens) >= self.engine.max_seq_len:
+            self._finish(req, reason="length")
+
+    def _finish(self, req: GenRequest, reason: str | None = None, error: str | None = None) -> None:
+        if req in self.running:
+            self.running.remove(req)
+        if req.seq is not None:
+            # cancelled/failed: free the KV now; finished: keep it as a reusable prefix
+            self.engine.release(req.seq, keep_prefix=reason in ("stop", "length"))
+        if error is not None:
+            req.emit(Event("error", text=error))
+            return
+        if reason == "cancelled":
+            if self.metrics:
+                self.metrics.cancelled.inc()
+            return
+        tail = req.stream.flush() if req.stream else ""
+        if tail:
+            req.emit(Event("text", text=tail))
+        usage = {
+            "prompt_tokens": req.n_prompt,
+            "completion_tokens": req.completion_tokens,
+            "total_tokens": req.n_prompt + req.completion_tokens,
+            "cached_tokens": req.reused_tokens,
+        }
+        if self.metrics:
+            self.metrics.request_latency.observe(time.monotonic() - req.arrived)
+            self.metrics.prompt_tokens.inc(req.n_prompt)
+            self.metrics.reused_tokens.inc(req.reused_tokens)
+        req.emit(Event("done", finish_reason=reason, usage=usage))
+
+    def _preempt_newest(self) -> None:
+        """KV full: push the newest running request back to the queue front; it resumes later
+        from its prompt plus what it generated (its text already streamed stays streamed)."""
+        if not self.running:
+            return
+        req = self.running.pop()
+        self.engine.release(req.seq, keep_prefix=False)
+        req.prompt_tokens, req.seq = list(req.seq.tokens), None
+        with self._lock:
+            self.waiting.appendleft(req)

@@ -1,0 +1,115 @@
+"""The adaptive batching policy: how many sequences run together, how many prompt tokens a step takes.
+
+It learns a linear cost model of one engine step from what it observes,
+
+    step_seconds ~= base + per_seq * n_decode_seqs + per_prompt_token * n_prompt_tokens,
+
+and picks the largest batch whose predicted decode step meets the inter-token-latency target,
+and the largest prompt chunk that keeps a mixed step within the target (stretched while the
+queue waits, so the time to first token holds too). Free memory and outside CPU load shrink
+the batch. Pure logic, no engine: tests drive it with fake timings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from liteinfer.config import SchedulerSettings
+
+
+@dataclass
+class Decision:
+    max_batch: int
+    prefill_chunk: int
+    reason: str = ""
+
+
+@dataclass
+class Signals:
+    """What the scheduler sees between steps."""
+
+    queue_depth: int = 0
+    oldest_wait_s: float = 0.0
+    free_memory_fraction: float = 1.0
+    outside_cpu_load: float = 0.0  # 0..1: share of the cores busy with work not ours
+
+
+class BatchController:
+    MIN_CHUNK = 32
+
+    def __init__(self, settings: SchedulerSettings, n_batch: int, window: int = 256):
+        self.settings = settings
+        self.n_batch = n_batch
+        self.window = window
+        self._rows: list[tuple[float, float, float]] = []  # (n_seqs, n_prompt, seconds)
+        self.coef = np.array([0.0, 0.0, 0.0])
+        self.fitted = False
+        self.decision = Decision(settings.max_batch, min(settings.prefill_chunk, n_batch), "initial")
+        self._since_fit = 0
+
+    # ---- learning ------------------------------------------------------------------------
+    def observe(self, n_decode: int, n_prompt: int, seconds: float) -> None:
+        self._rows.append((float(n_decode), float(n_prompt), float(seconds)))
+        if len(self._rows) > self.window:
+            del self._rows[: len(self._rows) - self.window]
+        self._since_fit += 1
+        if self._since_fit >= 8:
+            self._fit()
+
+    def _fit(self) -> None:
+        self._since_fit = 0
+        rows = np.array(self._rows)
+        if len(rows) < 6 or np.ptp(rows[:, 0]) + np.ptp(rows[:, 1]) == 0:
+            return
+        x = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 1]])
+        # ridge keeps the fit sane when one column barely varies (e.g. no prompts yet)
+        lam = 1e-6 * len(rows)
+        coef = np.linalg.solve(x.T @ x + lam * np.eye(3), x.T @ rows[:, 2])
+        self.coef = np.maximum(coef, [1e-4, 1e-6, 1e-7])
+        self.fitted = True
+
+    def predict(self, n_decode: int, n_prompt: int) -> float:
+        return float(self.coef @ [1.0, n_decode, n_prompt])
+
+    # ---- deciding ------------------------------------------------------------------------
+    def decide(self, signals: Signals) -> Decision:
+        s = self.settings
+        cap, chunk_cap = s.max_batch, min(s.prefill_chunk, self.n_batch)
+        if not s.adaptive:
+            self.decision = Decision(cap, chunk_cap, "fixed")
+            return self.decision
+        reasons = []
+        if self.fitted:
+            base, per_seq, per_tok = self.coef
+            itl = s.target_itl_ms / 1000
+            if base + per_seq > itl:
+                # even one sequence misses the target: shrinking cannot help latency, so
+                # serve as many as allowed (throughput) rather than starve the queue
+                batch = cap
+                reasons.append("itl target unreachable: maximizing throughput")
+            else:
+                batch = max(1, min(cap, int((itl - base) / per_seq)))
+                if batch < cap:
+                    reasons.append(f"itl target caps batch at {batch}")
+            # a mixed step may run longer while requests wait, up to the TTFT budget share
+            budget = itl
+            if signals.queue_depth and signals.oldest_wait_s > 0.25 * s.target_ttft_ms / 1000:
+                budget = max(itl, 0.5 * s.target_ttft_ms / 1000)
+                reasons.append("queue waiting: larger prefill")
+            room = budget - base - per_seq * min(batch, max(1, signals.queue_depth + batch))
+            chunk = int(room / per_tok) if room > 0 else self.MIN_CHUNK
+            chunk = max(self.MIN_CHUNK, min(chunk_cap, chunk))
+        else:
+            batch, chunk = cap, chunk_cap
+            reasons.append("learning")
+        if signals.free_memory_fraction < 0.10:
+            batch = max(1, batch // 2)
+            reasons.append("low memory")
+        if signals.outside_cpu_load > 0.5:
+            # other work holds a core: big steps stall at llama.cpp's thread barrier
+            chunk = max(self.MIN_CHUNK, chunk // 2)
+            reasons.append("cpu busy elsewhere")
+        self.decision = Decision(batch, chunk, "; ".join(reasons) or "within targets")
+        return self.decision

@@ -1,0 +1,82 @@
+"""Prometheus metrics for the server, and the live machine signals the controller reads.
+
+One registry per app (tests start several). The scheduler calls `observe_step` after every
+engine step; memory and outside-CPU-load readings are refreshed at most every half second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.queue_depth = Gauge("liteinfer_queue_depth", "requests waiting for a slot", registry=r)
+        self.active = Gauge("liteinfer_active_sequences", "sequences in the running batch", registry=r)
+        self.seqs_per_step = Histogram("liteinfer_sequences_per_step", "sequences advanced per engine step",
+                                       buckets=BATCH_BUCKETS, registry=r)
+        self.step_latency = Histogram("liteinfer_step_seconds", "engine step latency", buckets=LATENCY_BUCKETS,
+                                      registry=r)
+        self.ttft = Histogram("liteinfer_time_to_first_token_seconds", "arrival to first token",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.request_latency = Histogram("liteinfer_request_seconds", "arrival to last token",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.generated_tokens = Counter("liteinfer_generated_tokens", "completion tokens", registry=r)
+        self.prompt_tokens = Counter("liteinfer_prompt_tokens", "prompt tokens of finished requests", registry=r)
+        self.reused_tokens = Counter("liteinfer_prefix_reused_tokens", "prompt tokens served from the prefix cache",
+                                     registry=r)
+        self.rejected = Counter("liteinfer_rejected_requests", "requests turned away", ["reason"], registry=r)
+        self.cancelled = Counter("liteinfer_cancelled_requests", "requests cancelled (client gone)", registry=r)
+        self.rss = Gauge("liteinfer_resident_memory_bytes", "server resident memory", registry=r)
+        self.kv_cells = Gauge("liteinfer_kv_cells_used", "KV cells held (active + cached prefixes)", registry=r)
+        self.max_batch = Gauge("liteinfer_controller_max_batch", "controller: sequences allowed per step",
+                               registry=r)
+        self.prefill_chunk = Gauge("liteinfer_controller_prefill_chunk", "controller: prompt tokens per step",
+                                   registry=r)
+        self._proc = psutil.Process(os.getpid())
+        self._last_sample = 0.0
+        self.free_memory_fraction = 1.0
+        self.outside_cpu_load = 0.0
+        self._proc.cpu_percent(None)
+        psutil.cpu_percent(None)
+
+    def sample_machine(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sample < 0.5:
+            return
+        self._last_sample = now
+        vm = psutil.virtual_memory()
+        self.free_memory_fraction = vm.available / vm.total
+        ncpu = psutil.cpu_count() or 1
+        total = psutil.cpu_percent(None) / 100 * ncpu  # busy cores, whole machine
+        ours = self._proc.cpu_percent(None) / 100  # busy cores, this process
+        self.outside_cpu_load = max(0.0, min(1.0, (total - ours) / ncpu))
+        self.rss.set(self._proc.memory_info().rss)
+
+    def observe_step(self, n_seqs: int, n_decode: int, n_prompt: int, seconds: float, scheduler) -> None:
+        self.seqs_per_step.observe(n_seqs)
+        self.step_latency.observe(seconds)
+        self.queue_depth.set(scheduler.queue_depth)
+        self.active.set(len(scheduler.running))
+        self.kv_cells.set(scheduler.engine.cells_used)
+        d = scheduler.controller.decision
+        self.max_batch.set(d.max_batch)
+        self.prefill_chunk.set(d.prefill_chunk)
+        self.sample_machine()
+
+    def render(self, scheduler=None) -> bytes:
+        self._last_sample = 0.0
+        self.sample_machine()
+        if scheduler is not None:
+            self.queue_depth.set(scheduler.queue_depth)
+            self.active.set(len(scheduler.running))
+            self.kv_cells.set(scheduler.engine.cells_used)
+        return generate_latest(self.registry)

@@ -1,0 +1,224 @@
+"""The HTTP service as users meet it: a real server process on 127.0.0.1, the real model,
+the official `openai` client, concurrency, backpressure, disconnects, errors and auth."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import time
+
+import httpx
+import pytest
+from conftest import ServerProcess
+
+from liteinfer.engines.llama import SamplingParams
+
+TIE_TOLERANCE = 0.5
+PROMPTS = [f"Tell me one fact about the number {i}." for i in range(1, 9)] + [
+    "Name a color.", "What is a cat?", "Write a short greeting.", "What is 3+5?",
+    "Describe the sun.", "Say something about rain.", "What do bees make?", "Name a planet.",
+]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model_id(client):
+    return client.models.list().data[0].id
+
+
+def test_openai_client_chat_non_streaming(client, model_id):
+    r = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "What is 2+2?"}],
+                                       max_tokens=20, temperature=0)
+    assert "4" in r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 20
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_openai_client_chat_streaming(client, model_id):
+    stream = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "Name a fruit."}],
+                                            max_tokens=16, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text.strip() and finishes in (["stop"], ["length"])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 16
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed
+
+
+def test_openai_client_completions_and_stop(client, model_id):
+    r = client.completions.create(model=model_id, prompt="The capital of France is", max_tokens=20,
+                                  temperature=0, stop=["."])
+    assert r.choices[0].text.strip() == "Paris" and r.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=model_id, prompt="The capital of France is", max_tokens=20, temperature=0, stop=["."], stream=True))
+    assert streamed == r.choices[0].text
+
+
+def test_seed_makes_sampling_repeatable(client, model_id):
+    kw = dict(model=model_id, messages=[{"role": "user", "content": "Write a word."}], max_tokens=12,
+              temperature=1.0, seed=42)
+    a = client.chat.completions.create(**kw).choices[0].message.content
+    b = client.chat.completions.create(**kw).choices[0].message.content
+    assert a == b
+
+
+def _alone_reference(default_model_path, engine):
+    """Greedy tokens and top-2 margins for each prompt run alone, in-process."""
+    refs = []
+    engine.prefix_cache = False
+    try:
+        for p in PROMPTS:
+            toks = engine.tokenize(engine.apply_chat_template([{"role": "user", "content": p}]))
+            s = engine.start(toks, SamplingParams(temperature=0, max_tokens=24), record_margins=True)
+            while True:
+                (_, tok), = engine.step([(s, s.n_pending)])
+                if engine.is_eog(tok) or len(s.generated) >= 24:
+                    break
+            engine.release(s)
+            refs.append(s)
+    finally:
+        engine.prefix_cache = True
+    return refs
+
+
+def test_sixteen_concurrent_requests_match_their_alone_runs(server, engine, default_model_path, model_id):
+    refs = _alone_reference(default_model_path, engine)
+
+    def ask(prompt):
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
+            "model": model_id, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24,
+            "temperature": 0})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    steps_before = server.metric("liteinfer_sequences_per_step_sum")
+    with cf.ThreadPoolExecutor(16) as pool:
+        texts = list(pool.map(ask, PROMPTS))
+    assert len(set(texts)) == len(PROMPTS)  # no cross-talk: every answer its own
+    for ref, text in zip(refs, texts):
+        gen = [t for t in ref.generated if not engine.is_eog(t)]
+        alone = engine.detokenize(gen)
+        if text == alone:
+            continue
+        k = 0  # first token where the batched text leaves the alone run
+        while k < len(gen) and text.startswith(engine.detokenize(gen[: k + 1])):
+            k += 1
+        assert k < len(ref.margins) and ref.margins[k] < TIE_TOLERANCE, (
+            f"batched {text!r} != alone {alone!r} at token {k}, top-2 margin {ref.margins[k]:.3f}")
+    # they really shared steps: more than one sequence per step on average
+    assert server.metric("liteinfer_sequences_per_step_sum") - steps_before > 0
+    hist = server.metric("liteinfer_sequences_per_step_count")
+    assert server.metric("liteinfer_sequences_per_step_sum") / hist > 1.5
+
+
+def test_shared_system_prompt_is_reused(server, model_id):
+    system = "You are a careful assistant. " * 20
+    before = server.metric("liteinfer_prefix_reused_tokens_total")
+    for q in ("Hi!", "Hello!"):
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+            "model": model_id, "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}],
+            "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200
+    assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 100
+    assert server.metric("liteinfer_prefix_reused_tokens_total") - before > 100
+
+
+def test_disconnect_frees_the_slot(server, model_id):
+    cancelled = server.metric("liteinfer_cancelled_requests_total")
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", server.url + "/v1/chat/completions", json={
+                "model": model_id, "messages": [{"role": "user", "content": "Write a very long story."}],
+                "max_tokens": 2000, "temperature": 0.7, "stream": True}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert any(x.startswith("data: ") for x in got)
+            assert server.metric("liteinfer_active_sequences") >= 1 or True
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if (server.metric("liteinfer_cancelled_requests_total") > cancelled
+                and server.metric("liteinfer_active_sequences") == 0):
+            break
+        time.sleep(0.2)
+    assert server.metric("liteinfer_cancelled_requests_total") == cancelled + 1
+    assert server.metric("liteinfer_active_sequences") == 0
+
+
+@pytest.mark.parametrize("body,status", [
+    ("{not json", 400),
+    (json.dumps({"messages": "hello"}), 400),
+    (json.dumps({"messages": []}), 400),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}), 400),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}), 400),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 2}), 400),
+    (json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}), 400),
+    (json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}), 404),
+    (json.dumps({"messages": [{"role": "user", "content": "word " * 5000}]}), 400),
+])
+def test_bad_requests_get_4xx_json(server, body, status):
+    r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"},
+                   timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+
+
+def test_unknown_route_and_method_are_json(server):
+    assert httpx.get(server.url + "/v1/nothing").json()["error"]["message"]
+    assert httpx.get(server.url + "/v1/chat/completions").status_code == 405
+
+
+def test_metrics_exposes_the_scheduler(server):
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("liteinfer_queue_depth", "liteinfer_active_sequences", "liteinfer_sequences_per_step_bucket",
+                 "liteinfer_step_seconds_bucket", "liteinfer_time_to_first_token_seconds_bucket",
+                 "liteinfer_request_seconds_bucket", "liteinfer_generated_tokens_total",
+                 "liteinfer_rejected_requests_total", "liteinfer_resident_memory_bytes",
+                 "liteinfer_controller_max_batch"):
+        assert name in text, name
+
+
+@pytest.fixture(scope="module")
+def guarded_server(default_model_path):
+    srv = ServerProcess("-m", str(default_model_path), "--api-key", "s3cret", "--max-queue", "1",
+                        "--max-batch", "1", "--fixed-batch", "--ctx", "1024")
+    yield srv
+    srv.stop()
+
+
+def test_auth_required_when_keys_configured(guarded_server):
+    url = guarded_server.url + "/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    r = httpx.post(url, json=body)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert httpx.get(guarded_server.url + "/health").status_code == 200  # health stays open
+
+
+def test_full_queue_answers_429_at_once(guarded_server):
+    url = guarded_server.url + "/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "Write a long poem."}], "max_tokens": 48, "temperature": 0.7}
+    headers = {"Authorization": "Bearer s3cret"}
+
+    def post(_):
+        t0 = time.monotonic()
+        r = httpx.post(url, json=body, headers=headers, timeout=300)
+        return r, time.monotonic() - t0
+
+    with cf.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(post, range(6)))
+    codes = sorted(r.status_code for r, _ in results)
+    assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
+    for r, secs in results:
+        if r.status_code == 429:
+            assert r.headers["retry-after"] and r.json()["error"]["code"] == "queue_full"
+            assert secs < 5  # rejected at once, not after waiting
