@@ -1,7 +1,7 @@
 """What this machine is: CPU, ISA, caches, memory, container limits, GPUs/NPUs, power interfaces.
 
 Everything is read from files under `root` (/proc, /sys, /dev, device tree, DMI) so tests can
-point it at a recorded fixture tree. Tools (NVML, sysctl, vcgencmd) are asked only when
+point it at a recorded fixture tree; GPUs/NPUs live in accelerators.py, file readers in sysfs.py. Tools (NVML, sysctl, vcgencmd) are asked only when
 root is "/". Every probe degrades gracefully: a failure becomes a note, never an exception.
 """
 
@@ -11,7 +11,6 @@ import os
 import platform as _platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from liteinfer.hardware.accelerators import Accelerator, probe_accelerators
 from liteinfer.hardware.cores import cgroup_cpu_limit
+from liteinfer.hardware.sysfs import cpu_list, read, read_dt, run, size_kb, to_int
 
 PROBE_VERSION = 1
 
@@ -53,37 +54,6 @@ DARWIN_ISA = {
     "hw.optional.arm.FEAT_DotProd": "dotprod", "hw.optional.arm.FEAT_I8MM": "i8mm",
     "hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.arm.FEAT_SME": "sme",
 }
-
-# DRM kernel drivers -> (vendor, kind, name). "display" drivers do no compute.
-DRM_DRIVERS = {
-    "i915": ("Intel", "igpu", "Intel integrated GPU"), "xe": ("Intel", "igpu", "Intel Xe GPU"),
-    "amdgpu": ("AMD", "gpu", "AMD Radeon GPU"), "radeon": ("AMD", "gpu", "AMD Radeon GPU (legacy driver)"),
-    "nouveau": ("NVIDIA", "gpu", "NVIDIA GPU (nouveau)"), "nvidia": ("NVIDIA", "gpu", "NVIDIA GPU"),
-    "v3d": ("Broadcom", "igpu", "Broadcom VideoCore GPU (v3d)"),
-    "vc4": ("Broadcom", "display", "VideoCore display (vc4)"), "vc4-drm": ("Broadcom", "display", "VideoCore display (vc4)"),
-    "panfrost": ("Arm Mali", "igpu", "Arm Mali GPU (panfrost)"), "panthor": ("Arm Mali", "igpu", "Arm Mali GPU (panthor)"),
-    "lima": ("Arm Mali", "igpu", "Arm Mali-400/450 GPU (lima)"), "msm": ("Qualcomm", "igpu", "Qualcomm Adreno GPU"),
-    "rockchip-drm": ("Rockchip", "display", "Rockchip display"), "tegra": ("NVIDIA", "display", "Tegra display"),
-    "virtio_gpu": ("virtio", "display", "virtio GPU"), "bochs-drm": ("QEMU", "display", "QEMU display"),
-    "simpledrm": ("firmware", "display", "firmware framebuffer"),
-}
-ACCEL_DRIVERS = {  # /sys/class/accel (the kernel's compute-accelerator class)
-    "intel_vpu": ("Intel", "Intel NPU"), "amdxdna": ("AMD", "AMD XDNA NPU"),
-    "rocket": ("Rockchip", "Rockchip NPU (mainline rocket driver)"),
-    "habanalabs": ("Intel Habana", "Gaudi"), "qaic": ("Qualcomm", "Cloud AI 100"),
-    "ethosu": ("Arm", "Ethos-U NPU"),
-}
-PCI_ACCELERATORS = {  # vendor id -> (vendor, kind, name)
-    "0x1e60": ("Hailo", "npu", "Hailo-8/8L"),
-    "0x1ac1": ("Google", "tpu", "Coral Edge TPU (PCIe)"),
-}
-USB_ACCELERATORS = {  # (idVendor, idProduct) -> name
-    ("1a6e", "089a"): "Coral Edge TPU (USB, firmware not loaded)",
-    ("18d1", "9302"): "Coral Edge TPU (USB)",
-}
-JETSON_SOCS = {"tegra234": "Orin (Ampere GPU)", "tegra194": "Xavier (Volta GPU)",
-               "tegra210": "Nano/TX1 (Maxwell GPU)", "tegra186": "TX2 (Pascal GPU)"}
-
 
 class CpuCluster(BaseModel):
     """CPUs of one kind: same core type, capacity and max frequency (big.LITTLE has several)."""
@@ -147,17 +117,6 @@ class ContainerInfo(BaseModel):
     memory_limit_mb: int | None = None  # None = unlimited
 
 
-class Accelerator(BaseModel):
-    kind: Literal["gpu", "igpu", "npu", "tpu", "display"]
-    vendor: str
-    name: str
-    memory_mb: int | None = None
-    node: str = ""  # device node or sysfs path it was found at
-    driver: str = ""
-    api: str = ""  # how liteinfer could use it: cuda, metal, vulkan, rknn, hailort, edgetpu, openvino
-    usable: bool = False  # a driver is bound and the node exists
-
-
 class PowerInterfaces(BaseModel):
     cpufreq: bool = False
     governors: list[str] = Field(default_factory=list)
@@ -204,60 +163,6 @@ class Probe(BaseModel):
         return [a for a in self.accelerators if a.kind != "display"]
 
 
-# --- small readers ------------------------------------------------------------------------
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except (OSError, ValueError):
-        return None
-
-
-def _read_dt(path: Path) -> str:
-    """Device-tree strings are NUL-terminated (lists NUL-separated)."""
-    try:
-        return path.read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
-
-
-def _cpu_list(text: str) -> list[int]:
-    """Parse the kernel's cpu list format: '0-3,6,8-9'."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        a, _, b = part.partition("-")
-        cpus.extend(range(int(a), int(b or a) + 1))
-    return cpus
-
-
-def _size_kb(text: str) -> int:
-    m = re.match(r"\s*(\d+)\s*([KMG]?)", text)
-    if not m:
-        return 0
-    mult = {"": 1 / 1024, "K": 1, "M": 1024, "G": 1024 * 1024}[m.group(2)]
-    return int(int(m.group(1)) * mult)
-
-
-def _run(cmd: list[str], timeout: float = 3.0) -> str | None:
-    if not shutil.which(cmd[0]):
-        return None
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout if r.returncode == 0 else None
-
-
 # --- CPU ----------------------------------------------------------------------------------
 
 
@@ -279,7 +184,7 @@ def _parse_cpuinfo(text: str) -> tuple[list[dict[str, str]], dict[str, str]]:
 
 def _probe_cpu(root: Path, p: Probe) -> None:
     cpu = p.cpu
-    text = _read(root / "proc/cpuinfo") or ""
+    text = read(root / "proc/cpuinfo") or ""
     blocks, tail = _parse_cpuinfo(text)
     first = blocks[0] if blocks else {}
     flags = set((first.get("flags") or first.get("Features") or "").split())
@@ -302,8 +207,8 @@ def _probe_cpu(root: Path, p: Probe) -> None:
         cpu.arch = _platform.machine()
 
     sysdir = root / "sys/devices/system/cpu"
-    online = _read(sysdir / "online")
-    cpus = _cpu_list(online) if online else [int(b["processor"]) for b in blocks if b["processor"].isdigit()]
+    online = read(sysdir / "online")
+    cpus = cpu_list(online) if online else [int(b["processor"]) for b in blocks if b["processor"].isdigit()]
     cpu.logical_cores = max(1, len(cpus))
 
     # Physical cores: distinct thread-sibling groups (works on x86 and ARM alike).
@@ -311,17 +216,17 @@ def _probe_cpu(root: Path, p: Probe) -> None:
     per_cpu: dict[int, dict[str, Any]] = {}
     for n in cpus:
         d = sysdir / f"cpu{n}"
-        sib = _read(d / "topology/thread_siblings_list")
+        sib = read(d / "topology/thread_siblings_list")
         siblings.add(sib.strip() if sib else str(n))
         block = next((b for b in blocks if b.get("processor") == str(n)), {})
-        freq = _int(_read(d / "cpufreq/cpuinfo_max_freq"))
+        freq = to_int(read(d / "cpufreq/cpuinfo_max_freq"))
         per_cpu[n] = {
-            "capacity": _int(_read(d / "cpu_capacity")),
+            "capacity": to_int(read(d / "cpu_capacity")),
             "freq": freq / 1000 if freq else None,
             "part": ARM_PARTS.get(block.get("CPU part", ""), block.get("CPU part", "")),
         }
     if not siblings and first:  # no sysfs: fall back to cpuinfo's counts
-        cores, sibs = _int(first.get("cpu cores")), _int(first.get("siblings"))
+        cores, sibs = to_int(first.get("cpu cores")), to_int(first.get("siblings"))
         cpu.physical_cores = cores if cores and sibs else cpu.logical_cores
     else:
         cpu.physical_cores = max(1, len(siblings))
@@ -348,20 +253,20 @@ def _probe_cpu(root: Path, p: Probe) -> None:
     kinds: dict[tuple, Cache] = {}
     for n in cpus:
         for idx in sorted((sysdir / f"cpu{n}/cache").glob("index*")):
-            level, ctype = _int(_read(idx / "level")), (_read(idx / "type") or "").strip()
-            size, shared = _read(idx / "size"), (_read(idx / "shared_cpu_list") or str(n)).strip()
+            level, ctype = to_int(read(idx / "level")), (read(idx / "type") or "").strip()
+            size, shared = read(idx / "size"), (read(idx / "shared_cpu_list") or str(n)).strip()
             if level is None or not size:
                 continue
             key = (level, ctype, shared)
             if key in seen:
                 continue
             seen.add(key)
-            kind = (level, ctype, _size_kb(size))
+            kind = (level, ctype, size_kb(size))
             if kind in kinds:
                 kinds[kind].instances += 1
             else:
                 kinds[kind] = Cache(level=level, type=ctype, size_kb=kind[2],
-                                    shared_by=len(_cpu_list(shared)) if shared else 1)
+                                    shared_by=len(cpu_list(shared)) if shared else 1)
     cpu.caches = sorted(kinds.values(), key=lambda c: (c.level, c.type, -c.size_kb))
 
 
@@ -376,12 +281,12 @@ def _probe_darwin(p: Probe, sysctl_text: str) -> None:
     cpu.arch = "arm64" if kv.get("hw.optional.arm64") == "1" else kv.get("hw.machine", "x86_64")
     cpu.model_name = kv.get("machdep.cpu.brand_string", "")
     cpu.vendor = "Apple" if cpu.model_name.startswith("Apple") else kv.get("machdep.cpu.vendor", "")
-    cpu.logical_cores = _int(kv.get("hw.logicalcpu")) or 1
-    cpu.physical_cores = _int(kv.get("hw.physicalcpu")) or cpu.logical_cores
+    cpu.logical_cores = to_int(kv.get("hw.logicalcpu")) or 1
+    cpu.physical_cores = to_int(kv.get("hw.physicalcpu")) or cpu.logical_cores
     cpu.isa = sorted({name for key, name in DARWIN_ISA.items() if kv.get(key) == "1"})
     start = 0
     for level in range(int(kv.get("hw.nperflevels", "0") or 0)):
-        n = _int(kv.get(f"hw.perflevel{level}.physicalcpu")) or 0
+        n = to_int(kv.get(f"hw.perflevel{level}.physicalcpu")) or 0
         name = kv.get(f"hw.perflevel{level}.name", f"level{level}")
         cpu.clusters.append(CpuCluster(cpus=list(range(start, start + n)), core=name,
                                        capacity=1024 >> level))
@@ -390,10 +295,10 @@ def _probe_darwin(p: Probe, sysctl_text: str) -> None:
         for i, c in enumerate(cpu.clusters):
             c.kind = "big" if i == 0 else "little"
     for level, key in ((1, "hw.l1dcachesize"), (2, "hw.l2cachesize"), (3, "hw.l3cachesize")):
-        size = _int(kv.get(key))
+        size = to_int(kv.get(key))
         if size:
             cpu.caches.append(Cache(level=level, type="Data" if level == 1 else "Unified", size_kb=size // 1024))
-    mem = _int(kv.get("hw.memsize")) or 0
+    mem = to_int(kv.get("hw.memsize")) or 0
     p.memory.total_mb = mem // 2**20
     p.memory.available_mb = p.memory.total_mb  # unified memory; vm_stat would refine this
     swap = re.search(r"total = ([\d.]+)M", kv.get("vm.swapusage", ""))
@@ -414,9 +319,9 @@ def _probe_darwin(p: Probe, sysctl_text: str) -> None:
 
 def _probe_memory(root: Path, p: Probe) -> None:
     info = {}
-    for line in (_read(root / "proc/meminfo") or "").splitlines():
+    for line in (read(root / "proc/meminfo") or "").splitlines():
         key, _, value = line.partition(":")
-        n = _int(value.split()[0]) if value.split() else None
+        n = to_int(value.split()[0]) if value.split() else None
         if n is not None:
             info[key.strip()] = n // 1024
     m = p.memory
@@ -424,7 +329,7 @@ def _probe_memory(root: Path, p: Probe) -> None:
     m.available_mb = info.get("MemAvailable", info.get("MemFree", 0))
     m.swap_total_mb = info.get("SwapTotal", 0)
     m.swap_free_mb = info.get("SwapFree", 0)
-    limits = _read(root / "proc/self/limits") or ""
+    limits = read(root / "proc/self/limits") or ""
     hit = re.search(r"Max locked memory\s+(\S+)", limits)
     if hit:
         m.memlock_limit_mb = None if hit.group(1) == "unlimited" else int(hit.group(1)) // 2**20
@@ -433,7 +338,7 @@ def _probe_memory(root: Path, p: Probe) -> None:
 def _cgroup_paths(root: Path) -> dict[str, str]:
     """controller -> this process's cgroup path (v2 uses the key '')."""
     paths = {}
-    for line in (_read(root / "proc/self/cgroup") or "").splitlines():
+    for line in (read(root / "proc/self/cgroup") or "").splitlines():
         parts = line.split(":", 2)
         if len(parts) == 3:
             for ctrl in parts[1].split(",") if parts[1] else [""]:
@@ -465,13 +370,13 @@ def _probe_container(root: Path, p: Probe) -> None:
             mem_files.insert(0, cg / "memory" / paths["memory"].lstrip("/") / "memory.limit_in_bytes")
     limits = []
     for f in mem_files:
-        v = (_read(f) or "").strip()
+        v = (read(f) or "").strip()
         # cgroup v1 writes "unlimited" as a huge page-rounded number; anything >= 2**60 is that.
         if v.isdigit() and int(v) < 2**60:
             limits.append(int(v) // 2**20)
     c.memory_limit_mb = min(limits) if limits else None
 
-    pid1 = _read(root / "proc/1/cgroup") or ""
+    pid1 = read(root / "proc/1/cgroup") or ""
     c.in_container = (
         (root / ".dockerenv").exists()
         or (root / "run/.containerenv").exists()
@@ -496,15 +401,15 @@ def _usable_cores(root: Path, p: Probe) -> int:
 
 def _probe_board(root: Path, p: Probe) -> None:
     for dt in (root / "proc/device-tree", root / "sys/firmware/devicetree/base"):
-        model = _read_dt(dt / "model").strip("\x00 \n")
+        model = read_dt(dt / "model").strip("\x00 \n")
         if model:
             p.board = model
-            p.compatible = [s for s in _read_dt(dt / "compatible").split("\x00") if s]
+            p.compatible = [s for s in read_dt(dt / "compatible").split("\x00") if s]
             break
     dmi = root / "sys/class/dmi/id"
-    vendor = (_read(dmi / "sys_vendor") or "").strip()
-    product = (_read(dmi / "product_name") or "").strip()
-    bios = (_read(dmi / "bios_vendor") or "").strip()
+    vendor = (read(dmi / "sys_vendor") or "").strip()
+    product = (read(dmi / "product_name") or "").strip()
+    bios = (read(dmi / "bios_vendor") or "").strip()
     if vendor or product:
         p.board_vendor = vendor
         if not p.board:
@@ -519,117 +424,6 @@ def _probe_board(root: Path, p: Probe) -> None:
         p.board_vendor = p.compatible[0].split(",")[0]
 
 
-# --- accelerators -------------------------------------------------------------------------
-
-
-def _probe_nvml(p: Probe) -> bool:
-    try:
-        import pynvml  # nvidia-ml-py; optional
-    except ImportError:
-        return False
-    try:
-        pynvml.nvmlInit()
-    except Exception as e:  # no driver, no device: NVML raises its own error types
-        p.notes.append(f"NVML present but not usable: {type(e).__name__}")
-        return False
-    try:
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20
-            p.accelerators.append(Accelerator(kind="gpu", vendor="NVIDIA", name=str(name), memory_mb=mem,
-                                              node=f"/dev/nvidia{i}", driver="nvidia", api="cuda", usable=True))
-    finally:
-        pynvml.nvmlShutdown()
-    return True
-
-
-def _probe_accelerators(root: Path, p: Probe) -> None:
-    live = str(root) == "/"
-    acc = p.accelerators
-    if not (live and _probe_nvml(p)):
-        for info in sorted((root / "proc/driver/nvidia/gpus").glob("*/information")):
-            kv = dict(line.split(":", 1) for line in (_read(info) or "").splitlines() if ":" in line)
-            acc.append(Accelerator(kind="gpu", vendor="NVIDIA", name=kv.get("Model", "NVIDIA GPU").strip(),
-                                   node=str(info.parent), driver="nvidia", api="cuda",
-                                   usable=(root / "dev/nvidia0").exists()))
-    # Jetson: integrated GPU sharing system memory, found by the SoC's device-tree name.
-    soc = next((JETSON_SOCS[s.split(",")[1]] for s in p.compatible
-                if s.startswith("nvidia,") and s.split(",")[1] in JETSON_SOCS), None)
-    if soc:
-        node = next((n for n in ("dev/nvgpu/igpu0/ctrl", "dev/nvhost-ctrl-gpu", "dev/dri/renderD128")
-                     if (root / n).exists()), "")
-        acc.append(Accelerator(kind="igpu", vendor="NVIDIA", name=f"Jetson {soc}", node=f"/{node}" if node else "",
-                               driver="nvgpu", api="cuda", usable=bool(node), memory_mb=p.memory.total_mb))
-    have_nvidia = any(a.vendor == "NVIDIA" for a in acc)
-
-    # DRM: /sys/class/drm/cardN (connectors are cardN-XXX, skipped).
-    for card in sorted((root / "sys/class/drm").glob("card*")):
-        if "-" in card.name:
-            continue
-        uevent = _read(card / "device/uevent") or ""
-        driver = (re.search(r"DRIVER=(\S+)", uevent) or [None, ""])[1].lower()
-        vendor, kind, name = DRM_DRIVERS.get(driver, (driver or "unknown", "gpu", f"GPU ({driver or 'no driver'})"))
-        if vendor == "NVIDIA" and have_nvidia:
-            continue
-        if driver == "rknpu":
-            continue  # reported below with the NPU
-        api = {"i915": "openvino", "xe": "openvino"}.get(driver, "vulkan" if kind in ("gpu", "igpu") else "")
-        acc.append(Accelerator(kind=kind, vendor=vendor, name=name,
-                               node=f"/dev/dri/{card.name}", driver=driver, api=api,
-                               usable=(root / "dev/dri" / card.name).exists()))
-
-    # Arm Mali with the vendor (kbase) driver: a char device, not DRM.
-    if (root / "dev/mali0").exists() and not any(a.vendor == "Arm Mali" for a in acc):
-        acc.append(Accelerator(kind="igpu", vendor="Arm Mali", name="Arm Mali GPU (kbase)", node="/dev/mali0",
-                               driver="mali_kbase", api="opencl", usable=True))
-
-    # Rockchip NPU: vendor kernel (rknpu, as misc or DRM device) or device tree only.
-    rk_nodes = [n for n in ("dev/rknpu", "sys/class/misc/rknpu", "sys/module/rknpu") if (root / n).exists()]
-    rk_drm = any("driver=rknpu" in (_read(c / "device/uevent") or "").lower()
-                 for c in (root / "sys/class/drm").glob("card*"))
-    rk_soc = next((s.split(",")[1] for s in p.compatible if re.fullmatch(r"rockchip,rk35\d\ds?", s)), "")
-    if rk_nodes or rk_drm or rk_soc in ("rk3588", "rk3588s", "rk3576", "rk3568", "rk3566"):
-        tops = {"rk3588": 6, "rk3588s": 6, "rk3576": 6, "rk3568": 1, "rk3566": 1}.get(rk_soc)
-        name = f"Rockchip {rk_soc.upper()} NPU" if rk_soc else "Rockchip NPU"
-        if tops:
-            name += f" ({tops} TOPS int8)"
-        version = (_read(root / "sys/module/rknpu/version") or "").strip()
-        acc.append(Accelerator(kind="npu", vendor="Rockchip", name=name, driver=f"rknpu {version}".strip(),
-                               node="/" + (rk_nodes[0] if rk_nodes else "proc/device-tree"), api="rknn",
-                               usable=bool(rk_nodes or rk_drm)))
-
-    # The kernel's accel class (Intel NPU, AMD XDNA, mainline Rockchip...).
-    for node in sorted((root / "sys/class/accel").glob("accel*")):
-        driver = (re.search(r"DRIVER=(\S+)", _read(node / "device/uevent") or "") or [None, ""])[1]
-        if driver == "rocket" and any(a.vendor == "Rockchip" and a.kind == "npu" for a in acc):
-            continue
-        vendor, name = ACCEL_DRIVERS.get(driver, (driver or "unknown", f"accelerator ({driver})"))
-        acc.append(Accelerator(kind="npu", vendor=vendor, name=name, node=f"/dev/accel/{node.name}",
-                               driver=driver, usable=(root / "dev/accel" / node.name).exists(),
-                               api={"intel_vpu": "openvino", "amdxdna": "ryzen-ai"}.get(driver, "")))
-
-    # Hailo and Coral: device nodes first, then the PCI/USB bus for boards without the driver.
-    for node in sorted((root / "dev").glob("hailo*")):
-        acc.append(Accelerator(kind="npu", vendor="Hailo", name="Hailo-8/8L", node=f"/dev/{node.name}",
-                               driver="hailo_pci", api="hailort", usable=True))
-    for node in sorted((root / "dev").glob("apex_*")):
-        acc.append(Accelerator(kind="tpu", vendor="Google", name="Coral Edge TPU (PCIe)", node=f"/dev/{node.name}",
-                               driver="apex", api="edgetpu", usable=True))
-    for dev in sorted((root / "sys/bus/pci/devices").glob("*")):
-        vid = (_read(dev / "vendor") or "").strip()
-        if vid in PCI_ACCELERATORS:
-            vendor, kind, name = PCI_ACCELERATORS[vid]
-            if not any(a.vendor == vendor for a in acc):
-                acc.append(Accelerator(kind=kind, vendor=vendor, name=f"{name} (no driver)", node=str(dev)[len(str(root)):],
-                                       api="hailort" if vendor == "Hailo" else "edgetpu"))
-    for dev in sorted((root / "sys/bus/usb/devices").glob("*")):
-        ids = ((_read(dev / "idVendor") or "").strip(), (_read(dev / "idProduct") or "").strip())
-        if ids in USB_ACCELERATORS:
-            acc.append(Accelerator(kind="tpu", vendor="Google", name=USB_ACCELERATORS[ids],
-                                   node=str(dev)[len(str(root)):], api="edgetpu", usable=ids == ("18d1", "9302")))
-
-
 # --- power --------------------------------------------------------------------------------
 
 
@@ -639,21 +433,21 @@ def _probe_power(root: Path, p: Probe) -> None:
     if policies:
         pw.cpufreq = True
         pol = policies[0]
-        pw.governors = (_read(pol / "scaling_available_governors") or "").split()
-        pw.governor = (_read(pol / "scaling_governor") or "").strip()
-        pw.scaling_driver = (_read(pol / "scaling_driver") or "").strip()
+        pw.governors = (read(pol / "scaling_available_governors") or "").split()
+        pw.governor = (read(pol / "scaling_governor") or "").strip()
+        pw.scaling_driver = (read(pol / "scaling_driver") or "").strip()
     for zone in sorted((root / "sys/class/powercap").glob("*rapl*:*")):
-        name = (_read(zone / "name") or zone.name).strip()
+        name = (read(zone / "name") or zone.name).strip()
         pw.rapl_domains.append(name)
-        if os.access(zone / "energy_uj", os.R_OK) and _read(zone / "energy_uj") is not None:
+        if os.access(zone / "energy_uj", os.R_OK) and read(zone / "energy_uj") is not None:
             pw.rapl_readable = True
     for hw in sorted((root / "sys/class/hwmon").glob("hwmon*")):
-        name = (_read(hw / "name") or hw.name).strip()
+        name = (read(hw / "name") or hw.name).strip()
         pw.hwmon.append(name)
         if any(hw.glob("power*_input")) or any(hw.glob("energy*_input")) or any(hw.glob("curr*_input")):
             pw.hwmon_power.append(name)
-    pw.thermal_zones = [(_read(z / "type") or z.name).strip() for z in sorted((root / "sys/class/thermal").glob("thermal_zone*"))]
-    pw.battery = any((_read(s / "type") or "").strip() == "Battery" for s in (root / "sys/class/power_supply").glob("*"))
+    pw.thermal_zones = [(read(z / "type") or z.name).strip() for z in sorted((root / "sys/class/thermal").glob("thermal_zone*"))]
+    pw.battery = any((read(s / "type") or "").strip() == "Battery" for s in (root / "sys/class/power_supply").glob("*"))
     for tool in ("vcgencmd", "nvpmodel", "tegrastats", "jetson_clocks", "powermetrics"):
         found = shutil.which(tool) if str(root) == "/" else next(
             (d for d in ("usr/bin", "usr/sbin", "bin") if (root / d / tool).exists()), None)
@@ -679,7 +473,7 @@ def probe(root: str | os.PathLike = "/", os_name: str | None = None) -> Probe:
             p.notes.append(f"{name}: {type(e).__name__}: {e}")
 
     if os_name == "darwin":
-        text = _run(["sysctl", "-a"]) if live else _read(root / "sysctl.txt")
+        text = run(["sysctl", "-a"]) if live else read(root / "sysctl.txt")
         step("darwin", lambda: _probe_darwin(p, text or ""))
         if not text:
             p.notes.append("sysctl: no output")
@@ -688,7 +482,7 @@ def probe(root: str | os.PathLike = "/", os_name: str | None = None) -> Probe:
         step("cpu", lambda: _probe_cpu(root, p))
         step("memory", lambda: _probe_memory(root, p))
         step("container", lambda: _probe_container(root, p))
-        step("accelerators", lambda: _probe_accelerators(root, p))
+        step("accelerators", lambda: probe_accelerators(root, p))
         step("power", lambda: _probe_power(root, p))
         if not (root / "proc/cpuinfo").exists():
             p.notes.append("no /proc/cpuinfo: CPU details unknown")
