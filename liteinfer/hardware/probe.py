@@ -1,8 +1,9 @@
 """What this machine is: CPU, ISA, caches, memory, container limits, GPUs/NPUs, power interfaces.
 
 Everything is read from files under `root` (/proc, /sys, /dev, device tree, DMI) so tests can
-point it at a recorded fixture tree; GPUs/NPUs live in accelerators.py, file readers in sysfs.py. Tools (NVML, sysctl, vcgencmd) are asked only when
-root is "/". Every probe degrades gracefully: a failure becomes a note, never an exception.
+point it at a recorded fixture tree (GPUs/NPUs: accelerators.py; file readers: sysfs.py).
+Tools (NVML, sysctl, vcgencmd) are asked only when root is "/". Every probe degrades
+gracefully: a failure becomes a note, never an exception.
 """
 
 from __future__ import annotations
