@@ -93,6 +93,16 @@ def test_set_profiles(tmp_path):
     assert cpufreq.read_policies(tmp_path)[0].epp == "power"
 
 
+def test_restore_after_changes(tmp_path):
+    make_policy(tmp_path, 0)
+    before = snapshot(tmp_path)
+    saved = cpufreq.read_policies(tmp_path)
+    cpufreq.set_profile("performance", tmp_path)
+    assert snapshot(tmp_path) != before
+    cpufreq.apply(cpufreq.restore_plan(saved))
+    assert snapshot(tmp_path) == before
+
+
 def test_plan_respects_driver_and_epp_rule(tmp_path):
     d = make_policy(tmp_path, 0, driver="cpufreq-dt", epp=False,
                     scaling_available_governors="ondemand powersave performance schedutil")

@@ -156,6 +156,16 @@ def set_limits(state: PolicyState, min_khz: int | None = None, max_khz: int | No
     return writes
 
 
+def restore_plan(states: list[PolicyState]) -> dict[Path, dict[str, str]]:
+    """The writes that put policies back as they were read (after a tuning run, say)."""
+    plan: dict[Path, dict[str, str]] = {}
+    for st in states:
+        writes = {"scaling_governor": st.governor, "scaling_min_freq": st.min_khz,
+                  "scaling_max_freq": st.max_khz, "energy_performance_preference": st.epp}
+        plan[st.path] = {k: str(v) for k, v in writes.items() if v is not None}
+    return plan
+
+
 def _writable(path: Path) -> bool:
     # effective_ids: honour a dropped euid (sudo -u, tests) rather than the real uid.
     if os.access in os.supports_effective_ids:

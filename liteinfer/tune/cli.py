@@ -117,9 +117,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
           f"{len(search.completed(study))} trials so far)", file=sys.stderr)
     print("tune: each trial loads the model and runs the workload in a child process; timings are noisy "
           "when other work runs on this machine", file=sys.stderr)
-    search.run_search(study, space, evaluate, objectives, n_trials=n_trials,
-                      timeout_s=args.minutes * 60 if args.minutes else None, constraints=constraints,
-                      first=search.params_of(base, space), progress=sys.stderr.isatty())
+    saved_power = cpufreq.read_policies() if can_power else []
+    try:
+        search.run_search(study, space, evaluate, objectives, n_trials=n_trials,
+                          timeout_s=args.minutes * 60 if args.minutes else None, constraints=constraints,
+                          first=search.params_of(base, space), progress=sys.stderr.isatty())
+    finally:
+        if saved_power:  # trials switched power profiles: put the machine back as it was
+            cpufreq.apply(cpufreq.restore_plan(saved_power))
 
     front = search.best_trials(study, objectives, constraints)
     if not front:
