@@ -214,6 +214,7 @@ def test_classify_multipart_and_base64(server):
     ({"json": {"image": base64.b64encode(png(9)).decode(), "model": "nope"}}, 404),
     ({"json": {"top_k": 1}}, 400),
     ({"content": b"raw", "headers": {"content-type": "image/png"}}, 415),
+    ({"files": [("file", ("big.png", png(0, size=7000), "image/png"))]}, 413),  # 49 Mpx in ~50 KB
 ])
 def test_bad_classify_requests_are_4xx_json(server, kwargs, status):
     r = httpx.post(server.url + "/v1/classify", **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -27,6 +28,7 @@ from liteinfer.scheduler.dynamic import BatcherClosed, QueueFull
 MAX_INPUTS = 2048  # OpenAI's limit for one embeddings request
 MAX_IMAGES = 64
 MAX_IMAGE_BYTES = 20 << 20
+MAX_PIXELS = 40_000_000  # a small PNG can claim a huge canvas: refuse before decoding it
 
 router = APIRouter()
 
@@ -172,6 +174,17 @@ async def _read_images(request: Request) -> tuple[list[bytes], int, str | None]:
     raise _Unsupported(f"content type {ctype or '(none)'!r}: send multipart/form-data or application/json")
 
 
+def _pixels(data: bytes) -> int:
+    """Canvas size from the image header only (PIL opens lazily); 0 when unreadable (decoding reports it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size[0] * im.size[1]
+    except Exception:
+        return 0
+
+
 class _TooLarge(LiteInferError):
     pass
 
@@ -202,6 +215,10 @@ async def classify(request: Request):
     if top_k < 1:
         return error_response(400, "top_k must be at least 1", code="invalid_input")
     top_k = min(top_k, len(svc.model.labels) or 1000)  # more than there are classes: all of them
+    for i, data in enumerate(images):
+        pixels = _pixels(data)
+        if pixels > MAX_PIXELS:
+            return error_response(413, f"image[{i}] has {pixels} pixels; at most {MAX_PIXELS}", code="too_large")
     preds, err = await _run(svc.classify_async(images, top_k), request.app.state.config.server.request_timeout_s)
     if err:
         return err
