@@ -2,14 +2,15 @@
 
 1. Profiling time: `python hw_profiler.py --quick` and the full profile, as a user runs
    them (fresh process, model load included). Target: <= 30 s.
-2. Serving throughput (generated tok/s) on the real engine, same workload, same run:
+2. Serving throughput (generated tok/s), same workload, same run:
      - the default DeviceConfig,
      - the planner's config (from the full profile of step 1),
      - every config of an exhaustive sweep over what the planner decides
-       (engine threads x scheduler max_batch x prefill chunk),
-   through the tuner's continuous-batching measurement (liteinfer.tune.trial.measure_isolated:
-   a child process per trial, a burst of chat requests, up to max_batch sequences per
-   llama_decode step; a trial past --trial-timeout counts as 0 tok/s). Each config
+       (engine threads x scheduler max_batch x prefill chunk).
+   --via scheduler (default): a burst of chat requests through the server's own
+   ContinuousScheduler (adaptive controller, prefix cache, streaming text), no HTTP;
+   --via engine: the tuner's engine-level batched-decode loop (liteinfer.tune.trial).
+   Each trial runs in a child process; one past --trial-timeout counts as 0 tok/s. Each config
    is measured --rounds times in shuffled order and keeps its best run: on a shared machine
    the best run is the least disturbed one. Target: planned >= 90% of the sweep's best.
 
@@ -60,7 +61,88 @@ def with_knobs(base: DeviceConfig, threads: int, max_batch: int, chunk: int) -> 
     return cfg
 
 
+def scheduler_trial(model: str, cfg: DeviceConfig, requests) -> dict:
+    """Serve a burst of requests through ContinuousScheduler; generated tok/s and TTFT."""
+    import threading
+
+    from liteinfer.engines.llama import LlamaEngine, SamplingParams
+    from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
+    from liteinfer.tune.trial import percentile
+    from liteinfer.tune.workload import tokenize_requests
+
+    engine = LlamaEngine(model, cfg.engine)
+    try:
+        prompts = tokenize_requests(engine, requests)
+        warm = engine.start(prompts[0][:8], SamplingParams(temperature=0.0))  # fault in weights
+        engine.step([(warm, warm.n_pending)])
+        engine.release(warm, keep_prefix=False)
+        sched = ContinuousScheduler(engine, cfg.scheduler, max_queue=len(prompts) + 1)
+        done, lock = threading.Event(), threading.Lock()
+        tokens, first, errors, finished = [0], {}, [], [0]
+        t0 = time.perf_counter()
+
+        def emitter(i: int):
+            def emit(ev) -> None:
+                with lock:
+                    if ev.kind == "text":
+                        first.setdefault(i, time.perf_counter() - t0)
+                        return
+                    if ev.kind == "error":
+                        errors.append(ev.text)
+                    else:
+                        tokens[0] += (ev.usage or {}).get("completion_tokens", 0)
+                    finished[0] += 1
+                    if finished[0] == len(prompts):
+                        done.set()
+            return emit
+
+        sched.start()
+        for i, (p, r) in enumerate(zip(prompts, requests)):
+            sched.submit(GenRequest(p, SamplingParams(max_tokens=r.max_tokens, temperature=0.0), emit=emitter(i)))
+        done.wait()
+        wall = time.perf_counter() - t0
+        sched.stop()
+    finally:
+        engine.close()
+    if errors:
+        raise SystemExit(f"requests failed: {errors[0]}")
+    return {"tok_s": tokens[0] / wall, "generated_tokens": tokens[0], "seconds": wall, "steps": sched.steps,
+            "ttft_p95_ms": percentile([v * 1000 for v in first.values()], 95), "loadavg_1m": os.getloadavg()[0]}
+
+
+def isolated(via: str, model: str, cfg: DeviceConfig, requests, timeout_s: float) -> dict:
+    """One trial in a child process (this script with --trial)."""
+    from dataclasses import asdict
+
+    from liteinfer.errors import LiteInferError
+    from liteinfer.tune.trial import measure_isolated
+
+    if via == "engine":
+        return measure_isolated(model, cfg, requests, timeout_s=timeout_s)
+    payload = json.dumps({"model": str(model), "config": cfg.model_dump(mode="json"),
+                          "requests": [asdict(r) for r in requests]})
+    try:
+        out = subprocess.run([sys.executable, __file__, "--trial"], input=payload, capture_output=True, text=True,
+                             timeout=timeout_s, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise LiteInferError(f"trial timed out after {timeout_s:.0f} s") from None
+    if out.returncode != 0:
+        raise LiteInferError(f"trial failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _trial_child() -> int:
+    from liteinfer.tune.workload import Request
+
+    d = json.loads(sys.stdin.read())
+    m = scheduler_trial(d["model"], DeviceConfig.model_validate(d["config"]), [Request(**r) for r in d["requests"]])
+    print(json.dumps(m))
+    return 0
+
+
 def main() -> int:
+    if "--trial" in sys.argv:
+        return _trial_child()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--requests", type=int, default=24)
@@ -70,13 +152,13 @@ def main() -> int:
     ap.add_argument("--chunks", default="64,256")
     ap.add_argument("--threads", default=None, help="thread counts to sweep (default 1..usable cores)")
     ap.add_argument("--trial-timeout", type=float, default=180.0, help="seconds before a trial counts as 0 tok/s")
+    ap.add_argument("--via", choices=("scheduler", "engine"), default="scheduler")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
     from liteinfer.catalog import resolve_llm
     from liteinfer.errors import LiteInferError
     from liteinfer.hardware.probe import probe
-    from liteinfer.tune.trial import measure_isolated
     from liteinfer.tune.workload import chat_mix
 
     load0 = os.getloadavg()[0]
@@ -84,7 +166,8 @@ def main() -> int:
         quick_s, _ = time_profile(True, Path(tmp) / "quick.json")
         full_s, planned = time_profile(False, Path(tmp) / "full.json")
     p = probe()
-    print(f"# machine: {p.cpu.model_name}, {p.usable_cores} usable cores, load avg {load0:.1f} at start")
+    print(f"# machine: {p.cpu.model_name}, {p.usable_cores} usable cores, load avg {load0:.1f} at start; "
+          f"serving measured via {args.via}")
     print(f"profile --quick: {quick_s:5.1f} s   full: {full_s:5.1f} s   (target <= {TARGET_PROFILE_S:.0f} s: "
           f"{'ok' if max(quick_s, full_s) <= TARGET_PROFILE_S else 'MISSED'})")
     e, s = planned.engine, planned.scheduler
@@ -106,7 +189,7 @@ def main() -> int:
     t0 = time.perf_counter()
     for i, name in enumerate(order, 1):
         try:  # a child process per trial: a crash or a collapse costs one timeout, not the run
-            m = measure_isolated(model, configs[name], reqs, timeout_s=args.trial_timeout)
+            m = isolated(args.via, model, configs[name], reqs, args.trial_timeout)
         except LiteInferError as e:
             m = {"tok_s": 0.0, "ttft_p95_ms": float("nan"), "loadavg_1m": os.getloadavg()[0], "error": str(e)}
         if name not in best or m["tok_s"] > best[name]["tok_s"]:
