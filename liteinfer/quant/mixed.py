@@ -14,7 +14,7 @@ from pathlib import Path
 from liteinfer.errors import LiteInferError
 from liteinfer.quant.recipe import Calibration, Recipe, TensorPlan
 
-KL_MAX_WORK = 2e13  # params x calibration tokens x candidates above which `auto` uses the proxy
+KL_MAX_WORK = 2e11  # params x calibration tokens x candidates above which `auto` uses the proxy
 
 
 @dataclass
@@ -86,30 +86,37 @@ def _bpw(t: str) -> float:
     return bits_per_weight(t)
 
 
-def plan_mixed(src: Path, cal: Calib, target_bpw: float | None = None, target_mb: float | None = None,
-               types=None, method: str = "auto", progress: bool = False) -> Recipe:
+def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto", progress: bool = False):
+    """Per-tensor (type, bytes, cost) options; one measurement serves any number of budgets."""
     from liteinfer.quant.gguf import read_tensors
-    from liteinfer.quant.sensitivity import DEFAULT_TYPES, allocate, measure
+    from liteinfer.quant.sensitivity import DEFAULT_TYPES, measure
 
-    tensors = read_tensors(src)
-    budget = budget_bytes(tensors, target_bpw, target_mb, src)
     types = tuple(types or DEFAULT_TYPES)
     if method == "auto":
-        work = sum(t.n_elements for t in tensors) * cal.info.tokens * len(types)
+        work = sum(t.n_elements for t in read_tensors(src)) * cal.info.tokens * len(types)
         method = "kl" if work <= KL_MAX_WORK else "proxy"
     if method not in ("kl", "proxy"):
         raise LiteInferError(f"unknown sensitivity method {method!r} (kl, proxy, auto)")
     # KL needs only a few windows; the imatrix used them all
     windows = cal.windows[: max(1, min(len(cal.windows), 4))]
-    sens = measure(src, cal.ref, windows, cal.imatrix, types, method, progress)
+    return measure(src, cal.ref, windows, cal.imatrix, types, method, progress)
+
+
+def plan_mixed(src: Path, cal: Calib, target_bpw: float | None = None, target_mb: float | None = None,
+               types=None, method: str = "auto", progress: bool = False, sens=None) -> Recipe:
+    from liteinfer.quant.gguf import read_tensors
+    from liteinfer.quant.sensitivity import DEFAULT_TYPES, allocate
+
+    budget = budget_bytes(read_tensors(src), target_bpw, target_mb, src)
+    sens = sens or measure_sensitivity(src, cal, types, method, progress)
     plan = allocate(sens, budget)
     total = sens.fixed_bytes + sum(o.n_bytes for o in plan.values())
     return Recipe(
-        source=Path(src).name, method=method, target_bpw=target_bpw,
+        source=Path(src).name, method=sens.method, target_bpw=target_bpw,
         target_bytes=int(budget) if target_mb is not None else None,
         bpw=8 * total / sens.n_elements,
-        predicted_kld=sum(o.cost for o in plan.values()) if method == "kl" else None,
-        calibration=cal.info, candidates=list(types),
+        predicted_kld=sum(o.cost for o in plan.values()) if sens.method == "kl" else None,
+        calibration=cal.info, candidates=list(types or DEFAULT_TYPES),
         tensors={n: TensorPlan(type=o.type, bytes=o.n_bytes, cost=o.cost) for n, o in sorted(plan.items())},
     )
 

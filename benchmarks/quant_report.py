@@ -1,0 +1,243 @@
+"""The quantization report (issue 6): every number measured in this run, one table per section.
+
+    .venv/bin/python benchmarks/quant_report.py [--quick] [--skip-smollm] [--skip-onnx] [--json OUT]
+
+LLM sections (reference = FP32 weights unless said otherwise; held-out text never used for
+calibration; KLD = mean KL(reference || candidate) per token, top-1 = argmax agreement):
+  tiny FP32 LM (examples/tiny_lm, trained here on Debian fortunes): llama.cpp's uniform types
+      (q4_0 plain, and q3_k_m/q4_k_m/iq4_xs/q5_k_m/q6_k with an importance matrix) against
+      liteinfer's sensitivity-driven mixed plans at several budgets. "vs curve" compares a
+      row's KLD with llama.cpp's imatrix size-to-KLD curve (q3_k_m..q6_k, log-KLD linearly
+      interpolated at the row's bits per weight); the target is <= -20%.
+  SmolLM2-135M: the reference is its shipped Q4_1 weights (no FP32 copy ships), so every row
+      is a requantization; its 576-wide rows are not multiples of 256, so llama.cpp swaps
+      k-quants for legacy types (grid-alignment caveat: the numbers say little about k-quants).
+One-shot section: benchmarks/quant_report_onnx.py's rows (MiniLM, EfficientNet, fashion-MNIST).
+Targets: perplexity within 2% of FP32 at <= 1/6 of the FP32 size; KLD 20% below the curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+CURVE = ["q3_k_m", "q4_k_m", "q5_k_m", "q6_k"]  # llama.cpp's imatrix curve
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class LLMCase:
+    name: str
+    ref: Path  # reference GGUF (also the quantization source)
+    calib: Path
+    heldout: Path
+    ref_note: str
+    ctx: int = 256
+    max_tokens: int = 16384
+    calib_windows: int = 16
+    uniform: tuple = ("q4_0", "q4_0+im", "q3_k_m+im", "q4_k_m+im", "iq4_xs+im", "q5_k_m+im", "q6_k+im")
+    mixed_bpw: tuple = (4.0, 4.5, 5.0, 32 / 6)
+    method: str = "auto"
+
+
+def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
+    from liteinfer.evaluate.llm import Reference, read_text
+    from liteinfer.quant.gguf import model_bpw, quantize, read_tensors
+    from liteinfer.quant.mixed import apply_recipe, calibrate, measure_sensitivity, plan_mixed
+
+    t0 = time.time()
+    ref = Reference(case.ref, read_text(case.heldout), case.ctx, case.max_tokens)
+    ref_mb = case.ref.stat().st_size / 1e6
+    ref_tensors = read_tensors(case.ref)
+    rows = [{"model": case.name, "variant": f"reference ({case.ref_note})", "mb": ref_mb, "ratio": 1.0,
+             "bpw": model_bpw(ref_tensors), "ppl": ref.ppl, "ppl_ratio": 1.0, "kld": 0.0, "top1": 1.0,
+             "seconds": time.time() - t0}]
+    say(f"[{case.name}] reference ppl {ref.ppl:.3f} on {ref.tokens} held-out tokens ({time.time() - t0:.0f}s)")
+    cal = calibrate(case.ref, case.calib, case.ctx, case.calib_windows)
+    say(f"[{case.name}] calibration: {cal.info.windows} windows, {cal.info.tokens} tokens")
+
+    def add(variant: str, path: Path, seconds: float, extra: dict | None = None) -> None:
+        m = ref.compare(path)
+        tensors = read_tensors(path)
+        rows.append({"model": case.name, "variant": variant, "mb": path.stat().st_size / 1e6,
+                     "ratio": case.ref.stat().st_size / path.stat().st_size, "bpw": model_bpw(tensors),
+                     **{k: m[k] for k in ("ppl", "ppl_ratio", "kld", "top1", "kld_p99")}, "seconds": seconds,
+                     **(extra or {})})
+        r = rows[-1]
+        say(f"[{case.name}] {variant:<22} {r['bpw']:.3f} bpw  KLD {r['kld']:.5f}  top-1 {r['top1']:.3f}  "
+            f"ppl x{r['ppl_ratio']:.4f}")
+
+    for u in case.uniform:
+        qtype, use_im = u.split("+")[0], u.endswith("+im")
+        out = tmp / f"{case.name}-{qtype}{'-im' if use_im else ''}.gguf"
+        t = time.time()
+        quantize(case.ref, out, qtype, imatrix=cal.imatrix if use_im else None)
+        add(f"llama.cpp {qtype}{' +imatrix' if use_im else ''}", out, time.time() - t, {"kind": "uniform"})
+        out.unlink()
+
+    t = time.time()
+    sens = measure_sensitivity(case.ref, cal, method=case.method)
+    measure_s = time.time() - t
+    say(f"[{case.name}] sensitivity ({sens.method}) measured in {measure_s:.0f}s")
+    for bpw in case.mixed_bpw:
+        out = tmp / f"{case.name}-mixed-{bpw:.2f}.gguf"
+        t = time.time()
+        recipe = plan_mixed(case.ref, cal, target_bpw=bpw, sens=sens)
+        apply_recipe(case.ref, out, recipe, cal.imatrix)
+        types: dict[str, int] = {}
+        for tp in recipe.tensors.values():
+            types[tp.type] = types.get(tp.type, 0) + 1
+        add(f"liteinfer mixed @{bpw:.2f}", out, measure_s + time.time() - t,
+            {"kind": "mixed", "mix": " ".join(f"{k}:{v}" for k, v in sorted(types.items()))})
+        out.unlink()
+    _curve(rows)
+    return rows
+
+
+def _curve(rows: list[dict]) -> None:
+    """KLD relative to llama.cpp's imatrix curve (log-KLD interpolated at each row's bpw)."""
+    pts = sorted((r["bpw"], r["kld"]) for r in rows if r.get("kind") == "uniform"
+                 and any(r["variant"] == f"llama.cpp {c} +imatrix" for c in CURVE) and r["kld"] > 0)
+    if len(pts) < 2:
+        return
+    for r in rows:
+        if r.get("kind") is None or r["kld"] <= 0:
+            continue
+        x = r["bpw"]
+        lo = max([p for p in pts if p[0] <= x], default=pts[0])
+        hi = min([p for p in pts if p[0] >= x], default=pts[-1])
+        if lo == hi:  # outside the curve: extrapolate from the nearest segment
+            lo, hi = (pts[0], pts[1]) if x < pts[0][0] else (pts[-2], pts[-1])
+        f = (x - lo[0]) / (hi[0] - lo[0]) if hi[0] != lo[0] else 0.0
+        curve = math.exp(math.log(lo[1]) + f * (math.log(hi[1]) - math.log(lo[1])))
+        r["vs_curve"] = r["kld"] / curve - 1
+
+
+def format_llm(rows: list[dict]) -> str:
+    head = (f"{'model':<10} {'variant':<40} {'MB':>7} {'size':>7} {'bpw':>6} {'ppl':>9} {'ppl x':>7} "
+            f"{'KLD':>8} {'vs curve':>8} {'top-1':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        vc = f"{r['vs_curve']:+.0%}" if "vs_curve" in r else ""
+        lines.append(f"{r['model']:<10} {r['variant']:<40} {r['mb']:>7.2f} {'1/' + format(r['ratio'], '.2f'):>7} "
+                     f"{r['bpw']:>6.3f} {r['ppl']:>9.3f} {r['ppl_ratio']:>7.4f} {r['kld']:>8.5f} {vc:>8} "
+                     f"{r['top1']:>6.3f}")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict], fp32_mb: float) -> str:
+    """The issue's LLM targets, checked on the best liteinfer row that is small enough."""
+    small = [r for r in rows if r.get("kind") == "mixed" and r["mb"] <= fp32_mb / 6 + 1e-9]
+    if not small:
+        return "no liteinfer row at <= 1/6 of the FP32 size"
+    best = min(small, key=lambda r: r["ppl_ratio"])
+    ppl_ok = best["ppl_ratio"] <= 1.02
+    vc = best.get("vs_curve")
+    curve_ok = vc is not None and vc <= -0.20
+    return (f"target ppl within 2% at <= 1/6 FP32: {best['variant']} at 1/{best['ratio']:.2f} has ppl x"
+            f"{best['ppl_ratio']:.4f} -> {'MET' if ppl_ok else 'NOT MET'}; KLD vs llama.cpp curve "
+            f"{'n/a' if vc is None else format(vc, '+.0%')} (target <= -20%) -> {'MET' if curve_ok else 'NOT MET'}")
+
+
+def tiny_case(quick: bool) -> LLMCase | None:
+    d = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liteinfer" / "tiny_lm"
+    gguf = d / "model-f32.gguf"
+    if not gguf.is_file():
+        say(f"skip tiny LM: {gguf} missing (run examples/tiny_lm/train.py)")
+        return None
+    case = LLMCase("tiny-lm", gguf, d / "calib.txt", d / "heldout.txt", "FP32 weights")
+    if quick:
+        case.max_tokens, case.calib_windows, case.mixed_bpw = 2048, 4, (4.5,)
+        case.uniform = ("q4_0", "q4_k_m+im", "q6_k+im")
+    return case
+
+
+def smollm_case(quick: bool) -> LLMCase | None:
+    from liteinfer.catalog import resolve_llm
+
+    tiny = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liteinfer" / "tiny_lm"
+    if not (tiny / "calib.txt").is_file():
+        say("skip SmolLM2: the fortunes calibration/held-out split comes from examples/tiny_lm")
+        return None
+    case = LLMCase("smollm2", resolve_llm("smollm2-135m"), tiny / "calib.txt", tiny / "heldout.txt",
+                   "shipped Q4_1 weights, not FP32", max_tokens=4096, calib_windows=8,
+                   uniform=("q4_0+im", "q3_k_m+im", "q4_k_m+im", "q5_k_m+im", "q6_k+im"),
+                   mixed_bpw=(5.0, 6.2), method="proxy")
+    if quick:
+        case.max_tokens, case.calib_windows, case.uniform, case.mixed_bpw = 1024, 2, ("q4_k_m+im",), (6.2,)
+    return case
+
+
+Section = tuple[str, Callable[[bool, Path], list[dict]], Callable[[list[dict]], str]]
+
+
+def _llm_section(make: Callable[[bool], LLMCase | None]):
+    def rows(quick: bool, tmp: Path) -> list[dict]:
+        case = make(quick)
+        return llm_rows(case, tmp) if case else []
+    return rows
+
+
+def _onnx_rows(quick: bool, tmp: Path) -> list[dict]:
+    from quant_report_onnx import onnx_rows
+
+    return onnx_rows(quick, say=say)
+
+
+def _onnx_format(rows: list[dict]) -> str:
+    from quant_report_onnx import format_rows
+
+    return format_rows(rows)
+
+
+SECTIONS: dict[str, Section] = {
+    "tiny": ("LLM: tiny FP32 LM (examples/tiny_lm)", _llm_section(tiny_case), format_llm),
+    "smollm": ("LLM: SmolLM2-135M (reference: shipped Q4_1; requantization)", _llm_section(smollm_case), format_llm),
+    "onnx": ("One-shot models (ONNX Runtime)", _onnx_rows, _onnx_format),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer variants and tokens (a smoke run)")
+    ap.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(SECTIONS)})")
+    ap.add_argument("--json", type=Path, default=None, help="also write all rows as JSON")
+    args = ap.parse_args()
+    load = os.getloadavg()[0]
+    if load > 1.5:
+        say(f"warning: load average {load:.1f}: other work is running; timings are upper bounds")
+    chosen = args.only.split(",") if args.only else list(SECTIONS)
+    out: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="liteinfer-qr-") as tmp:
+        for key in chosen:
+            title, make_rows, fmt = SECTIONS[key]
+            rows = make_rows(args.quick, Path(tmp))
+            out[key] = rows
+            if rows:
+                print(f"\n## {title}\n{fmt(rows)}", flush=True)
+                if key == "tiny":
+                    print(verdict(rows, rows[0]["mb"]))
+    if args.json:
+        from liteinfer.files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
