@@ -66,7 +66,8 @@ def test_tutorial_runs_end_to_end(tmp_path):
         assert (tmp_path / name).is_file(), name
     served = re.search(r"(\d+) images, accuracy ([0-9.]+)", out)
     assert served and int(served.group(1)) == 500 and float(served.group(2)) > 0.2, out[-2000:]
-    reply = json.loads(next(line for line in out.splitlines() if line.startswith('{"object":"list"')))
+    reply, _ = json.JSONDecoder().raw_decode(next(line for line in out.splitlines()
+                                                 if line.startswith('{"object":"list"')))
     assert len(reply["data"][0]["labels"]) == 3
     cli = [line for line in out.splitlines() if line.startswith(f"{tmp_path}/png/")]
     assert len(cli) == 2 and all(line.count("|") == 2 for line in cli)
