@@ -200,21 +200,26 @@ def main() -> int:
     sweep = {k: v for k, v in best.items() if k not in ("default", "planned")}
     top_name = max(sweep, key=lambda k: sweep[k]["tok_s"])
     top = sweep[top_name]["tok_s"]
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b > 0 else "n/a"
+
     print(f"\n{'config':<16}{'threads':>8}{'max_batch':>10}{'chunk':>7}{'tok/s':>9}{'vs best':>9}{'ttft p95':>10}")
     rows = [("default", default), ("planned", planned), (f"best: {top_name}", configs[top_name])]
     for label, cfg in rows:
         m = best[label.removeprefix("best: ")]
         print(f"{label:<16}{cfg.engine.n_threads or p.usable_cores:>8}{cfg.scheduler.max_batch:>10}"
-              f"{cfg.scheduler.prefill_chunk:>7}{m['tok_s']:>9.1f}{m['tok_s'] / top:>9.2f}{m['ttft_p95_ms']:>9.0f}ms")
-    ratio = best["planned"]["tok_s"] / top
-    print(f"\nplanned / best of {len(sweep)}-config sweep: {ratio:.2f} (target >= {TARGET_RATIO:.2f}: "
-          f"{'ok' if ratio >= TARGET_RATIO else 'MISSED'}); planned / default: "
-          f"{best['planned']['tok_s'] / best['default']['tok_s']:.2f}")
+              f"{cfg.scheduler.prefill_chunk:>7}{m['tok_s']:>9.1f}{ratio(m['tok_s'], top):>9}"
+              f"{m['ttft_p95_ms']:>9.0f}ms" + ("  (timed out)" if "error" in m else ""))
+    planned_ratio = best["planned"]["tok_s"] / top if top > 0 else 0.0
+    print(f"\nplanned / best of {len(sweep)}-config sweep: {ratio(best['planned']['tok_s'], top)} "
+          f"(target >= {TARGET_RATIO:.2f}: {'ok' if planned_ratio >= TARGET_RATIO else 'MISSED'}); "
+          f"planned / default: {ratio(best['planned']['tok_s'], best['default']['tok_s'])}")
     print(f"load avg now {os.getloadavg()[0]:.1f}: numbers taken while other work ran are noisy")
     if args.json:
         atomic_write_text(args.json, json.dumps({
             "profile_quick_s": quick_s, "profile_full_s": full_s, "planned": planned.model_dump(),
-            "results": best, "best": top_name, "ratio_planned_best": ratio}, indent=2, default=str))
+            "results": best, "best": top_name, "ratio_planned_best": planned_ratio}, indent=2, default=str))
     return 0
 
 
