@@ -7,10 +7,11 @@ What runs, all in this one invocation, over the same model file and the same tex
   peers    plain onnxruntime, in this process: tokenizers + session.run, one text per call
            (and the same loop with 32 texts per call, the batched-kernel upper bound)
   servers  the real HTTP server (`python -m liteinfer.server.oneshot_routes`, uvicorn on
-           127.0.0.1) once per setting: no batching (max_batch 1), fixed (max_batch, delay)
-           settings, and the adaptive controller; a closed-loop load client with raw HTTP/1.1
-           keep-alive connections (asyncio, base64 embeddings like the openai client) at
-           concurrency 1 / 8 / 32; requests finishing in the warmup are not counted.
+           127.0.0.1), one per setting, all started up front: no batching (max_batch 1),
+           fixed (max_batch, delay) settings, and the adaptive controller; a closed-loop load
+           client with raw HTTP/1.1 keep-alive connections (asyncio, base64 embeddings like
+           the openai client) at concurrency 1 / 8 / 32. Each point is measured in --rounds
+           slices with the settings interleaved; requests finishing in a warmup don't count.
 Prints inferences/s, p50/p95 latency and mean batch per setting and concurrency, the ratios
 behind the targets (adaptive within 5% of the best fixed setting; >= 3x no batching at 32
 clients) and the server's RSS (target <= 200 MB with the quantized model).
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from liteinfer.config import DeviceConfig, OneShotSettings, save_config  # noqa: E402
 
-FIXED = [(4, 1.0), (8, 2.0), (32, 2.0), (32, 10.0)]
+FIXED = [(4, 1.0), (8, 2.0), (16, 2.0), (32, 2.0), (32, 10.0)]
 FORTUNES = Path("/usr/share/games/fortunes")
 
 
@@ -77,7 +78,7 @@ def quantized_minilm() -> Path:
 # ---------------------------------------------------------------- peers: plain onnxruntime
 
 
-def plain_ort(path: Path, texts: list[str], seconds: float, batch: int) -> dict:
+def plain_ort(path: Path, texts: list[str], seconds: float, batch: int, threads: int | None = None) -> dict:
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -85,7 +86,7 @@ def plain_ort(path: Path, texts: list[str], seconds: float, batch: int) -> dict:
     from liteinfer.hardware.cores import usable_cores
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = usable_cores()
+    opts.intra_op_num_threads = threads or usable_cores()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_str(sess.get_modelmeta().custom_metadata_map[TOKENIZER_KEY])
@@ -97,7 +98,7 @@ def plain_ort(path: Path, texts: list[str], seconds: float, batch: int) -> dict:
         chunk = [texts[(i + k) % len(texts)] for k in range(batch)]
         i += batch
         t = time.perf_counter()
-        enc = [e.ids for e in tok.encode_batch(chunk)]
+        enc = [tok.encode(t).ids for t in chunk]  # encode_batch's thread pool would fight ORT's
         width = max(map(len, enc))
         ids = np.zeros((batch, width), dtype=np.int64)
         mask = np.zeros_like(ids)
@@ -195,7 +196,7 @@ def load(port: int, bodies: list[bytes], clients: int, warmup: float, seconds: f
         await asyncio.gather(*(_client(port, bodies, k * 17, t_warm, t_end, lat, errors) for k in range(clients)))
 
     asyncio.run(main())
-    return {"rate": len(lat) / seconds, "p50": _q(lat, 0.5), "p95": _q(lat, 0.95), "errors": len(errors)}
+    return {"lat": lat, "errors": len(errors)}
 
 
 def free_port() -> int:
@@ -213,9 +214,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="int8", help="int8 (quantized MiniLM, default), fp32, or a .onnx path")
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
-    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds before the first slice of each point")
+    ap.add_argument("--rounds", type=int, default=3, help="slices per point, settings interleaved")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--target-p95-ms", type=float, default=200.0)
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: usable cores)")
     ap.add_argument("--quick", action="store_true", help="2 s points, fewer fixed settings")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
@@ -234,36 +237,50 @@ def main() -> int:
 
     results: dict = {"model": str(model), "load_before": load_before[0], "peer": {}, "http": {}}
     for batch in (1, 32):
-        r = plain_ort(model, texts, args.duration, batch)
+        r = plain_ort(model, texts, args.duration, batch, args.threads)
         results["peer"][f"ort loop b={batch}"] = r
         print(f"plain onnxruntime loop, {batch:2d} text(s)/call: {r['rate']:7.1f} inf/s  p95/call {r['p95']:7.1f} ms")
 
-    settings = [("no batching", OneShotSettings(max_batch=1, max_delay_ms=0, adaptive=False))]
-    fixed = FIXED[1:3] if args.quick else FIXED
-    settings += [(f"fixed {n}/{d:g}ms", OneShotSettings(max_batch=n, max_delay_ms=d, adaptive=False)) for n, d in fixed]
+    th = {"intra_op_threads": args.threads}
+    settings = [("no batching", OneShotSettings(max_batch=1, max_delay_ms=0, adaptive=False, **th))]
+    fixed = FIXED[1:4] if args.quick else FIXED
+    settings += [(f"fixed {n}/{d:g}ms", OneShotSettings(max_batch=n, max_delay_ms=d, adaptive=False, **th))
+                 for n, d in fixed]
     settings.append(("adaptive", OneShotSettings(max_batch=32, max_delay_ms=2.0, adaptive=True,
-                                                 target_p95_ms=args.target_p95_ms)))
+                                                 target_p95_ms=args.target_p95_ms, **th)))
     bodies = [json.dumps({"input": t, "encoding_format": "base64"}).encode() for t in texts]
+    # All servers up at once (idle ones cost no CPU); each concurrency level is measured in
+    # `rounds` short slices per setting, in rotating order, so a burst of outside load hits
+    # every setting alike instead of whichever happened to run then.
+    servers = {name: Server(model, s, free_port()) for name, s in settings}
     rss = None
-    for name, s in settings:
-        srv = Server(model, s, free_port())
-        try:
-            results["http"][name] = {}
-            for c in conc:
-                before = srv.get("/v1/oneshot/stats")["embedding"]
-                r = load(srv.port, bodies, c, args.warmup, args.duration)
+    try:
+        for c in conc:
+            lat: dict[str, list[float]] = {n: [] for n in servers}
+            errs = dict.fromkeys(servers, 0)
+            stats0 = {n: srv.get("/v1/oneshot/stats")["embedding"] for n, srv in servers.items()}
+            names = list(servers)
+            for rnd in range(args.rounds):
+                for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+                    warm = args.warmup if rnd == 0 else 0.5
+                    r = load(servers[name].port, bodies, c, warm, args.duration / args.rounds)
+                    lat[name] += r["lat"]
+                    errs[name] += r["errors"]
+            for name, srv in servers.items():
                 after = srv.get("/v1/oneshot/stats")["embedding"]
-                d_batches = after["batches"] - before["batches"]
-                r["mean_batch"] = (after["items"] - before["items"]) / d_batches if d_batches else 0.0
+                d_batches = after["batches"] - stats0[name]["batches"]
+                r = {"rate": len(lat[name]) / args.duration, "p50": _q(lat[name], 0.5), "p95": _q(lat[name], 0.95),
+                     "errors": errs[name],
+                     "mean_batch": (after["items"] - stats0[name]["items"]) / d_batches if d_batches else 0.0}
                 if name == "adaptive":
                     r["controller"] = after.get("controller")
-                results["http"][name][c] = r
+                results["http"].setdefault(name, {})[c] = r
                 print(f"{name:16s} c={c:2d}: {r['rate']:7.1f} inf/s  p50 {r['p50']:7.1f} ms  p95 {r['p95']:7.1f} ms"
                       f"  mean batch {r['mean_batch']:5.1f}" + (f"  errors {r['errors']}" if r["errors"] else ""),
                       flush=True)
-            if name == "adaptive":
-                rss = srv.rss_mb()
-        finally:
+        rss = servers["adaptive"].rss_mb()
+    finally:
+        for srv in servers.values():
             srv.stop()
 
     print()

@@ -1,14 +1,19 @@
 """The adaptive policy for the dynamic batcher: max_batch and max_delay from measurements.
 
 Every `update_every` batches it reads the last `window` BatchRecords and:
-- fits the batch cost model run_s = a + b * n (least squares over the sizes seen); items/s
-  at batch n is then n / (a + b n), so throughput is part of the same fit;
-- max_batch: the latency bound is the largest n whose predicted p95 fits the target: an
-  item waits for at most the batch in flight and then its own, so p95 ~ 2 (a + b n) + delay,
-  kept under margin * target_p95 (a smaller margin when the CPU is saturated: latency then
-  varies more). But when more items are waiting than that (a burst, more clients than the
-  bound, an overloaded machine), splitting them only makes the last ones wait longer
-  (ceil(Q/n) (a + b n) falls as n grows to Q): the limit then rises to the items waiting;
+- fits the batch cost model run_s = a + b * n (least squares over the sizes seen), for the
+  latency bound and the fixed cost of a call `a`;
+- max_batch, while the limit binds (batches leave full, items still waiting): throughput
+  decides. Per-item time is measured per batch size on a ladder (1, 2, 4, ... cap) and the
+  limit goes to the size with the best measured items/s (the smallest within 3% of it). Real
+  costs are not linear: past some size activations leave the cache and per-item time rises
+  again, so this is measured, not derived from the fit. The neighbours (n/2, 2n) are tried
+  for one window when unknown and every `explore_every` updates, so the table follows load;
+- max_batch, while it does not bind: the latency bound, the largest n whose predicted p95
+  fits the target (an item waits for at most the batch in flight and then its own, so
+  p95 ~ 2 (a + b n) + delay, kept under margin * target_p95, with a smaller margin when
+  the CPU is saturated: latency then varies more), but never under the items waiting, since
+  splitting a waiting burst only makes its last items wait longer;
 - max_delay, the ski-rental rule: waiting for one more item is worth at most what it saves,
   one model call's fixed cost `a`. So a held batch closes when no item came for
   hold_gap = a, and holds at most max_delay = 8 a (capped at target/4). When holding gains
@@ -47,8 +52,9 @@ class OneShotController:
         max_batch_cap: int = 32,
         initial_delay_ms: float = 2.0,
         window: int = 64,
-        update_every: int = 8,
+        update_every: int = 4,
         probe_every: int = 32,
+        explore_every: int = 8,
         cpu_load: Callable[[], float] | None = cpu_busy_fraction,
     ):
         self.target_s = target_p95_ms / 1000
@@ -69,6 +75,13 @@ class OneShotController:
         self._since_probe = 0
         self._probe_left = 0
         self._probe_gain = 0
+        self.explore_every = explore_every
+        self._since_explore = 0
+        self._explore_up = False
+        self.ladder = sorted({min(self.cap, 1 << k) for k in range(self.cap.bit_length() + 1)})
+        self.per_item: dict[int, float] = {}  # ladder size -> EWMA of seconds per item
+        self.samples: dict[int, int] = {}
+        self.tried: dict[int, int] = {}  # exploration windows spent per ladder size
 
     @classmethod
     def from_settings(cls, s: OneShotSettings, **kw) -> OneShotController:
@@ -81,6 +94,11 @@ class OneShotController:
     def observe(self, rec: BatchRecord) -> None:
         self.records.append(rec)
         self.observed += 1
+        if rec.size in self.ladder:
+            t = rec.run_s / rec.size
+            old = self.per_item.get(rec.size)
+            self.per_item[rec.size] = t if old is None else 0.75 * old + 0.25 * t
+            self.samples[rec.size] = self.samples.get(rec.size, 0) + 1
         if self._probe_left and rec.waited_s > 0:  # a probe decides after a couple of held batches
             self._probe_left -= 1
             self._probe_gain += rec.gained
@@ -114,8 +132,20 @@ class OneShotController:
         self._update_batch(recent)
         self._update_delay(recent)
 
+    def best_size(self) -> int | None:
+        """The ladder size with the best measured items/s (the smallest within 3%), once known."""
+        known = {n: t for n, t in self.per_item.items() if self.samples[n] >= 3 and n <= self.cap}
+        if not known:
+            return None
+        best = min(known.values())
+        return min(n for n, t in known.items() if t <= 1.03 * best)
+
     def _update_batch(self, recent: list[BatchRecord]) -> None:
         if not recent:
+            return
+        demand = max(r.size + r.queued for r in recent)  # most items waiting at a batch start
+        if sum(r.size >= self.max_batch for r in recent) >= len(recent) / 2:
+            self.max_batch = self._throughput_size()
             return
         if self.b is not None:
             a, b = self.a or 0.0, self.b
@@ -123,8 +153,27 @@ class OneShotController:
             a, b = 0.0, max(sum(r.run_s / r.size for r in recent) / len(recent), 1e-7)
         margin = 0.8 if self.load < 0.9 else 0.6
         n_latency = int(((margin * self.target_s - self.max_delay_s) / 2 - a) / b)
-        demand = max(r.size + r.queued for r in recent)  # most items waiting at a batch start
         self.max_batch = max(1, min(self.cap, max(n_latency, demand)))
+
+    def _throughput_size(self) -> int:
+        """Limit while it binds: the best measured size, or a neighbour to measure."""
+        here = max(n for n in self.ladder if n <= self.max_batch)
+        best = self.best_size() or here
+        i = self.ladder.index(best)
+        down = self.ladder[i - 1] if i > 0 else None
+        up = self.ladder[i + 1] if i + 1 < len(self.ladder) else None
+        # unknown: not measured yet, and not tried twice in vain (a limit batches never fill)
+        unknown = [n for n in (down, up) if n is not None and self.samples.get(n, 0) < 3
+                   and self.tried.get(n, 0) < 2]
+        self._since_explore += 1
+        if unknown:
+            self.tried[unknown[-1]] = self.tried.get(unknown[-1], 0) + 1
+            return unknown[-1]  # bigger first: it is the one that can raise throughput
+        if self._since_explore >= self.explore_every and (down or up):
+            self._since_explore = 0
+            self._explore_up = not self._explore_up
+            return (up if self._explore_up else down) or down or up
+        return best
 
     def _overhead_s(self) -> float:
         """The fixed cost of one call; before a fit, the cheapest per-item time seen (an upper bound)."""
@@ -168,4 +217,5 @@ class OneShotController:
             "predicted_items_per_s": rate,
             "p95_ms": round(self.p95_s * 1000, 2),
             "cpu_load": round(self.load, 2),
+            "ms_per_item": {n: round(t * 1000, 3) for n, t in sorted(self.per_item.items())},
         }
