@@ -16,6 +16,16 @@ from liteinfer.tune.workload import chat_mix, load_workload
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def one_thread_config(tmp_path: Path) -> str:
+    # The first trial is the starting config: 1 thread stays fast on a shared 2-core machine.
+    cfg = DeviceConfig()
+    cfg.engine.n_threads = 1
+    cfg.engine.n_ctx = 1024
+    path = tmp_path / "start.json"
+    path.write_text(cfg.model_dump_json())
+    return str(path)
+
+
 def tune(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "liteinfer", "tune", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
@@ -23,7 +33,8 @@ def tune(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_tune_real_engine_writes_config_plots_and_resumes(tmp_path):
     out = tmp_path / "device_config.json"
-    r = tune("--trials", "2", "--requests", "2", "--max-tokens", "3", "--seed", "0", "-o", str(out))
+    start = one_thread_config(tmp_path)
+    r = tune("--trials", "2", "--requests", "2", "--max-tokens", "3", "--seed", "0", "--config", start, "-o", str(out))
     assert r.returncode == 0, r.stderr
     cfg = json.loads(out.read_text())
     DeviceConfig.model_validate(cfg)
@@ -32,7 +43,8 @@ def test_tune_real_engine_writes_config_plots_and_resumes(tmp_path):
     for suffix in (".front.png", ".convergence.png", ".tune.sqlite"):
         assert Path(str(out) + suffix).stat().st_size > 0
     # Resume: the same study file now holds 2 trials; asking for 3 runs one more.
-    r2 = tune("--trials", "3", "--requests", "2", "--max-tokens", "3", "--seed", "0", "-o", str(out))
+    r2 = tune("--trials", "3", "--requests", "2", "--max-tokens", "3", "--seed", "0", "--config", start,
+              "-o", str(out))
     assert r2.returncode == 0, r2.stderr
     assert "2 trials so far" in r2.stderr
     assert json.loads(out.read_text())["device"]["tuned"]["trials"] == 3
@@ -63,3 +75,21 @@ def test_workload_file(tmp_path):
     with pytest.raises(LiteInferError, match="not JSON"):
         load_workload(f)
     assert len(chat_mix(11)) == 11
+
+
+def test_tune_quant_knob_under_quality_budget(tmp_path, default_model_path):
+    # Two "formats" that are the same file: quality loss measured as 0%, budget met.
+    other = tmp_path / "copy.Q4_1.gguf"
+    other.symlink_to(default_model_path)
+    text = tmp_path / "heldout.txt"
+    text.write_text(" ".join(["The quick brown fox jumps over the lazy dog near the river bank."] * 22))
+    out = tmp_path / "dc.json"
+    r = tune("-m", str(default_model_path), "--quants", str(other), "--eval-text", str(text),
+             "--max-quality-loss", "1", "--objective", "multi", "--trials", "1", "--requests", "1",
+             "--max-tokens", "2", "--config", one_thread_config(tmp_path), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "0.00%), KLD" in r.stderr
+    cfg = json.loads(out.read_text())
+    assert "quality_loss_pct" in cfg["device"]["tuned"]["metrics"]
+    r = tune("-m", str(default_model_path), "--quants", str(other), "--max-quality-loss", "1", "-o", str(out))
+    assert r.returncode == 1 and "--eval-text" in r.stderr

@@ -53,7 +53,7 @@ def _quality(models: list[str], text_path: str | None) -> dict[str, float]:
         r = ref.compare(resolve_llm(m))
         out[m] = (r["ppl_ratio"] - 1.0) * 100
         print(f"quality: {Path(m).name}: perplexity {r['ppl']:.3f} vs {r['ppl_ref']:.3f} "
-              f"(+{out[m]:.2f}%), KLD {r['kld']:.4f}", file=sys.stderr)
+              f"({out[m]:+.2f}%), KLD {r['kld']:.4f}", file=sys.stderr)
     return out
 
 
