@@ -6,6 +6,7 @@ from liteinfer.hardware.microbench import (
     measure_engine,
     memory_bandwidth,
     model_facts,
+    probe_step_seconds,
     prompt_tokens,
     set_threads,
 )
@@ -40,3 +41,9 @@ def test_model_facts_and_threads(engine):
     set_threads(engine, n)
     toks = prompt_tokens(engine, 32, salt=3)
     assert len(toks) == 32 and toks != prompt_tokens(engine, 32, salt=4)
+
+
+def test_probe_step_leaves_the_engine_clean(engine):
+    free = engine.free_slots
+    assert 0 < probe_step_seconds(engine) < 60
+    assert engine.n_active == 0 and engine.free_slots == free and engine.prefix_cache

@@ -55,6 +55,22 @@ def set_threads(engine, n: int) -> None:
     engine.n_threads = n
 
 
+def probe_step_seconds(engine) -> float:
+    """Seconds of one small engine step (a 4-token prompt): a cheap first look at a setting."""
+    from liteinfer.engines.llama import SamplingParams
+
+    old_prefix = engine.prefix_cache
+    engine.prefix_cache = False
+    seq = engine.start(prompt_tokens(engine, 4, salt=7), SamplingParams(temperature=0.0))
+    try:
+        t0 = time.perf_counter()
+        engine.step([(seq, seq.n_pending)])
+        return time.perf_counter() - t0
+    finally:
+        engine.release(seq, keep_prefix=False)
+        engine.prefix_cache = old_prefix
+
+
 def _measure_engine_fallback(engine, batches: tuple[int, ...] = (1, 4, 16), prompt_len: int = 128,
                              seconds_per_point: float = 0.6, budget_s: float = 15.0) -> dict[str, Any]:
     """Prompt tok/s, then decode tok/s at each batch size, within a time budget.

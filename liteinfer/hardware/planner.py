@@ -287,7 +287,13 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
     from liteinfer.catalog import pull
     from liteinfer.config import EngineSettings
     from liteinfer.engines.llama import LlamaEngine
-    from liteinfer.hardware.microbench import measure_engine, memory_bandwidth, model_facts, set_threads
+    from liteinfer.hardware.microbench import (
+        measure_engine,
+        memory_bandwidth,
+        model_facts,
+        probe_step_seconds,
+        set_threads,
+    )
 
     t0 = time.perf_counter()
     # Everything below shares one deadline, so a slow or busy machine still finishes in time:
@@ -322,9 +328,21 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
         if len(candidates) > 1:
             # Thread sweep on one loaded model (llama_set_n_threads), at batch 4: a serving
             # step carries several tokens, where thread count and barrier costs show.
-            sweep = {}
-            for n in candidates:
+            # Fewest threads first, and one probe step before each full point: on a busy
+            # machine more threads can be 100x slower (preempted threads stall every barrier),
+            # and one such point would eat the whole time budget.
+            sweep: dict[str, float] = {}
+            fastest = None
+            for n in sorted(candidates):
                 set_threads(eng, n)
+                step_s = probe_step_seconds(eng)
+                if fastest is not None and step_s > 4 * fastest:
+                    # a 4-token step stands in for a batch-4 decode step: barriers dominate both
+                    sweep[str(n)] = round(4 / step_s, 1)
+                    log(f"  {n} threads: one step took {step_s * 1000:.0f} ms, {step_s / fastest:.0f}x the "
+                        f"{min(int(k) for k in sweep)}-thread step: skipped")
+                    continue
+                fastest = step_s if fastest is None else min(fastest, step_s)
                 left = deadline - time.perf_counter()
                 r = measure_engine(eng, batches=(4,), quick=True, budget_s=max(0.2, min(1.0, left / 4)))
                 sweep[str(n)] = (r.get("batched_decode_tok_s") or {}).get("4") or 0.0
