@@ -214,7 +214,14 @@ def doctor_main(args: argparse.Namespace) -> int:
             print(f"match:   {best.entry.name} ({best.entry.id}), score {best.score:.2f} = {best.closeness}")
             if best.closeness == "weak":
                 print(f"         no close entry in the device library: see {HARDWARE}/adding-a-device.md")
-        print(f"config:  {path or 'none (run `python hw_profiler.py -o device_config.json`)'}")
+        if cfg is not None:
+            e, sc = cfg.engine, cfg.scheduler
+            when = cfg.device.get("profiled_at", "unknown time")
+            print(f"config:  {path}: threads {e.n_threads or 'auto'}, max_batch {sc.max_batch}, n_ctx {e.n_ctx} "
+                  f"({e.type_k} KV), mlock {'on' if e.use_mlock else 'off'}, power {cfg.power.profile}; "
+                  f"profiled {when}")
+        else:
+            print("config:  none (run `python hw_profiler.py -o device_config.json`)")
         print("advice:")
         for t in tips:
             print(f"  - [{t['topic']}] {t['advice']} (see {t['see']})")
