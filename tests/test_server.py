@@ -197,17 +197,19 @@ def guarded_server(default_model_path):
 def test_auth_required_when_keys_configured(guarded_server):
     url = guarded_server.url + "/v1/chat/completions"
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    r = httpx.post(url, json=body)
+    r = httpx.post(url, json=body, timeout=120)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}, timeout=120).status_code == 401
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"}, timeout=120).status_code == 200
     assert httpx.get(guarded_server.url + "/health").status_code == 200  # health stays open
 
 
 def test_full_queue_answers_429_at_once(guarded_server):
-    url = guarded_server.url + "/v1/chat/completions"
-    body = {"messages": [{"role": "user", "content": "Write a long poem."}], "max_tokens": 48, "temperature": 0.7}
+    """max-batch 1, max-queue 1: with one request running and one waiting, the rest get 429
+    at once; the waiting one still completes."""
+    url = guarded_server.url + "/v1/completions"
     headers = {"Authorization": "Bearer s3cret"}
+    body = {"prompt": "1, 2, 3, 4, 5,", "max_tokens": 64, "temperature": 0}
 
     def post(_):
         t0 = time.monotonic()
@@ -215,10 +217,33 @@ def test_full_queue_answers_429_at_once(guarded_server):
         return r, time.monotonic() - t0
 
     with cf.ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(post, range(6)))
+        first = pool.submit(post, 0)
+        deadline = time.monotonic() + 60
+        while guarded_server.metric("liteinfer_active_sequences") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rest = list(pool.map(post, range(5)))
+        results = [first.result(), *rest]
     codes = sorted(r.status_code for r, _ in results)
-    assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
+    assert codes.count(429) >= 3 and codes.count(200) >= 2, codes
     for r, secs in results:
         if r.status_code == 429:
             assert r.headers["retry-after"] and r.json()["error"]["code"] == "queue_full"
             assert secs < 5  # rejected at once, not after waiting
+    assert guarded_server.metric('liteinfer_rejected_requests_total{reason="queue_full"}') >= 3
+
+
+def test_embeddings_from_the_gguf(server, model_id):
+    import numpy as np
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    texts = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply today."]
+    r = client.embeddings.create(model=model_id, input=texts)
+    e = np.array([d.embedding for d in r.data])
+    assert e.shape == (3, 576) and r.usage.prompt_tokens > 0
+    sims = e @ e.T
+    assert sims[0, 1] > sims[0, 2]  # paraphrases closer than unrelated text
+    one = client.embeddings.create(model=model_id, input=texts[1]).data[0].embedding
+    assert float(np.dot(one, e[1])) > 0.9999  # batching does not change results
+    bad = httpx.post(server.url + "/v1/embeddings", json={"input": ""}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["message"]

@@ -448,6 +448,57 @@ class LlamaEngine:
             self._free_slots.append(slot)
         return out
 
+    def embed(self, texts: list[str], normalize: bool = True):
+        """Mean-pooled sentence embeddings from this GGUF, on a second context made for it
+        (embeddings on, its own small KV), so generation in the main context is untouched."""
+        import numpy as np
+
+        ll = self._ll
+        if getattr(self, "_embed_ctx", None) is None:
+            cp = ll.llama_context_default_params()
+            cp.n_ctx = cp.n_batch = cp.n_ubatch = min(2048, self.n_ctx_train or 2048)
+            cp.n_seq_max = 16
+            cp.n_threads = cp.n_threads_batch = self.n_threads
+            cp.embeddings = True
+            cp.pooling_type = 1  # LLAMA_POOLING_TYPE_MEAN
+            cp.kv_unified = True
+            self._embed_ctx = ll.llama_init_from_model(self.model, cp)
+            if not self._embed_ctx:
+                raise LiteInferError("could not create an embedding context for this model")
+            self._embed_batch = ll.llama_batch_init(cp.n_batch, 0, 1)
+            self._embed_limit = cp.n_batch
+        n_embd = ll.llama_model_n_embd(self.model)
+        token_lists = [self.tokenize(t) for t in texts]
+        for toks in token_lists:
+            if not toks:
+                raise LiteInferError("empty input")
+            if len(toks) > self._embed_limit:
+                raise LiteInferError(f"input is {len(toks)} tokens; embeddings take at most {self._embed_limit}")
+        out = np.zeros((len(texts), n_embd), dtype=np.float32)
+        mem, b, i = ll.llama_get_memory(self._embed_ctx), self._embed_batch, 0
+        while i < len(token_lists):
+            group, n = [], 0  # as many texts as fit one batch
+            while i < len(token_lists) and len(group) < 16 and n + len(token_lists[i]) <= self._embed_limit:
+                group.append(i)
+                n += len(token_lists[i])
+                i += 1
+            ll.llama_memory_clear(mem, True)
+            n = 0
+            for sid, idx in enumerate(group):
+                for pos, tok in enumerate(token_lists[idx]):
+                    b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = tok, pos, 1, True
+                    b.seq_id[n][0] = sid
+                    n += 1
+            b.n_tokens = n
+            if ll.llama_decode(self._embed_ctx, b) != 0:
+                raise LiteInferError("embedding decode failed")
+            for sid, idx in enumerate(group):
+                ptr = ll.llama_get_embeddings_seq(self._embed_ctx, sid)
+                out[idx] = np.ctypeslib.as_array(ptr, shape=(n_embd,))
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
     def close(self) -> None:
         ll = getattr(self, "_ll", None)
         if ll is None or getattr(self, "ctx", None) is None:
@@ -455,6 +506,9 @@ class LlamaEngine:
         for seq in list(self._active.values()):
             self.release(seq, keep_prefix=False)
         ll.llama_batch_free(self._batch)
+        if getattr(self, "_embed_ctx", None):
+            ll.llama_batch_free(self._embed_batch)
+            ll.llama_free(self._embed_ctx)
         ll.llama_free(self.ctx)
         ll.llama_model_free(self.model)
         self.ctx = None

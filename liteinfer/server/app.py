@@ -31,6 +31,9 @@ class LLMService:
         self.engine = self.scheduler = None
         self.ready = False
         self.error: str | None = None
+        import asyncio
+
+        self.embed_lock = asyncio.Lock()
 
     def load(self) -> None:
         try:
@@ -67,7 +70,7 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
 
     from liteinfer.server.auth import check_bearer
     from liteinfer.server.metrics import Metrics
-    from liteinfer.server.openai import error_response, router
+    from liteinfer.server.openai import embeddings_router, error_response, router
 
     config = config or DeviceConfig()
     keys = list(api_keys if api_keys is not None else config.server.api_keys)
@@ -137,6 +140,8 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
 
     app.include_router(router)
     _include_oneshot(app, config)
+    if not config.embedding_model:  # the GGUF embeds when no dedicated embedding model is set
+        app.include_router(embeddings_router)
     return app
 
 

@@ -255,3 +255,41 @@ async def _sse(svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, chat: boo
     finally:
         if not done:  # client went away mid-stream: free its slot and KV at the next step
             svc.scheduler.cancel(gen)
+
+
+# ---- embeddings from the GGUF itself (when no ONNX embedding model is configured) --------
+
+embeddings_router = APIRouter()
+
+
+class EmbeddingsRequest(_Lenient):
+    input: str | list[str] = Field(min_length=1)
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+@embeddings_router.post("/v1/embeddings")
+async def llm_embeddings(body: EmbeddingsRequest, request: Request):
+    import base64
+
+    from liteinfer.errors import LiteInferError
+
+    svc = _service(request)
+    if svc is None:
+        return error_response(503, "model is loading", "server_error", "loading", {"Retry-After": "2"})
+    if (bad := _check_model(svc, body.model)) is not None:
+        return bad
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if any(not t for t in texts):
+        return error_response(400, "input contains an empty string")
+    try:
+        async with svc.embed_lock:  # one embedding batch at a time; generation goes on beside it
+            vectors = await asyncio.to_thread(svc.engine.embed, texts)
+    except LiteInferError as e:
+        return error_response(400, str(e))
+    data = []
+    for i, v in enumerate(vectors):
+        emb = base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    n = sum(len(svc.engine.tokenize(t)) for t in texts)
+    return {"object": "list", "data": data, "model": svc.model_id, "usage": {"prompt_tokens": n, "total_tokens": n}}
