@@ -73,8 +73,10 @@ def test_jetson_plan_mlock_allowed():
     p, cfg = run("jetson-orin-nano", meas)
     assert cfg.engine.n_threads == 6
     assert cfg.scheduler.max_batch == 4  # 155 is within 5% of 160
-    assert cfg.engine.use_mlock  # RLIMIT_MEMLOCK unlimited and the model is small
+    assert not cfg.engine.use_mlock  # the default 8 MB RLIMIT_MEMLOCK
     assert cfg.power.profile == "unchanged"  # the Jetson entry leaves power to nvpmodel
+    p.memory.memlock_limit_mb = None  # LimitMEMLOCK=infinity in the service unit
+    assert plan(p, None, meas).config.engine.use_mlock  # small model, lock allowed: weights stay resident
 
 
 def test_container_plan_follows_the_cgroup_not_the_host():

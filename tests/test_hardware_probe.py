@@ -73,7 +73,7 @@ def test_jetson_orin_nano():
     assert len(gpu) == 1 and gpu[0].kind == "igpu" and gpu[0].api == "cuda" and gpu[0].usable
     assert "Orin" in gpu[0].name and gpu[0].node == "/dev/nvgpu/igpu0/ctrl"
     assert p.power.hwmon_power == ["ina3221"] and {"nvpmodel", "tegrastats"} <= set(p.power.tools)
-    assert p.memory.memlock_limit_mb is None  # unlimited
+    assert p.memory.memlock_limit_mb == 8  # the kernel's default RLIMIT_MEMLOCK
 
 
 def test_orange_pi_5_big_little_and_npu():
