@@ -51,14 +51,22 @@ class LLMCase:
     max_tokens: int = 16384
     calib_windows: int = 16
     uniform: tuple = ("q4_0", "q4_0+im", "q3_k_m+im", "q4_k_m+im", "iq4_xs+im", "q5_k_m+im", "q6_k+im")
-    mixed_bpw: tuple = (4.0, 4.5, 5.0, 32 / 6)
+    gptq_uniform: tuple = ("q4_0", "q4_k_m", "q5_k_m")  # llama.cpp's types + imatrix, then GPTQ codes
+    mixed_bpw: tuple = (4.5, 32 / 6)  # plain rounding: the allocation's own gain
+    mixed_gptq_bpw: tuple = (4.0, 4.5, 5.0, 32 / 6)
     method: str = "auto"
 
 
 def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
     from liteinfer.evaluate.llm import Reference, read_text
     from liteinfer.quant.gguf import model_bpw, quantize, read_tensors
-    from liteinfer.quant.mixed import apply_recipe, calibrate, measure_sensitivity, plan_mixed
+    from liteinfer.quant.mixed import (
+        apply_recipe,
+        calibrate,
+        measure_sensitivity,
+        plan_mixed,
+        quantize_refined,
+    )
 
     t0 = time.time()
     ref = Reference(case.ref, read_text(case.heldout), case.ctx, case.max_tokens)
@@ -68,7 +76,8 @@ def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
              "bpw": model_bpw(ref_tensors), "ppl": ref.ppl, "ppl_ratio": 1.0, "kld": 0.0, "top1": 1.0,
              "seconds": time.time() - t0}]
     say(f"[{case.name}] reference ppl {ref.ppl:.3f} on {ref.tokens} held-out tokens ({time.time() - t0:.0f}s)")
-    cal = calibrate(case.ref, case.calib, case.ctx, case.calib_windows)
+    cal = calibrate(case.ref, case.calib, case.ctx, case.calib_windows, hessians=bool(case.gptq_uniform
+                                                                                    or case.mixed_gptq_bpw))
     say(f"[{case.name}] calibration: {cal.info.windows} windows, {cal.info.tokens} tokens")
 
     def add(variant: str, path: Path, seconds: float, extra: dict | None = None) -> None:
@@ -90,21 +99,32 @@ def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
         add(f"llama.cpp {qtype}{' +imatrix' if use_im else ''}", out, time.time() - t, {"kind": "uniform"})
         out.unlink()
 
-    t = time.time()
-    sens = measure_sensitivity(case.ref, cal, method=case.method)
-    measure_s = time.time() - t
-    say(f"[{case.name}] sensitivity ({sens.method}) measured in {measure_s:.0f}s")
-    for bpw in case.mixed_bpw:
-        out = tmp / f"{case.name}-mixed-{bpw:.2f}.gguf"
+    for qtype in case.gptq_uniform:
+        out = tmp / f"{case.name}-{qtype}-gptq.gguf"
         t = time.time()
-        recipe = plan_mixed(case.ref, cal, target_bpw=bpw, sens=sens)
-        apply_recipe(case.ref, out, recipe, cal.imatrix)
-        types: dict[str, int] = {}
-        for tp in recipe.tensors.values():
-            types[tp.type] = types.get(tp.type, 0) + 1
-        add(f"liteinfer mixed @{bpw:.2f}", out, measure_s + time.time() - t,
-            {"kind": "mixed", "mix": " ".join(f"{k}:{v}" for k, v in sorted(types.items()))})
+        quantize_refined(case.ref, out, qtype, cal.imatrix, None, cal)
+        add(f"llama.cpp {qtype} +imatrix +GPTQ", out, time.time() - t, {"kind": "gptq"})
         out.unlink()
+
+    for gptq, budgets in ((False, case.mixed_bpw), (True, case.mixed_gptq_bpw)):
+        if not budgets:
+            continue
+        t = time.time()
+        sens = measure_sensitivity(case.ref, cal, method=case.method, gptq=gptq)
+        measure_s = time.time() - t
+        say(f"[{case.name}] sensitivity ({sens.method}{', gptq' if gptq else ''}) measured in {measure_s:.0f}s")
+        for bpw in budgets:
+            out = tmp / f"{case.name}-mixed-{bpw:.2f}.gguf"
+            t = time.time()
+            recipe = plan_mixed(case.ref, cal, target_bpw=bpw, sens=sens, gptq=gptq)
+            apply_recipe(case.ref, out, recipe, cal.imatrix, cal, gptq=gptq)
+            types: dict[str, int] = {}
+            for tp in recipe.tensors.values():
+                types[tp.type] = types.get(tp.type, 0) + 1
+            add(f"liteinfer mixed{' +GPTQ' if gptq else ''} @{bpw:.2f}", out, measure_s + time.time() - t,
+                {"kind": "mixed", "mix": " ".join(f"{k}:{v}" for k, v in sorted(types.items())),
+                 "predicted_kld": recipe.predicted_kld})
+            out.unlink()
     _curve(rows)
     return rows
 
@@ -162,8 +182,8 @@ def tiny_case(quick: bool) -> LLMCase | None:
         return None
     case = LLMCase("tiny-lm", gguf, d / "calib.txt", d / "heldout.txt", "FP32 weights")
     if quick:
-        case.max_tokens, case.calib_windows, case.mixed_bpw = 2048, 4, (4.5,)
-        case.uniform = ("q4_0", "q4_k_m+im", "q6_k+im")
+        case.max_tokens, case.calib_windows, case.mixed_bpw, case.mixed_gptq_bpw = 2048, 4, (4.5,), (4.5,)
+        case.uniform, case.gptq_uniform = ("q4_0", "q4_k_m+im", "q6_k+im"), ("q4_k_m",)
     return case
 
 
@@ -177,9 +197,9 @@ def smollm_case(quick: bool) -> LLMCase | None:
     case = LLMCase("smollm2", resolve_llm("smollm2-135m"), tiny / "calib.txt", tiny / "heldout.txt",
                    "shipped Q4_1 weights, not FP32", max_tokens=4096, calib_windows=8,
                    uniform=("q4_0+im", "q3_k_m+im", "q4_k_m+im", "q5_k_m+im", "q6_k+im"),
-                   mixed_bpw=(5.0, 6.2), method="proxy")
+                   gptq_uniform=("q4_0",), mixed_bpw=(6.2,), mixed_gptq_bpw=(), method="proxy")
     if quick:
-        case.max_tokens, case.calib_windows, case.uniform, case.mixed_bpw = 1024, 2, ("q4_k_m+im",), (6.2,)
+        case.max_tokens, case.calib_windows, case.uniform, case.gptq_uniform = 1024, 2, ("q4_k_m+im",), ()
     return case
 
 

@@ -1,7 +1,7 @@
 """Does the genetic search find a near-best config in a fraction of the evaluations?
 
 1. Sweep: measure EVERY config of a small space on the real engine (SmolLM2, built-in chat
-   mix, generated tok/s). The table is cached as JSON (--table), so later runs skip it;
+   mix; generated tokens per CPU-second, and wall-clock tok/s). The table is cached as JSON (--table), so later runs skip it;
    --remeasure forces a fresh sweep.
 2. On that table of real measurements, run the NSGA-II search (liteinfer.tune.search)
    with a budget of 1/5 of the space, over many seeds, and a random search with the same
@@ -64,11 +64,12 @@ def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int) -> dict
         params = dict(zip([k.name for k in SPACE], values, strict=True))
         m = measure_config(model, search.apply_params(base, params), reqs)
         row = rows.setdefault(key(params), {"params": params, "runs": []})
-        row["runs"].append(round(m["tok_s"], 2))
-        if m["tok_s"] >= max(row["runs"]):
-            row.update(tok_s=m["tok_s"], latency_p95_ms=m["latency_p95_ms"], loadavg_1m=m["loadavg_1m"])
-        print(f"[{i + 1}/{len(order)}] {params} -> {m['tok_s']:.1f} tok/s (load {m['loadavg_1m']:.1f})",
-              file=sys.stderr, flush=True)
+        row["runs"].append({"tok_s": round(m["tok_s"], 2), "tok_per_cpu_s": round(m["tok_per_cpu_s"], 2)})
+        if m["tok_per_cpu_s"] >= max(r["tok_per_cpu_s"] for r in row["runs"]):
+            row.update(tok_s=m["tok_s"], tok_per_cpu_s=m["tok_per_cpu_s"], latency_p95_ms=m["latency_p95_ms"],
+                       loadavg_1m=m["loadavg_1m"])
+        print(f"[{i + 1}/{len(order)}] {params} -> {m['tok_s']:.1f} tok/s, {m['tok_per_cpu_s']:.1f} tok/CPU-s "
+              f"(load {m['loadavg_1m']:.1f})", file=sys.stderr, flush=True)
     table = {"workload": f"chat_mix({requests}, max_tokens={max_tokens})", "model": "smollm2-135m",
              "repeat": repeat,
              "cpu_count": os.cpu_count(), "sweep_seconds": time.time() - t0, "rows": rows}
@@ -76,8 +77,11 @@ def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int) -> dict
     return table
 
 
+METRIC = "tok_per_cpu_s"
+
+
 def ga_best(rows: dict, budget: int, seed: int) -> float:
-    objs = search.OBJECTIVES["throughput"]
+    objs = [search.Objective(METRIC, "maximize")]
     study = search.open_study(objs, None, seed=seed, population=4)
     search.run_search(study, SPACE, lambda p: rows[key(p)], objs, n_trials=budget, progress=False)
     return search.best_trials(study, objs)[0].values[0]
@@ -85,7 +89,7 @@ def ga_best(rows: dict, budget: int, seed: int) -> float:
 
 def random_best(rows: dict, budget: int, seed: int) -> float:
     rng = random.Random(seed)
-    return max(r["tok_s"] for r in rng.sample(list(rows.values()), budget))
+    return max(r[METRIC] for r in rng.sample(list(rows.values()), budget))
 
 
 def main() -> int:
@@ -110,13 +114,16 @@ def main() -> int:
     rows = table["rows"]
     n = len(rows)
     budget = n // 5
-    best = max(rows.values(), key=lambda r: r["tok_s"])
+    best = max(rows.values(), key=lambda r: r[METRIC])
+    b = best[METRIC]
     print(f"\nsweep: {n} configs measured ({table['workload']}, {table['model']}), "
-          f"{table.get('repeat', 1)}x each, {table['sweep_seconds']:.0f} s; best {best['tok_s']:.1f} tok/s at {best['params']}")
+          f"{table.get('repeat', 1)}x each, {table['sweep_seconds']:.0f} s)\nobjective: {METRIC} (generated tokens "
+          f"per CPU-second of the engine process: robust to other jobs taking turns on the cores)\n"
+          f"best {b:.1f} tok/CPU-s ({best['tok_s']:.1f} wall tok/s) at {best['params']}")
     loads = [r["loadavg_1m"] for r in rows.values()]
     print(f"load average during the sweep: {min(loads):.1f} to {max(loads):.1f} "
           "(other work on this machine: single measurements are noisy)")
-    within = sum(r["tok_s"] >= 0.95 * best["tok_s"] for r in rows.values())
+    within = sum(r[METRIC] >= 0.95 * b for r in rows.values())
     print(f"configs within 5% of the best: {within} of {n}\n")
 
     print(f"{'method':<14} {'evals':>6} {'evals/sweep':>12} {'median best':>12} {'worst best':>11} "
@@ -124,10 +131,10 @@ def main() -> int:
     results = {}
     for name, fn in (("NSGA-II (GA)", ga_best), ("random search", random_best)):
         vals = [fn(rows, budget, s) for s in range(args.seeds)]
-        hits = sum(v >= 0.95 * best["tok_s"] for v in vals)
+        hits = sum(v >= 0.95 * b for v in vals)
         results[name] = hits
-        print(f"{name:<14} {budget:>6} {budget / n:>12.2f} {statistics.median(vals) / best['tok_s']:>11.1%} "
-              f"{min(vals) / best['tok_s']:>10.1%} {hits:>5}/{args.seeds}")
+        print(f"{name:<14} {budget:>6} {budget / n:>12.2f} {statistics.median(vals) / b:>11.1%} "
+              f"{min(vals) / b:>10.1%} {hits:>5}/{args.seeds}")
     print(f"{'sweep':<14} {n:>6} {1.0:>12.2f} {1.0:>11.1%} {1.0:>10.1%}")
     ok = results["NSGA-II (GA)"] >= 0.9 * args.seeds
     print(f"\nGA within 5% of the sweep's best in >= 90% of seeds with <= 1/5 of the evaluations: "

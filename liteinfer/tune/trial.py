@@ -43,6 +43,7 @@ def run_workload(engine, prompts: list[list[int]], max_tokens: list[int], max_ba
     queue = deque(range(len(prompts)))
     active: dict[int, object] = {}  # request index -> engine Sequence
     t0 = time.perf_counter()
+    cpu0 = time.process_time()  # all threads of this process
     first: dict[int, float] = {}
     done: dict[int, float] = {}
     generated = 0
@@ -80,6 +81,7 @@ def run_workload(engine, prompts: list[list[int]], max_tokens: list[int], max_ba
         if on_step:
             on_step()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     ttft = [first[i] * 1000 for i in sorted(first)]
     lat = [done[i] * 1000 for i in sorted(done)]
     itl = [(done[i] - first[i]) * 1000 / max(1, max_tokens[i] - 1) for i in done]
@@ -90,6 +92,10 @@ def run_workload(engine, prompts: list[list[int]], max_tokens: list[int], max_ba
         "seconds": wall,
         "steps": steps,
         "tok_s": generated / wall if wall > 0 else 0.0,
+        "cpu_s": cpu,
+        # Generated tokens per CPU-second: far less sensitive than tok/s to other processes
+        # taking turns on the cores (with 1 thread it approximates tok/s on a quiet core).
+        "tok_per_cpu_s": generated / cpu if cpu > 0 else 0.0,
         "total_tok_s": (generated + sum(len(p) for p in prompts)) / wall if wall > 0 else 0.0,
         "ttft_p50_ms": percentile(ttft, 50),
         "ttft_p95_ms": percentile(ttft, 95),

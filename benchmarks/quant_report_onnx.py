@@ -1,0 +1,200 @@
+"""ONNX rows of the quantization report: MiniLM, EfficientNet-Lite0, the fashion-MNIST CNN.
+
+    .venv/bin/python benchmarks/quant_report_onnx.py [--quick] [--json OUT]
+
+Everything measured in this run, against the FP32 model of the same run:
+  MiniLM (all-MiniLM-L6-v2): size and mean cosine to FP32 on >= 500 held-out fortunes
+      (calibration: the `computers` fortune file; evaluation: `cookie`, never calibrated on)
+  EfficientNet-Lite0: top-1 agreement with FP32 on >= 500 crops of scikit-image sample images
+      (random crops, flips, brightness; calibration crops use another seed)
+  fashion-MNIST CNN (examples/inspection): accuracy on the 10k test split vs FP32
+Targets (issue 6): MiniLM cosine >= 0.99 at <= 1/6 size; EfficientNet >= 98% agreement at
+<= 1/4 size; fashion-MNIST accuracy >= 98% of FP32. benchmarks/quant_report.py calls `onnx_rows`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FORTUNES = Path("/usr/share/games/fortunes")
+SKIMAGE_NAMES = [
+    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel",
+    "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket", "text", "cell",
+]
+
+
+def skimage_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
+    """n augmented RGB crops [n, size, size, 3] uint8 of scikit-image's sample images."""
+    import skimage.data as data
+    from PIL import Image, ImageEnhance
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for name in SKIMAGE_NAMES:
+        img = getattr(data, name)()
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        images.append(Image.fromarray(img).convert("RGB"))
+    out = np.zeros((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        img = images[i % len(images)]
+        w, h = img.size
+        side = int(min(w, h) * rng.uniform(0.35, 1.0))
+        x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+        crop = img.crop((x, y, x + side, y + side)).resize((size, size), Image.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        crop = ImageEnhance.Brightness(crop).enhance(rng.uniform(0.7, 1.3))
+        crop = ImageEnhance.Contrast(crop).enhance(rng.uniform(0.7, 1.3))
+        out[i] = np.asarray(crop)
+    return out
+
+
+def _quantize(src: Path, out: Path, **kw) -> dict:
+    from liteinfer.quant.onnx_pipeline import quantize_onnx
+
+    t0 = time.time()
+    r = quantize_onnx(src, out, **kw)
+    return {"plan_text": r.plan_text, "seconds": time.time() - t0, "calib_score": r.score}
+
+
+def _row(model: str, variant: str, fp32: Path, path: Path, metrics: dict, target: str, ok: bool, note: str = "") -> dict:
+    return {
+        "model": model, "variant": variant, "fp32_mb": fp32.stat().st_size / 1e6, "mb": path.stat().st_size / 1e6,
+        "ratio": fp32.stat().st_size / path.stat().st_size, **metrics, "target": target, "meets": ok, "note": note,
+    }
+
+
+def minilm_rows(tmp: Path, quick: bool, say) -> list[dict]:
+    from liteinfer.convert.bert import cached_minilm
+    from liteinfer.evaluate.onnx import evaluate
+
+    fp32 = cached_minilm()
+    calib = FORTUNES / "computers"
+    eval_text = FORTUNES / "cookie"
+    n_eval = 200 if quick else 600
+    variants = [
+        ("int8 (RTN, MatMulNBits 8-bit)", dict(qtype="int8", gptq=False)),
+        ("int4-b32 everywhere, RTN", dict(qtype="int4-b32", gptq=False)),
+        ("int4-b32 everywhere, GPTQ", dict(qtype="int4-b32", calib=calib)),
+        ("mixed --min-accuracy 0.99", dict(mixed=True, min_accuracy=0.99, calib=calib)),
+        ("mixed --max-size FP32/6", dict(mixed=True, max_size_mb=fp32.stat().st_size / 6e6, calib=calib)),
+    ]
+    if quick:
+        variants = [variants[0], variants[2], variants[3]]
+    rows = []
+    for name, kw in variants:
+        out = tmp / f"minilm-{len(rows)}.onnx"
+        say(f"MiniLM {name} ...")
+        if "calib" in kw:
+            kw.setdefault("calib_limit", 64 if quick else 128)
+            kw.setdefault("types", ["int4-b128", "int4-b64", "int4-b32", "int8", "fp16"])
+        q = _quantize(fp32, out, **kw)
+        m = evaluate(out, eval_text, fp32, limit=n_eval)
+        ok = m["mean_cosine"] >= 0.99 and m["size_ratio"] <= 1 / 6
+        rows.append(_row("MiniLM-L6-v2", name, fp32, out, {
+            "metric": "mean cosine", "value": m["mean_cosine"], "p05": m["p05_cosine"],
+            "retrieval": m["retrieval_agreement"], "n": m["n"], "quant_s": q["seconds"],
+        }, ">= 0.99 at <= 1/6", ok))
+        if name.startswith("mixed"):
+            rows[-1]["plan_text"] = q["plan_text"]
+    return rows
+
+
+def efficientnet_rows(tmp: Path, quick: bool, say) -> list[dict]:
+    from liteinfer.convert.torch_export import cached_efficientnet_lite0
+    from liteinfer.evaluate.onnx import evaluate
+
+    fp32 = cached_efficientnet_lite0()
+    n_eval = 120 if quick else 600
+    calib, ev = tmp / "enet-calib.npz", tmp / "enet-eval.npz"
+    np.savez(calib, images=skimage_crops(64 if quick else 128, seed=1))
+    np.savez(ev, images=skimage_crops(n_eval, seed=2))
+    variants = [
+        ("int8 static QDQ convs + int8 FC", dict(qtype="int8", calib=calib)),
+        ("mixed --min-accuracy 0.98", dict(mixed=True, min_accuracy=0.98, calib=calib,
+                                           types=["int4-b32", "int8", "fp16"])),
+    ]
+    rows = []
+    for name, kw in variants:
+        out = tmp / f"enet-{len(rows)}.onnx"
+        say(f"EfficientNet-Lite0 {name} ...")
+        q = _quantize(fp32, out, **kw)
+        m = evaluate(out, ev, fp32)
+        ok = m["top1_agreement"] >= 0.98 and m["size_ratio"] <= 1 / 4
+        rows.append(_row("EfficientNet-Lite0", name, fp32, out, {
+            "metric": "top-1 agreement", "value": m["top1_agreement"], "kld": m["mean_kld"], "n": m["n"],
+            "quant_s": q["seconds"],
+        }, ">= 0.98 at <= 1/4", ok))
+        if name.startswith("mixed"):
+            rows[-1]["plan_text"] = q["plan_text"]
+    return rows
+
+
+def fashion_rows(tmp: Path, quick: bool, say) -> list[dict]:
+    from liteinfer.evaluate.onnx import evaluate
+
+    folder = Path.home() / ".cache" / "liteinfer" / "inspection"
+    fp32, test, calib = folder / "fashion_cnn.onnx", folder / "fashion_test.npz", folder / "fashion_calib.npz"
+    if not fp32.exists():
+        say("fashion-MNIST CNN not trained yet: run examples/inspection/train.py (skipping its row)")
+        return []
+    out = tmp / "fashion-int8.onnx"
+    say("fashion-MNIST CNN int8 ...")
+    q = _quantize(fp32, out, qtype="int8", calib=calib)
+    m = evaluate(out, test, fp32, limit=2000 if quick else None)
+    return [_row("fashion-MNIST CNN", "int8 static QDQ", fp32, out, {
+        "metric": "accuracy ratio", "value": m["accuracy_ratio"], "accuracy": m["accuracy"],
+        "ref_accuracy": m["ref_accuracy"], "n": m["n"], "quant_s": q["seconds"],
+    }, ">= 0.98 of FP32", m["accuracy_ratio"] >= 0.98)]
+
+
+def onnx_rows(quick: bool = False, say=print) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="liteinfer-qr-") as tmp:
+        tmp = Path(tmp)
+        return minilm_rows(tmp, quick, say) + efficientnet_rows(tmp, quick, say) + fashion_rows(tmp, quick, say)
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = f"{'model':<20} {'variant':<34} {'FP32 MB':>8} {'MB':>7} {'ratio':>7}  {'metric':<16} {'value':>7}  target             ok"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['model']:<20} {r['variant']:<34} {r['fp32_mb']:>8.2f} {r['mb']:>7.2f} {'1/' + format(r['ratio'], '.2f'):>7}  "
+            f"{r['metric']:<16} {r['value']:>7.4f}  {r['target']:<18} {'yes' if r['meets'] else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer variants and samples (a smoke run)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args()
+    import os
+
+    load = os.getloadavg()[0]
+    if load > 1.5:
+        print(f"warning: load average {load:.1f}: other work is running; timings are upper bounds", file=sys.stderr)
+    rows = onnx_rows(args.quick, say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_rows(rows))
+    for r in rows:
+        if "plan_text" in r:
+            print(f"\n{r['model']} {r['variant']} plan:\n{r['plan_text']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
