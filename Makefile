@@ -8,9 +8,11 @@ ARGS   ?=
 
 .PHONY: run test test-deps setup system-deps lint bench clean
 
+# First run profiles the machine (python hw_profiler.py) so the server starts with a planned config.
 run: setup
 	$(PY) -m liteinfer pull $(MODEL)
-	$(PY) app.py --config $(CONFIG) $(ARGS)
+	test -f $(CONFIG) || $(PY) hw_profiler.py -o $(CONFIG) --quick
+	$(PY) app.py --config $(CONFIG) --model $(MODEL) $(ARGS)
 
 test: setup system-deps test-deps
 	bash scripts/run_tests.sh
