@@ -79,7 +79,8 @@ class OneShotController:
         self._since_explore = 0
         self._explore_up = False
         self.ladder = sorted({min(self.cap, 1 << k) for k in range(self.cap.bit_length() + 1)})
-        self.per_item: dict[int, float] = {}  # ladder size -> EWMA of seconds per item
+        self.per_item: dict[int, float] = {}  # ladder size -> seconds per item (low quartile)
+        self._times: dict[int, deque[float]] = {}
         self.samples: dict[int, int] = {}
         self.tried: dict[int, int] = {}  # exploration windows spent per ladder size
 
@@ -95,9 +96,11 @@ class OneShotController:
         self.records.append(rec)
         self.observed += 1
         if rec.size in self.ladder:
-            t = rec.run_s / rec.size
-            old = self.per_item.get(rec.size)
-            self.per_item[rec.size] = t if old is None else 0.75 * old + 0.25 * t
+            # lower quartile of the last 8: being descheduled by other work only ever adds time,
+            # so the low end is the batch's own cost (an average would chase the neighbours' load)
+            times = self._times.setdefault(rec.size, deque(maxlen=8))
+            times.append(rec.run_s / rec.size)
+            self.per_item[rec.size] = sorted(times)[len(times) // 4]
             self.samples[rec.size] = self.samples.get(rec.size, 0) + 1
         if self._probe_left and rec.waited_s > 0:  # a probe decides after a couple of held batches
             self._probe_left -= 1
