@@ -78,6 +78,6 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def server(default_model_path):
-    srv = ServerProcess("-m", str(default_model_path), "--ctx", "4096")
+    srv = ServerProcess("-m", str(default_model_path), "--ctx", "4096", "--cors-origin", "http://app.example")
     yield srv
     srv.stop()

@@ -247,3 +247,12 @@ def test_embeddings_from_the_gguf(server, model_id):
     assert float(np.dot(one, e[1])) > 0.9999  # batching does not change results
     bad = httpx.post(server.url + "/v1/embeddings", json={"input": ""}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["message"]
+
+
+def test_cors_allows_only_configured_origins(server):
+    ok = httpx.options(server.url + "/v1/chat/completions", headers={
+        "Origin": "http://app.example", "Access-Control-Request-Method": "POST"})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://app.example"
+    other = httpx.options(server.url + "/v1/chat/completions", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in other.headers

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ class Event:
 
 
 _ids = itertools.count()
+log = logging.getLogger("liteinfer.scheduler")
 
 
 @dataclass(eq=False)
@@ -134,7 +136,11 @@ class ContinuousScheduler:
                     self.waiting.remove(req)
                     if not req.cancelled:
                         req.emit(Event("error", text="request timed out in queue"))
+        previous = self.controller.decision
         decision = self.controller.decide(self._signals(now))
+        if (decision.max_batch, decision.prefill_chunk) != (previous.max_batch, previous.prefill_chunk):
+            log.info("controller: max_batch %d -> %d, prefill_chunk %d -> %d (%s)", previous.max_batch,
+                     decision.max_batch, previous.prefill_chunk, decision.prefill_chunk, decision.reason)
         self._admit(decision.max_batch)
         plan, n_decode, n_prompt = self._plan(decision.prefill_chunk)
         if not plan:

@@ -8,6 +8,7 @@ keys are configured; /, /health and /metrics stay open (a local page and a scrap
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import threading
 import time
@@ -48,6 +49,9 @@ class LLMService:
                                                  self.metrics)
             self.scheduler.start()
             self.ready = True
+            logging.getLogger("liteinfer.server").info(
+                "loaded %s: %d threads, %d KV cells (%s), up to %d sequences", path.name, self.engine.n_threads,
+                self.engine.n_ctx, self.config.engine.type_k, self.config.scheduler.max_batch)
         except LiteInferError as e:
             self.error = str(e)
         except Exception as e:  # surfaced through /health, not a traceback
@@ -207,6 +211,7 @@ def serve_main(args) -> int:
     from liteinfer.catalog import resolve_llm
     from liteinfer.server.auth import load_api_keys
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     resolve_llm(config.model)  # fail fast, one line, before binding the port
     keys = load_api_keys(args.api_key, args.api_key_file, config.server.api_keys)
