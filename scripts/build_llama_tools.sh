@@ -12,21 +12,7 @@ PY="${PY:-.venv/bin/python}"
 CACHE="${LITEINFER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/liteinfer/tools}"
 TOOLS=(llama-imatrix llama-quantize llama-perplexity llama-server)
 
-flags="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"
-if [ "$(uname -m)" = "x86_64" ]; then
-  has() { grep -m1 '^flags' /proc/cpuinfo | grep -qw "$1"; }
-  flags+=" -DGGML_AVX=ON"
-  has avx2 && flags+=" -DGGML_AVX2=ON"
-  has fma && flags+=" -DGGML_FMA=ON"
-  has f16c && flags+=" -DGGML_F16C=ON"
-  has avx512f && flags+=" -DGGML_AVX512=ON"
-  has avx512_vnni && flags+=" -DGGML_AVX512_VNNI=ON"
-  has avx512_bf16 && flags+=" -DGGML_AVX512_BF16=ON"
-  has avx512vbmi && flags+=" -DGGML_AVX512_VBMI=ON"
-  flags+=" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-else
-  flags="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF"
-fi
+flags="$(bash "$(dirname "$0")/llama_cmake_flags.sh")"
 key="$(printf 'tools %s %s' "$VERSION" "$flags" | sha256sum | cut -c1-12)"
 dir="$CACHE/$key"
 
