@@ -20,6 +20,7 @@ import numpy as np
 
 from liteinfer.errors import LiteInferError
 
+CALIB_TOKENS = 64
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -74,15 +75,22 @@ class EvalSet:
     count: int = 0
 
 
-def text_feeds(embedder, texts: list[str], batch: int = 32) -> EvalSet:
-    """Token batches in input order (truncated to the model's max length, padded per batch)."""
+def text_feeds(embedder, texts: list[str], batch: int = 32, max_tokens: int | None = None,
+               by_length: bool = False) -> EvalSet:
+    """Token batches, truncated to max_tokens (default: the model's limit) and padded per batch.
+
+    Input order is kept unless `by_length` (calibration: less padding, same statistics).
+    """
     feeds = []
     ids_all = []
+    limit = min(max_tokens or embedder.max_length, embedder.max_length)
     for t in texts:
         ids = embedder.tokenizer.encode(t).ids
-        if len(ids) > embedder.max_length:  # keep [SEP] at the end
-            ids = ids[: embedder.max_length - 1] + ids[-1:]
+        if len(ids) > limit:  # keep [SEP] at the end
+            ids = ids[: limit - 1] + ids[-1:]
         ids_all.append(ids)
+    if by_length:
+        ids_all.sort(key=len)
     for i in range(0, len(ids_all), batch):
         part = ids_all[i : i + batch]
         width = max(len(x) for x in part)
@@ -103,9 +111,15 @@ def image_feeds(classifier, images: list, labels: np.ndarray | None, batch: int 
     return EvalSet(feeds=feeds, labels=labels, count=len(arrays))
 
 
-def load_eval_set(model, data: str | Path, limit: int | None = None) -> EvalSet:
-    """An EvalSet for `model` (Embedder or ImageClassifier) from a text file / npz / folder."""
+def load_eval_set(model, data: str | Path, limit: int | None = None, calibration: bool = False) -> EvalSet:
+    """An EvalSet for `model` (Embedder or ImageClassifier) from a text file / npz / folder.
+
+    `calibration`: texts cut to CALIB_TOKENS and sorted by length; every forward pass of a
+    sensitivity search runs over this set, and long records add cost, not information.
+    """
     if model.kind == "embedding":
+        if calibration:
+            return text_feeds(model, read_texts(data, limit=limit), max_tokens=CALIB_TOKENS, by_length=True)
         return text_feeds(model, read_texts(data, limit=limit))
     images, labels = read_images(data, model.labels, limit=limit)
     return image_feeds(model, images, labels)

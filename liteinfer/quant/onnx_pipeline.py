@@ -17,7 +17,8 @@ from pathlib import Path
 
 from liteinfer.errors import LiteInferError
 
-CALIB_LIMIT = {"embedding": 128, "classifier": 256}
+CALIB_LIMIT = {"embedding": 96, "classifier": 128}  # inputs for GPTQ statistics and the floor
+SENS_LIMIT = {"embedding": 32, "classifier": 64}  # inputs for each per-node trial
 
 
 @dataclass
@@ -37,7 +38,7 @@ def _calib_set(fp32_path: Path, calib: str | Path, limit: int | None):
     from liteinfer.evaluate.onnx import load_eval_set
 
     model = load_model(fp32_path)
-    evalset = load_eval_set(model, calib, limit=limit or CALIB_LIMIT[model.kind])
+    evalset = load_eval_set(model, calib, limit=limit or CALIB_LIMIT[model.kind], calibration=True)
     output = model.meta.text.output if model.kind == "embedding" else model.prep.output
     return model, evalset, output
 
@@ -48,6 +49,7 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
                   calib_limit: int | None = None, accuracy_level: int = 4, gptq: bool = True,
                   progress: Callable[[str], None] | None = None) -> OnnxQuantReport:
     from liteinfer.engines.onnx_meta import read_meta, write_meta
+    from liteinfer.evaluate.onnx import load_eval_set
     from liteinfer.quant.onnx import QTYPES, Quantizer, collect_hessians, find_targets, load_onnx, save_model
     from liteinfer.quant.sensitivity_onnx import MixedResult, Scorer, format_plan, search
 
@@ -93,10 +95,15 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
     if evalset is not None:
         scorer = Scorer(model.kind, output, evalset.feeds, evalset.labels)
         scorer.set_reference(q.model)
+        sens_scorer = scorer
+        if mixed and evalset.count > SENS_LIMIT[model.kind]:  # per-node trials on a slice
+            part = load_eval_set(model, calib, limit=SENS_LIMIT[model.kind], calibration=True)
+            sens_scorer = Scorer(model.kind, output, part.feeds, part.labels)
+            sens_scorer.set_reference(q.model)
 
     if mixed:
         max_bytes = int(max_size_mb * 1e6) if max_size_mb is not None else None
-        result = search(q, scorer, types, min_accuracy, max_bytes, progress)
+        result = search(q, scorer, types, min_accuracy, max_bytes, progress, sens_scorer)
         plan, score = result.plan, result.score
         plan_text = format_plan(q, result)
     else:
