@@ -99,3 +99,19 @@ def test_hub_id_without_network_is_a_clean_error(hub_id, tmp_path):
     r = liteinfer("pull", hub_id, env={"LITEINFER_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert list(tmp_path.rglob("*.gguf")) == []
+
+
+def test_serve_with_unknown_model_fails_before_binding():
+    assert_clean_error(liteinfer("serve", "-m", "no-such-model", "--port", "1"), "unknown model")
+
+
+def test_app_py_with_invalid_config_names_the_field(tmp_path):
+    cfg = tmp_path / "device_config.json"
+    cfg.write_text(json.dumps({"schema_version": 1, "engine": {"n_threads": 0}}))
+    r = subprocess.run([sys.executable, "app.py", "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert_clean_error(r, "engine.n_threads")
+    cfg.write_text(json.dumps({"schema_version": 0}))
+    r = subprocess.run([sys.executable, "app.py", "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert_clean_error(r, "hw_profiler.py")
