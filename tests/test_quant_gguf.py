@@ -174,3 +174,41 @@ def test_bad_inputs(work, capfd):
         assert re.search(expect, last[0]), (expect, last[0])
         assert not out.exists() and not list(d.glob(".bad-out.gguf*")), expect
         assert not (d / "bad-out.gguf.recipe.json").exists()
+
+
+@pytest.mark.parametrize("qtype", ["q4_0", "q8_0", "q4_k", "q5_k", "q6_k"])
+def test_gptq_grid_round_trip(work, qtype):
+    """Codes read off llama.cpp's blocks re-encode to the very same bytes (scales untouched)."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from liteinfer.quant.gguf import quantize
+    from liteinfer.quant.gptq import encode, grid
+
+    d, _, src = work
+    out = d / f"grid-{qtype}.gguf"
+    quantize(src, out, "q8_0", overrides={"blk.0.ffn_up.weight": qtype})
+    t = next(t for t in GGUFReader(str(out)).tensors if t.name == "blk.0.ffn_up.weight")
+    per_block = 32 if qtype in ("q4_0", "q8_0") else 256
+    blocks = np.asarray(t.data).reshape(-1, t.data.size // (t.n_elements // per_block))
+    a, b, lo, hi = grid(qtype, blocks)
+    codes = np.rint((dequantize(blocks, t.tensor_type) - b) / np.where(a == 0, 1, a))
+    assert lo <= codes.min() and codes.max() <= hi
+    assert np.array_equal(encode(qtype, blocks, codes), blocks)
+
+
+def test_gptq_lowers_kld(work):
+    from liteinfer.evaluate.llm import Reference
+
+    d, _, src = work
+    plain, gptq = d / "q4km-plain.gguf", d / "q4km-gptq.gguf"
+    common = ["--type", "q4_k_m", "--calib", d / "calib.txt", "--ctx", "128", "--calib-windows", "8"]
+    _ok("quantize", src, plain, *common)
+    _ok("quantize", src, gptq, *common, "--gptq")
+    assert [(t.name, t.type, t.n_bytes) for t in read_tensors(plain)] == \
+        [(t.name, t.type, t.n_bytes) for t in read_tensors(gptq)]  # same types and sizes: only codes moved
+    heldout = "\n\n".join(corpus()[-40:])  # not in the calibration text
+    ref = Reference(src, heldout, ctx=64, max_tokens=768)
+    assert ref.compare(gptq)["kld"] < ref.compare(plain)["kld"]
+    _run(gptq)

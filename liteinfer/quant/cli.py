@@ -33,6 +33,8 @@ def add_gguf_args(p: argparse.ArgumentParser) -> None:
                    help="per-tensor cost: KL divergence (exact, slower) or weighted weight error")
     g.add_argument("--ctx", type=int, default=256, help="calibration window length (tokens)")
     g.add_argument("--calib-windows", type=int, default=16, help="calibration windows for the imatrix")
+    g.add_argument("--gptq", action="store_true",
+                   help="GPTQ error-compensating rounding on llama.cpp's grid (needs --calib)")
     g.add_argument("--threads", type=int, default=None)
 
 
@@ -56,8 +58,16 @@ def gguf_main(args: argparse.Namespace) -> int:
         src_tensors = q.read_tensors(src)  # truncated / not GGUF: one-line error
         q.warn_requantize(src_tensors)
         show = sys.stderr.isatty()
+        if args.gptq and not args.calib:
+            raise LiteInferError("--gptq needs calibration text: --calib FILE")
         if args.mixed or args.recipe:
             tensors = _mixed(args, src, dst, show)
+        elif args.gptq:
+            from liteinfer.quant.mixed import calibrate, quantize_refined
+
+            cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, show, hessians=True)
+            _save_imatrix(args, cal)
+            tensors = quantize_refined(src, dst, args.type or "q4_k_m", cal.imatrix, None, cal, show, args.threads)
         else:
             imat = _imatrix(args, src, show)
             tensors = q.quantize(src, dst, args.type or "q4_k_m", imatrix=imat, threads=args.threads)
@@ -96,6 +106,11 @@ def _mixed(args, src: Path, dst: Path, show: bool):
 
     if args.recipe:
         recipe = load_recipe(args.recipe)
+        if recipe.rounding == "gptq" or args.gptq:
+            if not args.calib:
+                raise LiteInferError("this recipe uses GPTQ rounding: give --calib FILE")
+            cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, show, hessians=True)
+            return apply_recipe(src, dst, recipe, cal.imatrix, cal, gptq=True, progress=show)
         imat = _imatrix(args, src, show)
         return apply_recipe(src, dst, recipe, imat)
     if not args.calib:
@@ -108,11 +123,12 @@ def _mixed(args, src: Path, dst: Path, show: bool):
     for t in types:
         ggml_type(t)
     check_budget(src, args.target_bpw, args.target_size, types)
-    cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, progress=show)
+    cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, show, hessians=args.gptq)
     _save_imatrix(args, cal)
-    recipe = plan_mixed(src, cal, args.target_bpw, args.target_size, types, args.sensitivity, progress=show)
+    recipe = plan_mixed(src, cal, args.target_bpw, args.target_size, types, args.sensitivity, progress=show,
+                        gptq=args.gptq)
     recipe.imatrix = args.imatrix or args.save_imatrix
-    tensors = apply_recipe(src, dst, recipe, cal.imatrix)
+    tensors = apply_recipe(src, dst, recipe, cal.imatrix, cal, gptq=args.gptq, progress=show)
     recipe_path = Path(args.save_recipe or f"{dst}.recipe.json")
     save_recipe(recipe, recipe_path)
     counts: dict[str, int] = {}

@@ -27,20 +27,23 @@ def calibration_windows(tokens: list[int], ctx: int, max_windows: int) -> list[l
 
 
 class ActivationStats:
-    """Hook for ReferenceLlama.forward: sums of x^2 per column (and optionally X^T X)."""
+    """Hook for ReferenceLlama.forward: sums of x^2 per column, and X^T X when `full`."""
 
-    def __init__(self, full: set[str] | None = None):
+    def __init__(self, full: bool = False):
         self.sum2: dict[str, np.ndarray] = {}
         self.count: dict[str, int] = {}
-        self.full = full or set()  # tensors that also need the full X^T X (calibrated rounding)
+        self.full = full  # also the full X^T X per tensor (GPTQ's Hessian)
         self.xtx: dict[str, np.ndarray] = {}
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # q/k/v (gate/up) share one input
 
     def __call__(self, name: str, x: np.ndarray) -> None:
         x64 = x.astype(np.float64)
         self.sum2[name] = self.sum2.get(name, 0) + (x64 * x64).sum(0)
         self.count[name] = self.count.get(name, 0) + x.shape[0]
-        if name in self.full:
-            self.xtx[name] = self.xtx.get(name, 0) + x64.T @ x64
+        if self.full:
+            if self._last is None or self._last[0] is not x:  # holding x keeps its identity unique
+                self._last = (x, x64.T @ x64)
+            self.xtx[name] = self.xtx.get(name, 0) + self._last[1]
 
     def imatrix(self) -> dict[str, np.ndarray]:
         # float32 sums / count: exactly what load_imatrix gives back from a saved file
@@ -50,8 +53,7 @@ class ActivationStats:
         return {k: v.astype(np.float32) for k, v in self.sum2.items()}
 
 
-def compute_imatrix(ref, windows: list[list[int]], progress: bool = False,
-                    full: set[str] | None = None) -> ActivationStats:
+def compute_imatrix(ref, windows: list[list[int]], progress: bool = False, full: bool = False) -> ActivationStats:
     """Run the reference model over the windows, collecting activation statistics."""
     stats = ActivationStats(full)
     it = windows

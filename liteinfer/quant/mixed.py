@@ -25,6 +25,7 @@ class Calib:
     sums: dict
     counts: dict
     info: Calibration
+    hessians: dict | None = None  # X^T X per tensor (GPTQ)
 
 
 def tokenize_file(model: Path, text: str) -> list[int]:
@@ -39,7 +40,7 @@ def tokenize_file(model: Path, text: str) -> list[int]:
 
 
 def calibrate(src: Path, text_path: str | Path, ctx: int = 256, n_windows: int = 16,
-              imatrix_path: str | Path | None = None, progress: bool = False) -> Calib:
+              imatrix_path: str | Path | None = None, progress: bool = False, hessians: bool = False) -> Calib:
     from liteinfer.convert.reference import ReferenceLlama
     from liteinfer.evaluate.llm import read_text
     from liteinfer.quant.imatrix import calibration_windows, compute_imatrix, load_imatrix
@@ -47,13 +48,16 @@ def calibrate(src: Path, text_path: str | Path, ctx: int = 256, n_windows: int =
     text = read_text(text_path)  # missing / empty file: one-line error
     windows = calibration_windows(tokenize_file(src, text), ctx, n_windows)
     ref = ReferenceLlama.from_gguf(src)
-    if imatrix_path:
+    hess = None
+    if imatrix_path and not hessians:
         imat, sums, counts = load_imatrix(imatrix_path), {}, {}
     else:
-        stats = compute_imatrix(ref, windows, progress=progress)
-        imat, sums, counts = stats.imatrix(), stats.sums(), stats.count
+        stats = compute_imatrix(ref, windows, progress=progress, full=hessians)
+        imat, sums, counts, hess = stats.imatrix(), stats.sums(), stats.count, stats.xtx or None
+        if imatrix_path:  # a given imatrix still decides llama.cpp's grid
+            imat = load_imatrix(imatrix_path)
     info = Calibration(text=str(text_path), ctx=ctx, windows=len(windows), tokens=sum(map(len, windows)))
-    return Calib(ref, windows, imat, sums, counts, info)
+    return Calib(ref, windows, imat, sums, counts, info, hess)
 
 
 def budget_bytes(src_tensors, target_bpw: float | None, target_mb: float | None, src: Path) -> float:
@@ -86,7 +90,8 @@ def _bpw(t: str) -> float:
     return bits_per_weight(t)
 
 
-def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto", progress: bool = False):
+def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto", progress: bool = False,
+                        gptq: bool = False):
     """Per-tensor (type, bytes, cost) options; one measurement serves any number of budgets."""
     from liteinfer.quant.gguf import read_tensors
     from liteinfer.quant.sensitivity import DEFAULT_TYPES, measure
@@ -99,16 +104,17 @@ def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto",
         raise LiteInferError(f"unknown sensitivity method {method!r} (kl, proxy, auto)")
     # KL needs only a few windows; the imatrix used them all
     windows = cal.windows[: max(1, min(len(cal.windows), 4))]
-    return measure(src, cal.ref, windows, cal.imatrix, types, method, progress)
+    return measure(src, cal.ref, windows, cal.imatrix, types, method, progress,
+                   hessians=cal.hessians if gptq else None, n_tokens=cal.counts)
 
 
 def plan_mixed(src: Path, cal: Calib, target_bpw: float | None = None, target_mb: float | None = None,
-               types=None, method: str = "auto", progress: bool = False, sens=None) -> Recipe:
+               types=None, method: str = "auto", progress: bool = False, sens=None, gptq: bool = False) -> Recipe:
     from liteinfer.quant.gguf import read_tensors
     from liteinfer.quant.sensitivity import DEFAULT_TYPES, allocate
 
     budget = budget_bytes(read_tensors(src), target_bpw, target_mb, src)
-    sens = sens or measure_sensitivity(src, cal, types, method, progress)
+    sens = sens or measure_sensitivity(src, cal, types, method, progress, gptq)
     plan = allocate(sens, budget)
     total = sens.fixed_bytes + sum(o.n_bytes for o in plan.values())
     return Recipe(
@@ -116,13 +122,14 @@ def plan_mixed(src: Path, cal: Calib, target_bpw: float | None = None, target_mb
         target_bytes=int(budget) if target_mb is not None else None,
         bpw=8 * total / sens.n_elements,
         predicted_kld=sum(o.cost for o in plan.values()) if sens.method == "kl" else None,
-        calibration=cal.info, candidates=list(types or DEFAULT_TYPES),
+        calibration=cal.info, candidates=list(types or DEFAULT_TYPES), rounding="gptq" if gptq else "llama.cpp",
         tensors={n: TensorPlan(type=o.type, bytes=o.n_bytes, cost=o.cost) for n, o in sorted(plan.items())},
     )
 
 
-def apply_recipe(src: Path, dst: Path, recipe: Recipe, imatrix: dict | None):
-    from liteinfer.quant.gguf import quantize, read_tensors
+def apply_recipe(src: Path, dst: Path, recipe: Recipe, imatrix: dict | None, cal: Calib | None = None,
+                 gptq: bool = False, progress: bool = False):
+    from liteinfer.quant.gguf import read_tensors
 
     have = {t.name for t in read_tensors(src) if t.quantizable}
     planned = set(recipe.tensors)
@@ -131,4 +138,24 @@ def apply_recipe(src: Path, dst: Path, recipe: Recipe, imatrix: dict | None):
         raise LiteInferError(f"recipe does not fit {src.name}: missing {missing[:2]}, unknown {extra[:2]}")
     if imatrix is None:
         print("warning: no importance matrix (give --calib or --imatrix): plain rounding", file=sys.stderr)
-    return quantize(src, dst, ftype="q8_0", imatrix=imatrix, overrides=recipe.overrides())
+    return quantize_refined(src, dst, "q8_0", imatrix, recipe.overrides(), cal if gptq else None, progress)
+
+
+def quantize_refined(src: Path, dst: Path, ftype: str, imatrix: dict | None, overrides: dict | None = None,
+                     cal: Calib | None = None, progress: bool = False, threads: int | None = None):
+    """llama.cpp's quantizer, then (given calibration with Hessians) GPTQ codes on its grid."""
+    from liteinfer.files import atomic_output
+    from liteinfer.quant.gguf import quantize, read_tensors
+
+    if cal is None:
+        return quantize(src, dst, ftype, imatrix=imatrix, overrides=overrides, threads=threads)
+    if not cal.hessians:
+        raise LiteInferError("GPTQ needs calibration activations (--calib)")
+    from liteinfer.quant.gptq import refine_file
+
+    with atomic_output(dst) as tmp:
+        quantize(src, tmp, ftype, imatrix=imatrix, overrides=overrides, threads=threads)
+        names = [t.name for t in read_tensors(tmp)]
+        weights = {n: cal.ref.gguf_weight(n) for n in names if n in cal.hessians}
+        refine_file(tmp, weights, cal.hessians, progress=progress, n_tokens=cal.counts)
+    return read_tensors(dst)

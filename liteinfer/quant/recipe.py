@@ -42,6 +42,7 @@ class Recipe(BaseModel):
     imatrix: str | None = None
     calibration: Calibration = Calibration()
     candidates: list[str] = []
+    rounding: str = Field("llama.cpp", description="llama.cpp (its rounding) or gptq (codes re-chosen on its grid)")
     tensors: dict[str, TensorPlan]
 
     def overrides(self) -> dict[str, str]:

@@ -62,8 +62,13 @@ def _progress(total: int, desc: str, show: bool):
 
 
 def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndarray], types=DEFAULT_TYPES,
-            method: str = "kl", progress: bool = False, workdir: Path | None = None) -> Sensitivity:
-    """Cost and size of every (quantizable tensor, candidate type) pair."""
+            method: str = "kl", progress: bool = False, workdir: Path | None = None,
+            hessians: dict | None = None, n_tokens: dict | None = None) -> Sensitivity:
+    """Cost and size of every (quantizable tensor, candidate type) pair.
+
+    With `hessians`, each candidate is GPTQ-refined first, so costs are those of the rounding
+    that will actually be used.
+    """
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -85,6 +90,10 @@ def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndar
         for tname in types:
             out = Path(tmp) / f"{tname}.gguf"
             quantize(src, out, ftype="q8_0", imatrix=imatrix, overrides={t.name: tname for t in quant})
+            if hessians:
+                from liteinfer.quant.gptq import refine_file
+
+                refine_file(out, {n: ref.gguf_weight(n) for n in hessians}, hessians, n_tokens=n_tokens)
             bar.update(1)
             reader = GGUFReader(str(out))
             for qt in reader.tensors:
