@@ -157,3 +157,32 @@ def test_bad_inputs(tmp_path, tiny):
         assert r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert expect in r.stderr, (expect, r.stderr)
         assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
+
+
+@pytest.mark.torch
+def test_tiny_lm_example_end_to_end(tmp_path):
+    """examples/tiny_lm with a toy config: train -> HF folder -> convert -> quantize -> load -> generate."""
+    pytest.importorskip("torch")
+    from pathlib import Path
+
+    from liteinfer.engines.llama import SamplingParams
+    from liteinfer.generate import generate
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "tiny_lm"
+    r = subprocess.run([sys.executable, str(root / "examples/tiny_lm/train.py"), "--tiny", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "calib.txt", "heldout.txt", "model-f32.gguf"):
+        assert (out / f).is_file(), f
+    q = tmp_path / "tiny-q8.gguf"
+    rq = _cli("quantize", out / "model-f32.gguf", q, "--type", "q8_0")
+    assert rq.returncode == 0, rq.stderr
+    eng = LlamaEngine(q, EngineSettings(n_ctx=128, n_seq_max=1))
+    try:
+        res = generate(eng, "Q: What is", SamplingParams(temperature=0.0, max_tokens=8))
+        prompt = eng.apply_chat_template([{"role": "user", "content": "hi"}])
+    finally:
+        eng.close()
+    assert res.completion_tokens > 0 or res.finish_reason == "stop"
+    assert prompt.startswith("<|im_start|>user")
