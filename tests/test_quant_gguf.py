@@ -212,3 +212,30 @@ def test_gptq_lowers_kld(work):
     ref = Reference(src, heldout, ctx=64, max_tokens=768)
     assert ref.compare(gptq)["kld"] < ref.compare(plain)["kld"]
     _run(gptq)
+
+
+def test_imatrix_matches_llama_imatrix(work):
+    """Our numpy importance matrix against llama.cpp's own llama-imatrix on the same chunks
+    (built by scripts/build_llama_tools.sh; skipped where it has not been built)."""
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from liteinfer.quant.imatrix import load_imatrix
+    from liteinfer.quant.mixed import calibrate
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liteinfer" / "tools"
+    tools = sorted(cache.glob("*/bin/llama-imatrix"))
+    if not tools:
+        pytest.skip("llama-imatrix not built (bash scripts/build_llama_tools.sh)")
+    d, _, src = work
+    out = d / "llama-im.gguf"
+    r = subprocess.run([str(tools[0]), "-m", str(src), "-f", str(d / "calib.txt"), "-c", "64", "--chunks", "3",
+                        "-t", "2", "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1000:]
+    theirs = load_imatrix(out)
+    ours = calibrate(src, d / "calib.txt", 64, 3).imatrix
+    assert set(theirs) <= set(ours) and len(theirs) >= 2 * 7
+    for name, v in theirs.items():
+        assert np.abs(ours[name] - v).max() <= 1e-3 * np.abs(v).max(), name
