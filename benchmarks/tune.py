@@ -31,13 +31,22 @@ from liteinfer.tune import search  # noqa: E402
 # One engine thread: on a 2-core machine shared with other jobs, 2 threads collapse (OpenMP
 # barrier spinning; 0.6-4 tok/s against 20-30 at 1 thread, see docs/tuning.md), which would
 # make a sweep take hours. --threads adds the thread counts back on a quiet machine.
-SPACE = [
-    search.Knob("scheduler.max_batch", (1, 2, 4, 8)),
-    search.Knob("scheduler.prefill_chunk", (32, 256)),
-    search.Knob("engine.kv_type", ("f16", "q8_0", "q4_0")),
-    search.Knob("engine.flash_attn", (True, False)),
-]
-DEFAULT_TABLE = Path(__file__).with_name("tune_sweep.json")
+SPACES = {
+    "small": [  # 48 configs
+        search.Knob("scheduler.max_batch", (1, 2, 4, 8)),
+        search.Knob("scheduler.prefill_chunk", (32, 256)),
+        search.Knob("engine.kv_type", ("f16", "q8_0", "q4_0")),
+        search.Knob("engine.flash_attn", (True, False)),
+    ],
+    "large": [  # 270 configs
+        search.Knob("scheduler.max_batch", (1, 2, 4, 8, 16)),
+        search.Knob("scheduler.prefill_chunk", (32, 64, 256)),
+        search.Knob("engine.n_ubatch", (32, 128, 512)),
+        search.Knob("engine.kv_type", ("f16", "q8_0", "q4_0")),
+        search.Knob("engine.flash_attn", (True, False)),
+    ],
+}
+SPACE: list = []
 
 
 def key(params: dict) -> str:
@@ -64,10 +73,10 @@ def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int) -> dict
         params = dict(zip([k.name for k in SPACE], values, strict=True))
         m = measure_config(model, search.apply_params(base, params), reqs)
         row = rows.setdefault(key(params), {"params": params, "runs": []})
-        row["runs"].append({"tok_s": round(m["tok_s"], 2), "tok_per_cpu_s": round(m["tok_per_cpu_s"], 2)})
-        if m["tok_per_cpu_s"] >= max(r["tok_per_cpu_s"] for r in row["runs"]):
+        if m["tok_per_cpu_s"] >= max((r["tok_per_cpu_s"] for r in row["runs"]), default=0.0):
             row.update(tok_s=m["tok_s"], tok_per_cpu_s=m["tok_per_cpu_s"], latency_p95_ms=m["latency_p95_ms"],
                        loadavg_1m=m["loadavg_1m"])
+        row["runs"].append({"tok_s": m["tok_s"], "tok_per_cpu_s": m["tok_per_cpu_s"]})
         print(f"[{i + 1}/{len(order)}] {params} -> {m['tok_s']:.1f} tok/s, {m['tok_per_cpu_s']:.1f} tok/CPU-s "
               f"(load {m['loadavg_1m']:.1f})", file=sys.stderr, flush=True)
     table = {"workload": f"chat_mix({requests}, max_tokens={max_tokens})", "model": "smollm2-135m",
@@ -94,7 +103,8 @@ def random_best(rows: dict, budget: int, seed: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    ap.add_argument("--space", choices=sorted(SPACES), default="small")
+    ap.add_argument("--table", type=Path, default=None, help="default: benchmarks/tune_sweep_<space>.json")
     ap.add_argument("--remeasure", action="store_true")
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
@@ -102,7 +112,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="measurements per config in the sweep (best kept)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="engine.n_threads choices")
     args = ap.parse_args()
-    SPACE.insert(0, search.Knob("engine.n_threads", tuple(args.threads)))
+    SPACE[:] = [search.Knob("engine.n_threads", tuple(args.threads)), *SPACES[args.space]]
+    args.table = args.table or Path(__file__).with_name(f"tune_sweep_{args.space}.json")
 
     if args.remeasure or not args.table.exists():
         print(f"sweeping {search.space_size(SPACE)} configs on the real engine (load {os.getloadavg()[0]:.1f})",
