@@ -187,13 +187,24 @@ def tiny_case(quick: bool) -> LLMCase | None:
     return case
 
 
+def fortunes_split(folder: Path) -> Path:
+    """The tiny LM's calibration / held-out split (same seed, same files as examples/tiny_lm)."""
+    sys.path.insert(0, str(ROOT / "examples" / "tiny_lm"))
+    from data import load_fortunes, split
+
+    train, held = split(load_fortunes(), seed=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "calib.txt").write_text("\n\n".join(train[:1500]))
+    (folder / "heldout.txt").write_text("\n\n".join(held))
+    return folder
+
+
 def smollm_case(quick: bool) -> LLMCase | None:
     from liteinfer.catalog import resolve_llm
 
     tiny = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liteinfer" / "tiny_lm"
     if not (tiny / "calib.txt").is_file():
-        say("skip SmolLM2: the fortunes calibration/held-out split comes from examples/tiny_lm")
-        return None
+        tiny = fortunes_split(Path(tempfile.mkdtemp(prefix="liteinfer-fortunes-")))
     case = LLMCase("smollm2", resolve_llm("smollm2-135m"), tiny / "calib.txt", tiny / "heldout.txt",
                    "shipped Q4_1 weights, not FP32", max_tokens=4096, calib_windows=8,
                    uniform=("q4_0+im", "q3_k_m+im", "q4_k_m+im", "q5_k_m+im", "q6_k+im"),

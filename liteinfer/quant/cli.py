@@ -135,7 +135,7 @@ def _mixed(args, src: Path, dst: Path, show: bool):
     for t in recipe.tensors.values():
         counts[t.type] = counts.get(t.type, 0) + 1
     mix = ", ".join(f"{n} x {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    kld = f", predicted KLD {recipe.predicted_kld:.4f}" if recipe.predicted_kld is not None else ""
+    kld = f", predicted KLD {recipe.predicted_kld:.3g}" if recipe.predicted_kld is not None else ""
     print(f"plan ({recipe.method}): {mix}; {recipe.bpw:.3f} bpw{kld}; recipe {recipe_path}")
     return tensors
 
