@@ -96,11 +96,15 @@ def _service(request: Request):
     return svc
 
 
-def _check_model(svc, name: str | None) -> JSONResponse | None:
-    if name and name not in svc.model_names:
-        return error_response(404, f"model {name!r} not found; available: {svc.model_id}", "invalid_request_error",
-                              "model_not_found")
-    return None
+def _ready_service(request: Request, model: str | None):
+    """(service, None) when the LLM is loaded and `model` names it, else (None, error response)."""
+    svc = _service(request)
+    if svc is None:
+        return None, error_response(503, "model is loading", "server_error", "loading", {"Retry-After": "2"})
+    if model and model not in svc.model_names:
+        return None, error_response(404, f"model {model!r} not found; available: {svc.model_id}",
+                                    "invalid_request_error", "model_not_found")
+    return svc, None
 
 
 @router.get("/v1/models")
@@ -116,11 +120,9 @@ async def list_models(request: Request):
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    svc = _service(request)
-    if svc is None:
-        return error_response(503, "model is loading", "server_error", "loading", {"Retry-After": "2"})
-    if (bad := _check_model(svc, body.model)) is not None:
-        return bad
+    svc, err = _ready_service(request, body.model)
+    if err is not None:
+        return err
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     try:
         prompt = svc.engine.apply_chat_template(messages)
@@ -133,11 +135,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    svc = _service(request)
-    if svc is None:
-        return error_response(503, "model is loading", "server_error", "loading", {"Retry-After": "2"})
-    if (bad := _check_model(svc, body.model)) is not None:
-        return bad
+    svc, err = _ready_service(request, body.model)
+    if err is not None:
+        return err
     prompt = body.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
@@ -274,11 +274,9 @@ async def llm_embeddings(body: EmbeddingsRequest, request: Request):
 
     from liteinfer.errors import LiteInferError
 
-    svc = _service(request)
-    if svc is None:
-        return error_response(503, "model is loading", "server_error", "loading", {"Retry-After": "2"})
-    if (bad := _check_model(svc, body.model)) is not None:
-        return bad
+    svc, err = _ready_service(request, body.model)
+    if err is not None:
+        return err
     texts = [body.input] if isinstance(body.input, str) else body.input
     if any(not t for t in texts):
         return error_response(400, "input contains an empty string")
