@@ -149,10 +149,7 @@ class OneShotService:
             raise LiteInferError(f"{self.name} is a {self.kind} model, not {kind}")
 
     def stats(self) -> dict:
-        out = {"model": self.name, "kind": self.kind, **self.batcher.stats()}
-        if self.batcher.controller is not None:
-            out["controller"] = self.batcher.controller.snapshot()
-        return out
+        return {"model": self.name, "kind": self.kind, **self.batcher.stats()}
 
     def close(self) -> None:
         self.batcher.close()

@@ -197,17 +197,21 @@ class DynamicBatcher:
         self._thread.join(timeout)
 
     def stats(self) -> dict:
-        lat = sorted(self.latencies_s)
-        return {
-            "queue_depth": len(self._queue),
-            "max_batch": self.max_batch,
-            "max_delay_ms": round(self.max_delay_s * 1000, 3),
-            "batches": self.batches,
-            "items": self.items,
-            "mean_batch": self.items / self.batches if self.batches else 0.0,
-            "p50_ms": _quantile(lat, 0.50) * 1000,
-            "p95_ms": _quantile(lat, 0.95) * 1000,
-        }
+        with self._cv:  # the worker updates these under the same lock
+            lat = sorted(self.latencies_s)
+            out = {
+                "queue_depth": len(self._queue),
+                "max_batch": self.max_batch,
+                "max_delay_ms": round(self.max_delay_s * 1000, 3),
+                "batches": self.batches,
+                "items": self.items,
+                "mean_batch": self.items / self.batches if self.batches else 0.0,
+                "p50_ms": _quantile(lat, 0.50) * 1000,
+                "p95_ms": _quantile(lat, 0.95) * 1000,
+            }
+            if self.controller is not None:
+                out["controller"] = self.controller.snapshot()
+        return out
 
     # ---------------------------------------------------------------- worker
 
@@ -260,13 +264,14 @@ class DynamicBatcher:
             self._run_group([batch[i] for i in g])
         t1 = time.perf_counter()
         lat = [t1 - p.t_submit for p in batch]
-        self.batches += 1
-        self.items += len(batch)
-        self.busy_s += t1 - t0
-        self.latencies_s.extend(lat)
         rec = BatchRecord(len(batch), t1 - t0, waited, gained, queued, lat, len(groups))
-        if self.controller is not None:
-            self.controller.observe(rec)
+        with self._cv:  # stats() reads these from other threads
+            self.batches += 1
+            self.items += len(batch)
+            self.busy_s += t1 - t0
+            self.latencies_s.extend(lat)
+            if self.controller is not None:
+                self.controller.observe(rec)
         if self.on_batch is not None:
             try:
                 self.on_batch(rec)
