@@ -122,6 +122,19 @@ def gptq_codes(w: np.ndarray, h: np.ndarray, a: np.ndarray, b: np.ndarray, cmin:
     return codes
 
 
+def targets(ref, hessians: dict[str, np.ndarray], counts: dict[str, int]) -> tuple[dict, dict, dict]:
+    """FP weights (llama.cpp layout), Hessians and their token counts by GGUF tensor name.
+
+    A tied embedding is one tensor in two roles; its GPTQ target is the output projection (the
+    Hessian of the final norm's output), where its rounding error reaches the logits directly.
+    """
+    hess, counts = dict(hessians), dict(counts)
+    if getattr(ref, "tied", False) and "output.weight" in hess:
+        hess["token_embd.weight"] = hess.pop("output.weight")
+        counts["token_embd.weight"] = counts.get("output.weight", 0)
+    return {n: ref.gguf_weight(n) for n in hess}, hess, counts
+
+
 def refine_file(path: str | Path, weights: dict[str, np.ndarray], hessians: dict[str, np.ndarray],
                 progress: bool = False, n_tokens: dict[str, int] | None = None) -> dict[str, float]:
     """Rewrite the codes of every supported tensor in a quantized GGUF, in place.

@@ -151,11 +151,10 @@ def quantize_refined(src: Path, dst: Path, ftype: str, imatrix: dict | None, ove
         return quantize(src, dst, ftype, imatrix=imatrix, overrides=overrides, threads=threads)
     if not cal.hessians:
         raise LiteInferError("GPTQ needs calibration activations (--calib)")
-    from liteinfer.quant.gptq import refine_file
+    from liteinfer.quant.gptq import refine_file, targets
 
     with atomic_output(dst) as tmp:
         quantize(src, tmp, ftype, imatrix=imatrix, overrides=overrides, threads=threads)
-        names = [t.name for t in read_tensors(tmp)]
-        weights = {n: cal.ref.gguf_weight(n) for n in names if n in cal.hessians}
-        refine_file(tmp, weights, cal.hessians, progress=progress, n_tokens=cal.counts)
+        weights, hess, counts = targets(cal.ref, cal.hessians, cal.counts)
+        refine_file(tmp, weights, hess, progress=progress, n_tokens=counts)
     return read_tensors(dst)

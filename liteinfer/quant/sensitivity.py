@@ -91,9 +91,10 @@ def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndar
             out = Path(tmp) / f"{tname}.gguf"
             quantize(src, out, ftype="q8_0", imatrix=imatrix, overrides={t.name: tname for t in quant})
             if hessians:
-                from liteinfer.quant.gptq import refine_file
+                from liteinfer.quant.gptq import refine_file, targets
 
-                refine_file(out, {n: ref.gguf_weight(n) for n in hessians}, hessians, n_tokens=n_tokens)
+                weights, hess, counts = targets(ref, hessians, n_tokens or {})
+                refine_file(out, weights, hess, n_tokens=counts)
             bar.update(1)
             reader = GGUFReader(str(out))
             for qt in reader.tensors:
