@@ -17,11 +17,17 @@ from liteinfer.errors import LiteInferError
 
 
 def eval_settings(ctx: int):
-    from liteinfer.config import EngineSettings
+    import os
 
+    from liteinfer.config import EngineSettings
+    from liteinfer.hardware.cores import usable_cores
+
+    # On a machine busier than its cores, llama.cpp's threads wait on each other at every
+    # barrier; one thread finishes sooner there (the numbers do not depend on the count).
+    threads = 1 if os.getloadavg()[0] > usable_cores() else None
     # F32 KV cache: the evaluation should measure the weights, not the cache's rounding
     return EngineSettings(n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, n_seq_max=1, type_k="f32", type_v="f32",
-                          flash_attn=False)
+                          flash_attn=False, n_threads=threads)
 
 
 def open_engine(model: str | Path, ctx: int):
