@@ -62,25 +62,25 @@ MAX_STEP_MS = 1000.0  # a batch step longer than this makes streaming feel stuck
 
 
 def _pick_batch(m: dict[str, Any], cores: int, entry: DeviceEntry | None, reasons: list[str]) -> int:
-    """Smallest measured batch within 5% of the best throughput (steps under MAX_STEP_MS).
+    """Twice the knee of the batched-decode curve: the smallest measured batch within 5% of
+    the best throughput (steps under MAX_STEP_MS).
 
-    max_batch is a ceiling: the scheduler fills it only under load, so it should sit where
-    throughput stops growing; past that, bigger batches only add latency. Taking the knee
-    against the maximum (not the first dip) keeps one noisy point from deciding.
+    max_batch is a ceiling: the scheduler fills it only under load, and the adaptive
+    controller trims the batch when latency targets slip. So it sits one doubling past the
+    knee: each point of a 5-20 s profile is a fraction of a second and noisy, and a ceiling
+    set too low caps serving throughput for good, while one set a step high costs latency
+    only at loads that queue anyway. Taking the knee against the maximum (not the first dip)
+    keeps one noisy point from deciding.
     """
     curve = sorted((int(k), float(v)) for k, v in (m.get("batched_decode_tok_s") or {}).items() if v)
     curve = [(b, t) for b, t in curve if b / t * 1000 <= MAX_STEP_MS] or curve[:1]
     if len(curve) >= 2:
         top = max(t for _, t in curve)
-        best_b, best_t = next((b, t) for b, t in curve if t >= 0.95 * top)
-        # The knee is the last point and it still climbed >= 10%: one doubling more is cheap.
-        (last_b, _), (_, prev_t) = curve[-1], curve[-2]
-        rising = best_b == last_b and best_t >= 1.10 * prev_t and 2 * best_b / best_t * 1000 <= MAX_STEP_MS
-        if rising:
-            best_b *= 2
-        reasons.append(f"max_batch={best_b}: batched decode {dict(curve)} tok/s, smallest batch within 5% "
-                       f"of the best{' (doubled: still rising)' if rising else ''}")
-        return min(best_b, 256)
+        knee, knee_t = next((b, t) for b, t in curve if t >= 0.95 * top)
+        b = knee * 2 if 2 * knee / top * 1000 <= MAX_STEP_MS else knee
+        reasons.append(f"max_batch={b}: batched decode {dict(curve)} tok/s, knee at {knee} "
+                       f"(smallest batch within 5% of the best){', doubled for headroom' if b > knee else ''}")
+        return min(b, 256)
     if entry is not None:
         reasons.append(f"max_batch={entry.recommended.max_batch}: library default for {entry.id}")
         return entry.recommended.max_batch
