@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def tutorial_commands() -> list[str]:
 
 def test_tutorial_covers_the_whole_path():
     text = " ".join(tutorial_commands())
-    for step in ["examples/inspection/train.py", "liteinfer quantize", "liteinfer eval classify", "liteinfer profile",
+    for step in ["examples/inspection/train.py", "liteinfer convert torch", "liteinfer quantize", "liteinfer eval classify", "liteinfer profile",
                  "examples/inspection/serve.py", "examples/inspection/classify.py", "liteinfer classify", "curl"]:
         assert step in text, step
 
@@ -49,7 +50,7 @@ def test_tutorial_runs_end_to_end(tmp_path):
                 .replace("--port 8000", f"--port {port}").replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
         if line.startswith("export OUT="):
             line = f"export OUT={tmp_path}"
-        script.append(f"echo '>>> {line}'")
+        script.append(f"echo {shlex.quote('>>> ' + line)}")
         if line.endswith("&"):  # the server: wait until it answers, stop it (by its pid) at the end
             script += [line, "SERVER=$!", "trap 'kill $SERVER' EXIT",
                        f"for i in $(seq 1 240); do curl -sf http://127.0.0.1:{port}/health >/dev/null && break; "
@@ -62,7 +63,7 @@ def test_tutorial_runs_end_to_end(tmp_path):
     out = r.stdout
     assert r.returncode == 0, out[-3000:] + r.stderr[-3000:]
 
-    for name in ["fashion_cnn.onnx", "fashion_cnn.int8.onnx", "device_config.json", "png/0_9.png"]:
+    for name in ["fashion_cnn.onnx", "labels.txt", "fashion_cnn.int8.onnx", "device_config.json", "png/0_9.png"]:
         assert (tmp_path / name).is_file(), name
     served = re.search(r"(\d+) images, accuracy ([0-9.]+)", out)
     assert served and int(served.group(1)) == 500 and float(served.group(2)) > 0.2, out[-2000:]
