@@ -169,6 +169,7 @@ def test_concurrent_requests_are_batched_without_changing_results(server):
     ({"input": ""}, 400, "empty"),
     ({"input": []}, 400, "empty"),
     ({"input": ["ok", "   "]}, 400, "input[1]"),
+    ({"input": ["ok"] * 37 + [""]}, 400, "input[37]"),  # a long list is tokenized off the event loop
     ({"input": LONG}, 400, "at most 256"),
     ({"input": [1, 2, 3]}, 400, "list of strings"),
     ({"input": "hi", "model": "nope"}, 404, "not found"),

@@ -107,8 +107,8 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     if body.dimensions is not None and body.dimensions != svc.model.dim:
         return error_response(400, f"dimensions={body.dimensions}: this model gives {svc.model.dim}",
                               code="invalid_input")
-    try:
-        items = svc.prepare_texts(texts)
+    try:  # tokenizing is cheap per text; a long list goes off the event loop
+        items = svc.prepare_texts(texts) if len(texts) <= 32 else await asyncio.to_thread(svc.prepare_texts, texts)
     except LiteInferError as e:
         return error_response(400, str(e), code="invalid_input")
     vectors, err = await _run(svc.batcher.submit_many(items), request.app.state.config.server.request_timeout_s)
