@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="device_config.json", help="where to write the config")
-    p.add_argument("--quick", action="store_true", help="~5 s of measurement instead of ~15 s (no thread sweep)")
+    p.add_argument("--quick", action="store_true", help="<= ~10 s of measurement instead of ~20 s (thread sweep only when the machine is busy)")
     p.add_argument("--model", default="smollm2-135m", help="model to measure with (catalog name or .gguf)")
     p.add_argument("--no-measure", action="store_true", help="probe and library only: no engine measurement")
     p.add_argument("--json", action="store_true", help="print the probe and plan as JSON")
