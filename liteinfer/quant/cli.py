@@ -39,6 +39,10 @@ def add_gguf_args(p: argparse.ArgumentParser) -> None:
 
 
 def gguf_main(args: argparse.Namespace) -> int:
+    import os
+
+    if os.getloadavg()[0] > (os.cpu_count() or 1):  # BLAS threads spin on a busy machine
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from liteinfer.quant import gguf as q
 
     src, dst = Path(args.input), Path(args.output)

@@ -99,10 +99,7 @@ def gptq_codes(w: np.ndarray, h: np.ndarray, a: np.ndarray, b: np.ndarray, cmin:
     w = w.astype(np.float64).copy()
     h = h.astype(np.float64).copy()
     cols = w.shape[1]
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += damp * np.mean(np.diag(h)) * np.eye(cols)
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
+    hinv = _hinv(h, damp)
     safe_a = np.where(a == 0, 1.0, a)
     codes = np.zeros(w.shape, dtype=np.int64)
     for i1 in range(0, cols, block):
@@ -133,6 +130,25 @@ def targets(ref, hessians: dict[str, np.ndarray], counts: dict[str, int]) -> tup
         hess["token_embd.weight"] = hess.pop("output.weight")
         counts["token_embd.weight"] = counts.get("output.weight", 0)
     return {n: ref.gguf_weight(n) for n in hess}, hess, counts
+
+
+_HINV: dict[bytes, np.ndarray] = {}  # q/k/v (gate/up) share one Hessian: factor it once
+
+
+def _hinv(h: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor of the damped H^-1 (dead inputs get a unit diagonal)."""
+    import hashlib
+
+    key = hashlib.blake2b(h.tobytes() + str(damp).encode(), digest_size=16).digest()
+    if key not in _HINV:
+        h = h.copy()
+        dead = np.diag(h) == 0
+        h[dead, dead] = 1.0
+        h += damp * np.mean(np.diag(h)) * np.eye(len(h))
+        if len(_HINV) >= 8:
+            _HINV.pop(next(iter(_HINV)))
+        _HINV[key] = np.linalg.cholesky(np.linalg.inv(h)).T
+    return _HINV[key]
 
 
 def refine_file(path: str | Path, weights: dict[str, np.ndarray], hessians: dict[str, np.ndarray],
@@ -188,5 +204,5 @@ def _dequant(a, b, blocks, qtype, rows, cols) -> np.ndarray:
 
 
 def _out_err(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
-    d = (w.astype(np.float64) - q)
-    return float(np.einsum("ij,jk,ik->", d, h, d))
+    d = w.astype(np.float64) - q
+    return float(((d @ h) * d).sum())
