@@ -170,7 +170,7 @@ def verdict(rows: list[dict], fp32_mb: float) -> str:
     small = [r for r in rows if r.get("kind") == "mixed" and r["mb"] <= fp32_mb / 6 + 1e-9]
     if not small:
         return "no liteinfer row at <= 1/6 of the FP32 size"
-    best = min(small, key=lambda r: r["ppl_ratio"])
+    best = min(small, key=lambda r: r["kld"])
     ppl_ok = best["ppl_ratio"] <= 1.02
     vc = best.get("vs_curve")
     curve_ok = vc is not None and vc <= -0.20
