@@ -185,7 +185,7 @@ def tiny_case(quick: bool) -> LLMCase | None:
     if not gguf.is_file():
         say(f"skip tiny LM: {gguf} missing (run examples/tiny_lm/train.py)")
         return None
-    case = LLMCase("tiny-lm", gguf, d / "calib.txt", d / "heldout.txt", "FP32 weights")
+    case = LLMCase("tiny-lm", gguf, d / "calib.txt", d / "heldout.txt", "FP32 weights", method="kl")
     if quick:
         case.max_tokens, case.calib_windows, case.mixed_bpw, case.mixed_gptq_bpw = 2048, 4, (4.5,), (4.5,)
         case.uniform, case.gptq_uniform = ("q4_0", "q4_k_m+im", "q6_k+im"), ("q4_k_m",)

@@ -97,13 +97,13 @@ def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto",
     from liteinfer.quant.sensitivity import DEFAULT_TYPES, measure
 
     types = tuple(types or DEFAULT_TYPES)
+    # KL needs only a few windows; the imatrix used them all
+    windows = cal.windows[: max(1, min(len(cal.windows), 4))]
     if method == "auto":
-        work = sum(t.n_elements for t in read_tensors(src)) * cal.info.tokens * len(types)
+        work = sum(t.n_elements for t in read_tensors(src)) * sum(map(len, windows)) * len(types)
         method = "kl" if work <= KL_MAX_WORK else "proxy"
     if method not in ("kl", "proxy"):
         raise LiteInferError(f"unknown sensitivity method {method!r} (kl, proxy, auto)")
-    # KL needs only a few windows; the imatrix used them all
-    windows = cal.windows[: max(1, min(len(cal.windows), 4))]
     return measure(src, cal.ref, windows, cal.imatrix, types, method, progress,
                    hessians=cal.hessians if gptq else None, n_tokens=cal.counts)
 
