@@ -65,7 +65,8 @@ def _quantize(src: Path, out: Path, **kw) -> dict:
 
     t0 = time.time()
     r = quantize_onnx(src, out, **kw)
-    return {"plan_text": r.plan_text, "seconds": time.time() - t0, "calib_score": r.score}
+    return {"plan_text": r.plan_text, "seconds": time.time() - t0, "calib_score": r.score,
+            "sensitivity": r.sensitivity}
 
 
 def _row(model: str, variant: str, fp32: Path, path: Path, metrics: dict, target: str, ok: bool, note: str = "") -> dict:
@@ -93,13 +94,17 @@ def minilm_rows(tmp: Path, quick: bool, say) -> list[dict]:
     if quick:
         variants = [variants[0], variants[2], variants[3]]
     rows = []
+    sens = None  # both mixed variants share one sensitivity measurement
     for name, kw in variants:
         out = tmp / f"minilm-{len(rows)}.onnx"
         say(f"MiniLM {name} ...")
         if "calib" in kw:
-            kw.setdefault("calib_limit", 64 if quick else 128)
+            kw.setdefault("calib_limit", 96 if quick else 160)
             kw.setdefault("types", ["int4-b128", "int4-b64", "int4-b32", "int8", "fp16"])
+        if kw.get("mixed"):
+            kw["sensitivity"] = sens
         q = _quantize(fp32, out, **kw)
+        sens = q["sensitivity"] or sens
         m = evaluate(out, eval_text, fp32, limit=n_eval)
         ok = m["mean_cosine"] >= 0.99 and m["size_ratio"] <= 1 / 6
         rows.append(_row("MiniLM-L6-v2", name, fp32, out, {

@@ -21,7 +21,7 @@ from liteinfer.errors import LiteInferError
 from liteinfer.files import atomic_output
 
 OPSET = 17  # LayerNormalization
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 
 
 def load_bert(folder: Path) -> tuple[dict, dict]:
@@ -64,12 +64,13 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(array, name))
         return name
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
+    def op(self, op_type: str, *inputs: str, out: str | None = None, name: str | None = None, **attrs) -> str:
         from onnx import helper
 
         self._n += 1
         out = out or f"{op_type.lower()}_{self._n}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=f"{op_type}_{self._n}", **attrs))
+        name = name or f"{op_type}_{self._n}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name, **attrs))
         return out
 
     def linear(self, x: str, w, b, name: str) -> str:
@@ -78,7 +79,7 @@ class _Graph:
 
         wt = self.const(f"{name}.weight", np.ascontiguousarray(w.T))
         bias = self.const(f"{name}.bias", b)
-        return self.op("Add", self.op("MatMul", x, wt, out=f"{name}.matmul"), bias, out=f"{name}.out")
+        return self.op("Add", self.op("MatMul", x, wt, out=f"{name}.matmul", name=name), bias, out=f"{name}.out")
 
 
 def build_graph(cfg: dict, w: dict):
@@ -98,7 +99,7 @@ def build_graph(cfg: dict, w: dict):
     pos = g.const("embeddings.position_embeddings.weight", pos_table.astype(np.float32))
     seq_len = g.op("Gather", g.op("Shape", "input_ids"), i64("one", 1), axis=0)
     positions = g.op("Range", i64("zero", 0), seq_len, i64("one_step", 1))
-    emb = g.op("Add", g.op("Gather", word, "input_ids", out="embeddings.word"), g.op("Gather", pos, positions))
+    emb = g.op("Add", g.op("Gather", word, "input_ids", out="embeddings.word", name="embeddings.word"), g.op("Gather", pos, positions, name="embeddings.position"))
     x = g.op(
         "LayerNormalization", emb, g.const("embeddings.ln.w", w["embeddings.LayerNorm.weight"]),
         g.const("embeddings.ln.b", w["embeddings.LayerNorm.bias"]), axis=-1, epsilon=eps,

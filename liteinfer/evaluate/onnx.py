@@ -111,17 +111,26 @@ def image_feeds(classifier, images: list, labels: np.ndarray | None, batch: int 
     return EvalSet(feeds=feeds, labels=labels, count=len(arrays))
 
 
-def load_eval_set(model, data: str | Path, limit: int | None = None, calibration: bool = False) -> EvalSet:
+def load_eval_set(model, data: str | Path, limit: int | None = None, calibration: bool = False,
+                  part: slice | None = None) -> EvalSet:
     """An EvalSet for `model` (Embedder or ImageClassifier) from a text file / npz / folder.
 
+    `part` selects inputs after reading (calibration splits: fit / held-out check).
     `calibration`: texts cut to CALIB_TOKENS and sorted by length; every forward pass of a
     sensitivity search runs over this set, and long records add cost, not information.
     """
+    part = part or slice(None)
     if model.kind == "embedding":
+        texts = read_texts(data, limit=limit)[part]
+        if not texts:
+            raise LiteInferError(f"{data}: too few texts for this split (empty calibration data)")
         if calibration:
-            return text_feeds(model, read_texts(data, limit=limit), max_tokens=CALIB_TOKENS, by_length=True)
-        return text_feeds(model, read_texts(data, limit=limit))
+            return text_feeds(model, texts, max_tokens=CALIB_TOKENS, by_length=True)
+        return text_feeds(model, texts)
     images, labels = read_images(data, model.labels, limit=limit)
+    images, labels = images[part], (labels[part] if labels is not None else None)
+    if not images:
+        raise LiteInferError(f"{data}: too few images for this split (empty calibration data)")
     return image_feeds(model, images, labels)
 
 

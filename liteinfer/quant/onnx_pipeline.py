@@ -17,7 +17,7 @@ from pathlib import Path
 
 from liteinfer.errors import LiteInferError
 
-CALIB_LIMIT = {"embedding": 96, "classifier": 128}  # inputs for GPTQ statistics and the floor
+CALIB_LIMIT = {"embedding": 160, "classifier": 160}  # inputs for GPTQ statistics and the floor
 SENS_LIMIT = {"embedding": 32, "classifier": 64}  # inputs for each per-node trial
 
 
@@ -31,25 +31,39 @@ class OnnxQuantReport:
     metric: str
     plan_text: str
     seconds: float
+    sensitivity: dict | None = None  # loss[node][type] of a --mixed run, reusable
 
 
-def _calib_set(fp32_path: Path, calib: str | Path, limit: int | None):
+def _calib_sets(fp32_path: Path, calib: str | Path, limit: int | None):
+    """(model, fit set, held-out check set, sensitivity slice, output name) from one data source.
+
+    GPTQ statistics and int8 activation ranges come from the fit part; the accuracy floor is
+    checked on the held-out quarter, which the quantizer never fitted: a score measured on the
+    fitting data would flatter GPTQ.
+    """
     from liteinfer.engines.onnx import load_model
-    from liteinfer.evaluate.onnx import load_eval_set
+    from liteinfer.evaluate.onnx import load_eval_set, read_images, read_texts
 
     model = load_model(fp32_path)
-    evalset = load_eval_set(model, calib, limit=limit or CALIB_LIMIT[model.kind], calibration=True)
+    n = limit or CALIB_LIMIT[model.kind]
+    count = len(read_texts(calib, limit=n)) if model.kind == "embedding" else len(read_images(calib, model.labels, limit=n)[0])
+    if count < 4:
+        fit = check = load_eval_set(model, calib, limit=n, calibration=True)
+    else:
+        cut = count - max(1, count // 4)
+        fit = load_eval_set(model, calib, limit=n, calibration=True, part=slice(0, cut))
+        check = load_eval_set(model, calib, limit=n, calibration=True, part=slice(cut, None))
+    sens = load_eval_set(model, calib, limit=n, calibration=True, part=slice(0, SENS_LIMIT[model.kind]))
     output = model.meta.text.output if model.kind == "embedding" else model.prep.output
-    return model, evalset, output
+    return model, fit, check, sens, output
 
 
 def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mixed: bool = False,
                   calib: str | Path | None = None, min_accuracy: float | None = None,
                   max_size_mb: float | None = None, types: list[str] | None = None,
                   calib_limit: int | None = None, accuracy_level: int = 4, gptq: bool = True,
-                  progress: Callable[[str], None] | None = None) -> OnnxQuantReport:
+                  progress: Callable[[str], None] | None = None, sensitivity: dict | None = None) -> OnnxQuantReport:
     from liteinfer.engines.onnx_meta import read_meta, write_meta
-    from liteinfer.evaluate.onnx import load_eval_set
     from liteinfer.quant.onnx import QTYPES, Quantizer, collect_hessians, find_targets, load_onnx, save_model
     from liteinfer.quant.sensitivity_onnx import MixedResult, Scorer, format_plan, search
 
@@ -74,36 +88,34 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
 
     fp32 = load_onnx(src)
     meta = read_meta(fp32)
-    model = evalset = output = None
+    model = fit = check = sens = output = None
     if calib is not None:
-        model, evalset, output = _calib_set(src, calib, calib_limit)
+        model, fit, check, sens, output = _calib_sets(src, calib, calib_limit)
     targets = find_targets(fp32)
     need_calib = qtype == "int8" and any(t.op == "Conv" for t in targets)
-    if need_calib and evalset is None:
+    if need_calib and fit is None:
         raise LiteInferError("int8 convolutions are calibrated (static QDQ): give --calib DATA")
 
     hessians = {}
-    if evalset is not None and gptq and (mixed or (qtype or "").startswith("int4")):
+    if fit is not None and gptq and (mixed or (qtype or "").startswith("int4")):
         if progress:
             progress("collecting layer input statistics for GPTQ")
-        hessians = collect_hessians(fp32, targets, evalset.feeds)
-    q = Quantizer(fp32, hessians, evalset.feeds if evalset else None, accuracy_level=accuracy_level)
+        hessians = collect_hessians(fp32, targets, fit.feeds)
+    q = Quantizer(fp32, hessians, fit.feeds if fit else None, accuracy_level=accuracy_level)
     if not q.targets:
         raise LiteInferError(f"{src}: no MatMul/Gemm/Conv/Gather weights to quantize")
 
-    scorer = None
-    if evalset is not None:
-        scorer = Scorer(model.kind, output, evalset.feeds, evalset.labels)
+    scorer = sens_scorer = None
+    if check is not None:
+        scorer = Scorer(model.kind, output, check.feeds, check.labels)
         scorer.set_reference(q.model)
-        sens_scorer = scorer
-        if mixed and evalset.count > SENS_LIMIT[model.kind]:  # per-node trials on a slice
-            part = load_eval_set(model, calib, limit=SENS_LIMIT[model.kind], calibration=True)
-            sens_scorer = Scorer(model.kind, output, part.feeds, part.labels)
-            sens_scorer.set_reference(q.model)
+        sens_scorer = Scorer(model.kind, output, sens.feeds, sens.labels)
+        sens_scorer.set_reference(q.model)
 
     if mixed:
         max_bytes = int(max_size_mb * 1e6) if max_size_mb is not None else None
-        result = search(q, scorer, types, min_accuracy, max_bytes, progress, sens_scorer)
+        result = search(q, scorer, types, min_accuracy, max_bytes, progress, sens_scorer, sensitivity)
+        sensitivity = result.sensitivity
         plan, score = result.plan, result.score
         plan_text = format_plan(q, result)
     else:
@@ -131,7 +143,7 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
     _check_loads(quantized)
     size = save_model(quantized, out)
     return OnnxQuantReport(out, plan, src.stat().st_size, size, score, scorer.metric if scorer else "",
-                           plan_text, time.time() - t0)
+                           plan_text, time.time() - t0, sensitivity if mixed else None)
 
 
 def _check_loads(model) -> None:

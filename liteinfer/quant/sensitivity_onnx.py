@@ -173,11 +173,12 @@ def greedy_path(targets: list[Target], sens: dict[str, dict[str, float]], types:
 
 def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | None,
            max_bytes: int | None = None, progress: Callable[[str], None] | None = None,
-           sens_scorer: Scorer | None = None) -> MixedResult:
+           sens_scorer: Scorer | None = None, sensitivity: dict | None = None) -> MixedResult:
     """The smallest plan on the greedy path meeting `min_score` (and `max_bytes` when given).
 
     `sens_scorer` (default `scorer`) may hold a smaller slice of the calibration data: the
-    per-node trials only rank nodes, the floor is checked on the whole set.
+    per-node trials only rank nodes, the floor is checked on the whole set. `sensitivity`: a
+    previous result for the same model, data and types (skips the measurement).
     """
     if not q.targets:
         raise LiteInferError("the model has no MatMul/Gemm/Conv/Gather weights to quantize")
@@ -191,7 +192,7 @@ def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | No
             f"size budget {max_bytes / 1e6:.2f} MB cannot be met: the smallest plan takes {smallest / 1e6:.2f} MB"
         )
     t0 = time.time()
-    sens = measure_sensitivity(q, sens_scorer or scorer, types, progress)
+    sens = sensitivity or measure_sensitivity(q, sens_scorer or scorer, types, progress)
     path = greedy_path(list(q.targets.values()), sens, types)
     if progress:
         progress(f"sensitivity done in {time.time() - t0:.0f} s; {len(path)} plans on the path")

@@ -1,0 +1,108 @@
+"""ONNX quantization: block-wise kernels against ORT, quantize -> load -> run, and bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx_models import SENTENCES, minilm_fp32
+
+from liteinfer.cli import main
+from liteinfer.quant import blockwise
+
+CALIB = "/usr/share/games/fortunes/computers"
+
+
+def test_gptq_beats_round_to_nearest_on_correlated_inputs():
+    rng = np.random.default_rng(0)
+    k, n = 128, 64
+    mix = rng.standard_normal((k, k)) * 0.3 + np.eye(k)
+    x = (rng.standard_normal((2048, k)) @ mix).astype(np.float32)  # correlated features
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    h = x.T.astype(np.float64) @ x
+    err_rtn = np.linalg.norm(x @ (blockwise.quantize_rtn(w, 4, 32).dequant() - w))
+    err_gptq = np.linalg.norm(x @ (blockwise.quantize_gptq(w, h, 4, 32).dequant() - w))
+    assert err_gptq < 0.8 * err_rtn, (err_gptq, err_rtn)
+
+
+@pytest.mark.parametrize("bits,block", [(4, 32), (4, 128), (8, 32)])
+def test_matmulnbits_layout_matches_onnxruntime(bits, block):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    k, n = 200, 48  # K not a multiple of the block: padding path
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bq = blockwise.quantize_rtn(w, bits, block)
+    b, s, zp = blockwise.matmulnbits_tensors(bq)
+    node = helper.make_node("MatMulNBits", ["x", "B", "s", "zp"], ["y"], domain="com.microsoft",
+                            K=k, N=n, bits=bits, block_size=block, accuracy_level=0)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+                          [numpy_helper.from_array(a, nm) for a, nm in ((b, "B"), (s, "s"), (zp, "zp"))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ bq.dequant(), rtol=1e-4, atol=1e-3)
+
+
+def _embed_cos(path_a: Path, path_b: Path) -> float:
+    from liteinfer.engines.onnx import load_model
+
+    a, b = load_model(path_a).embed(SENTENCES), load_model(path_b).embed(SENTENCES)
+    return float(np.mean(np.sum(a * b, axis=1)))
+
+
+def test_minilm_uniform_int4_and_int8(tmp_path, capsys):
+    src = minilm_fp32()
+    out4, out8 = tmp_path / "int4.onnx", tmp_path / "int8.onnx"
+    assert main(["quantize", str(src), str(out4), "--type", "int4-b32", "--no-gptq"]) == 0
+    assert main(["quantize", str(src), str(out8), "--type", "int8"]) == 0
+    fp32 = src.stat().st_size
+    assert out4.stat().st_size < fp32 / 6  # int4 everywhere, embedding table included
+    assert out8.stat().st_size < fp32 / 3
+    assert _embed_cos(src, out8) > 0.999
+    assert _embed_cos(src, out4) > 0.95
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_minilm_mixed_meets_floor(tmp_path, capsys):
+    src, out = minilm_fp32(), tmp_path / "mixed.onnx"
+    rc = main(["quantize", str(src), str(out), "--mixed", "--min-accuracy", "0.99", "--calib", CALIB,
+               "--calib-limit", "24", "--types", "int4-b128,int8,fp16"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "plan:" in printed and "MatMul" in printed
+    from liteinfer.engines.onnx import load_model
+
+    model = load_model(out)
+    assert model.meta.quantization["score"] >= 0.99
+    assert set(model.meta.quantization["plan"].values()) <= {"int4-b128", "int8", "fp16"}
+    assert out.stat().st_size < src.stat().st_size / 3
+    assert _embed_cos(src, out) > 0.98  # held-out sentences, not the calibration text
+
+
+def _fails(args: list[str], capsys, out: Path) -> str:
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err, err
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+    return err
+
+
+def test_bad_inputs(tmp_path, capsys):
+    src, out = minilm_fp32(), tmp_path / "out.onnx"
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(src.read_bytes()[:1_000_000])
+    assert "not a valid ONNX model" in _fails(["quantize", str(cut), str(out), "--type", "int8"], capsys, out)
+    assert "unknown quantization type" in _fails(["quantize", str(src), str(out), "--type", "int3"], capsys, out)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert "empty calibration" in _fails(
+        ["quantize", str(src), str(out), "--mixed", "--min-accuracy", "0.98", "--calib", str(empty)], capsys, out)
+    assert "cannot be met" in _fails(
+        ["quantize", str(src), str(out), "--mixed", "--min-accuracy", "0.98", "--max-size", "5",
+         "--calib", CALIB, "--calib-limit", "4"], capsys, out)
+    assert "min-accuracy" in _fails(
+        ["quantize", str(src), str(out), "--mixed", "--min-accuracy", "1.5", "--calib", CALIB], capsys, out)
