@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="override each request's max_tokens")
     p.add_argument("--threads", type=int, default=None, help="override engine.n_threads")
     p.add_argument("--max-batch", type=int, default=None, help="override scheduler.max_batch")
+    p.add_argument("--runner", choices=["engine", "scheduler"], default="engine",
+                   help="engine: fixed work per request; scheduler: the serving path (stops at end-of-text)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--perf", action="store_true", help="hardware counters via perf stat (IPC, cache misses/token)")
     p.add_argument("--perf-ctl", default=None, help=argparse.SUPPRESS)  # set by the --perf parent
@@ -106,7 +108,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     model = resolve_llm(cfg.model)
     reqs = _requests(args)
     region = (lambda: _perf_region(args.perf_ctl)) if args.perf_ctl else None
-    m = measure_config(model, cfg, reqs, region=region)
+    m = measure_config(model, cfg, reqs, region=region, runner=args.runner)
     m["rss_peak_mb"] = max(m["rss_peak_mb"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     m.update(model=cfg.model, model_file=Path(model).name, config=cfg_path, max_batch=cfg.scheduler.max_batch,
              kv_type=f"{cfg.engine.type_k}/{cfg.engine.type_v}", flash_attn=cfg.engine.flash_attn)
@@ -133,7 +135,7 @@ def _ms(v: float) -> str:
 def print_report(m: dict) -> None:
     print(f"liteinfer bench: {m['model']} ({m['model_file']}), {m['threads']} threads, max_batch {m['max_batch']}, "
           f"KV {m['kv_type']}, flash_attn {m['flash_attn']}; config {m['config'] or '(defaults)'}")
-    print(f"workload      {m['requests']} requests, {m['prompt_tokens']} prompt + {m['generated_tokens']} "
+    print(f"workload      {m['requests']} requests ({m['runner']} runner), {m['prompt_tokens']} prompt + {m['generated_tokens']} "
           f"generated tokens in {m['seconds']:.2f} s ({m['steps']} engine steps; model load {m['load_s']:.2f} s)")
     print(f"throughput    {m['tok_s']:.1f} generated tok/s  ({m['total_tok_s']:.1f} tok/s prompt + generated)")
     print(f"TTFT          p50 {_ms(m['ttft_p50_ms'])}  p95 {_ms(m['ttft_p95_ms'])}")
@@ -210,7 +212,7 @@ def perf_support(perf: str) -> tuple[bool, str]:
 
 def _child_argv(args: argparse.Namespace, ctl: str) -> list[str]:
     argv = [sys.executable, "-m", "liteinfer", "bench", "--json", "--perf-ctl", ctl,
-            "--requests", str(args.requests)]
+            "--requests", str(args.requests), "--runner", args.runner]
     for flag, value in (("-m", args.model), ("--config", args.config), ("--workload", args.workload),
                         ("--max-tokens", args.max_tokens), ("--threads", args.threads),
                         ("--max-batch", args.max_batch)):

@@ -33,6 +33,14 @@ def test_bench_real_model_json():
         assert m["energy"] == "unavailable" and m["j_per_token"] is None
 
 
+def test_bench_through_the_serving_scheduler():
+    r = run(sys.executable, "-m", "liteinfer", "bench", *TINY, "--runner", "scheduler", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["runner"] == "scheduler" and 2 <= m["generated_tokens"] <= 6 and m["steps"] >= 3
+    assert m["latency_p95_ms"] >= m["ttft_p50_ms"] > 0
+
+
 def test_bench_text_report_and_bad_config(tmp_path):
     r = run(sys.executable, "-m", "liteinfer", "bench", *TINY)
     assert r.returncode == 0, r.stderr

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="requests to measure with (default: built-in chat mix)")
     p.add_argument("--requests", type=int, default=8, help="requests in the built-in chat mix")
     p.add_argument("--max-tokens", type=int, default=None, help="override each request's max_tokens")
+    p.add_argument("--runner", choices=["engine", "scheduler"], default="engine",
+                   help="engine: fixed work per request (default); scheduler: the serving path "
+                        "(continuous batching + adaptive controller, stops at end-of-text)")
     p.add_argument("--quants", nargs="+", default=None, metavar="GGUF",
                    help="other quantizations of the model to search over (-m is the quality reference)")
     p.add_argument("--max-quality-loss", type=float, default=None, metavar="PCT",
@@ -104,7 +107,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     def evaluate(params: dict) -> dict:
         cfg = search.apply_params(base, params)
-        m = measure_isolated(resolve_llm(cfg.model), cfg, requests)
+        m = measure_isolated(resolve_llm(cfg.model), cfg, requests, runner=args.runner)
         if quality:
             m["quality_loss_pct"] = quality[cfg.model]
         return m

@@ -106,6 +106,73 @@ def run_workload(engine, prompts: list[list[int]], max_tokens: list[int], max_ba
     }
 
 
+class _End:
+    """A request's emit callback that only notes when it finished (and any error)."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0, self.at, self.error = t0, 0.0, None
+
+    def __call__(self, ev) -> None:
+        if ev.kind in ("done", "error"):
+            self.at = time.perf_counter() - self.t0
+            self.error = ev.text if ev.kind == "error" else None
+
+
+def run_scheduler_workload(engine, prompts: list[list[int]], max_tokens: list[int], settings,
+                           on_step=None) -> dict:
+    """The same workload through the serving path: liteinfer's ContinuousScheduler (admission,
+    chunked prefill, the adaptive controller), stepped on this thread. Requests stop at
+    end-of-text as in serving, so the work can differ a little between configs."""
+    from liteinfer.engines.llama import SamplingParams
+    from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
+
+    sched = ContinuousScheduler(engine, settings, max_queue=len(prompts) + 1)
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    reqs, ends = [], []
+    for p, mt in zip(prompts, max_tokens, strict=True):
+        end = _End(t0)
+        req = GenRequest(p, SamplingParams(max_tokens=mt, temperature=0.0), end)
+        sched.submit(req)
+        reqs.append(req)
+        ends.append(end)
+    while sched.waiting or sched.running:
+        sched.step()
+        if on_step:
+            on_step()
+    errors = [e.error for e in ends if e.error]
+    if errors:
+        raise LiteInferError(f"scheduler: {errors[0]}")
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    generated = sum(r.completion_tokens for r in reqs)
+    mono0 = min(r.arrived for r in reqs)
+    ttft = [(r.first_token - mono0) * 1000 for r in reqs if r.first_token is not None]
+    lat = [e.at * 1000 for e in ends]
+    itl = [(e.at - (r.first_token - mono0)) * 1000 / max(1, r.completion_tokens - 1)
+           for r, e in zip(reqs, ends, strict=True) if r.first_token is not None]
+    return {
+        "requests": len(prompts),
+        "prompt_tokens": sum(len(p) for p in prompts),
+        "generated_tokens": generated,
+        "seconds": wall,
+        "steps": sched.steps,
+        "tok_s": generated / wall if wall > 0 else 0.0,
+        "total_tok_s": (generated + sum(len(p) for p in prompts)) / wall if wall > 0 else 0.0,
+        "cpu_s": cpu,
+        "tok_per_cpu_s": generated / cpu if cpu > 0 else 0.0,
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p95_ms": percentile(ttft, 95),
+        "latency_p50_ms": percentile(lat, 50),
+        "latency_p95_ms": percentile(lat, 95),
+        "latency_p99_ms": percentile(lat, 99),
+        "itl_mean_ms": sum(itl) / len(itl) if itl else float("nan"),
+    }
+
+
+RUNNERS = ("engine", "scheduler")
+
+
 def _rss_mb() -> float:
     import psutil
 
@@ -119,14 +186,17 @@ def _peak_rss_mb() -> float:
 
 
 def measure_config(model: str | os.PathLike, cfg: DeviceConfig, requests: list[Request] | None = None,
-                   warmup: bool = True, sys_root: str = "/sys", region=None) -> dict:
+                   warmup: bool = True, sys_root: str = "/sys", region=None, runner: str = "engine") -> dict:
     """Load `model` with cfg.engine, run the workload with cfg.scheduler limits; return metrics.
 
     Energy (joules, J/token, watts) comes from the first energy meter found, else None.
     Applies cfg.power.profile first when it is a cpufreq profile and we may change it.
     `region`: a context manager entered around the measured run only (bench --perf uses it
-    to switch perf counters on after model load and warm-up).
+    to switch perf counters on after model load and warm-up). `runner`: "engine" (fixed work:
+    every request generates exactly max_tokens) or "scheduler" (the serving path).
     """
+    if runner not in RUNNERS:
+        raise LiteInferError(f"unknown runner {runner!r}; choose {' or '.join(RUNNERS)}")
     from liteinfer.engines.llama import LlamaEngine, SamplingParams
     from liteinfer.power import cpufreq, meters
 
@@ -163,8 +233,11 @@ def measure_config(model: str | os.PathLike, cfg: DeviceConfig, requests: list[R
                     meter.sample()
 
         with region() if region else contextlib.nullcontext():
-            m = run_workload(engine, prompts, max_tokens, cfg.scheduler.max_batch, cfg.scheduler.prefill_chunk,
-                             on_step=on_step)
+            if runner == "scheduler":
+                m = run_scheduler_workload(engine, prompts, max_tokens, cfg.scheduler, on_step=on_step)
+            else:
+                m = run_workload(engine, prompts, max_tokens, cfg.scheduler.max_batch, cfg.scheduler.prefill_chunk,
+                                 on_step=on_step)
             reading = meter.stop() if meter else None
         peak[0] = max(peak[0], _rss_mb())
     finally:
@@ -180,17 +253,19 @@ def measure_config(model: str | os.PathLike, cfg: DeviceConfig, requests: list[R
         loadavg_1m=os.getloadavg()[0],
         cpus=os.cpu_count(),
         power_note=power_note,
+        runner=runner,
     )
     return m
 
 
 def measure_isolated(model: str | os.PathLike, cfg: DeviceConfig, requests: list[Request] | None = None,
-                     timeout_s: float = 600) -> dict:
+                     timeout_s: float = 600, runner: str = "engine") -> dict:
     """measure_config in a child process; a crash or timeout raises LiteInferError."""
     payload = json.dumps({
         "model": str(model),
         "config": cfg.model_dump(mode="json"),
         "requests": [asdict(r) for r in (requests or chat_mix())],
+        "runner": runner,
     })
     try:
         out = subprocess.run([sys.executable, "-m", "liteinfer.tune.trial"], input=payload, capture_output=True,
@@ -206,7 +281,7 @@ def measure_isolated(model: str | os.PathLike, cfg: DeviceConfig, requests: list
 def _child() -> int:
     d = json.loads(sys.stdin.read())
     cfg = DeviceConfig.model_validate(d["config"])
-    m = measure_config(d["model"], cfg, [Request(**r) for r in d["requests"]])
+    m = measure_config(d["model"], cfg, [Request(**r) for r in d["requests"]], runner=d.get("runner", "engine"))
     m["rss_peak_mb"] = max(m["rss_peak_mb"], _peak_rss_mb())  # the whole process, this trial only
     print(json.dumps(m))
     return 0
