@@ -89,6 +89,10 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
             service.load()
         yield
         service.close()
+        if getattr(app.state, "oneshot", None):
+            from liteinfer.server.oneshot_routes import close_services
+
+            close_services(app)
 
     app = FastAPI(title="liteinfer", version="0.1.0", lifespan=lifespan)
     app.state.llm = service
