@@ -33,7 +33,8 @@ def free_port() -> int:
 class ServerProcess:
     """A real `liteinfer serve` process on 127.0.0.1, ready when /health says so."""
 
-    def __init__(self, *args: str, env: dict | None = None, timeout: float = 180):
+    def __init__(self, *args: str, env: dict | None = None, timeout: float = 180,
+                 module: tuple[str, ...] = ("liteinfer", "serve")):
         import os
         import subprocess
         import sys
@@ -44,7 +45,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "liteinfer", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", *module, "--port", str(self.port), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + timeout

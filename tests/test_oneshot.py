@@ -10,23 +10,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import ServerProcess
 from onnx_models import SENTENCES, minilm_fp32
 
 LONG = "word " * 400  # > 256 tokens
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_classifier(path: Path) -> Path:
@@ -58,32 +50,11 @@ def png(value: int, size: int = 20) -> bytes:
     return buf.getvalue()
 
 
-class OneShotServer:
+class OneShotServer(ServerProcess):
     """The one-shot-only server (`python -m liteinfer.server.oneshot_routes`), or another module's."""
 
     def __init__(self, *args: str, module: tuple[str, ...] = ("liteinfer.server.oneshot_routes",)):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", *module, "--port", str(self.port), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("one-shot server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__(*args, module=module)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ import io
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from liteinfer.config import DeviceConfig
 from liteinfer.errors import LiteInferError
 from liteinfer.scheduler.dynamic import BatcherClosed, QueueFull
+from liteinfer.server.openai import error_response
 
 MAX_INPUTS = 2048  # OpenAI's limit for one embeddings request
 MAX_IMAGES = 64
@@ -31,12 +31,6 @@ MAX_IMAGE_BYTES = 20 << 20
 MAX_PIXELS = 40_000_000  # a small PNG can claim a huge canvas: refuse before decoding it
 
 router = APIRouter()
-
-
-def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                   headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status,
-                        headers=headers)
 
 
 class EmbeddingRequest(BaseModel):
