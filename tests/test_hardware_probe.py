@@ -158,3 +158,29 @@ def test_record_reproduces_the_probe(tmp_path):
     a, b = probe(HW / "orange-pi-5"), probe(tmp_path / "rec")
     strip = {"root", "elapsed_ms"}
     assert a.model_dump(exclude=strip) == b.model_dump(exclude=strip)
+
+
+def test_nvml_path_with_a_stand_in_module(monkeypatch):
+    """No NVIDIA GPU here: a stand-in pynvml exercises the NVML branch's calls and shutdown."""
+    import sys
+    import types
+
+    calls = []
+    mem = types.SimpleNamespace(total=80 * 2**30)
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: calls.append("init"), nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlDeviceGetCount=lambda: 1, nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: "NVIDIA H100 80GB HBM3", nvmlDeviceGetMemoryInfo=lambda h: mem)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    p = probe()
+    gpu = [a for a in p.accelerators if a.api == "cuda"]
+    assert len(gpu) == 1 and gpu[0].name == "NVIDIA H100 80GB HBM3" and gpu[0].memory_mb == 80 * 1024
+    assert calls == ["init", "shutdown"]
+
+    def broken():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(nvmlInit=broken))
+    p = probe()
+    assert not [a for a in p.accelerators if a.api == "cuda"]
+    assert any("NVML present but not usable" in n for n in p.notes)
