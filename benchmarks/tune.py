@@ -38,10 +38,10 @@ SPACES = {
         search.Knob("engine.kv_type", ("f16", "q8_0", "q4_0")),
         search.Knob("engine.flash_attn", (True, False)),
     ],
-    "large": [  # 270 configs
+    "large": [  # 120 configs
         search.Knob("scheduler.max_batch", (1, 2, 4, 8, 16)),
-        search.Knob("scheduler.prefill_chunk", (32, 64, 256)),
-        search.Knob("engine.n_ubatch", (32, 128, 512)),
+        search.Knob("scheduler.prefill_chunk", (32, 256)),
+        search.Knob("engine.n_ubatch", (32, 512)),
         search.Knob("engine.kv_type", ("f16", "q8_0", "q4_0")),
         search.Knob("engine.flash_attn", (True, False)),
     ],

@@ -54,13 +54,13 @@ def test_study_resumes_from_sqlite(tmp_path):
     path = str(tmp_path / "resume.sqlite")
     s1 = search.open_study(objs, path, seed=0, population=6)
     assert search.run_search(s1, SPACE, toy_throughput, objs, n_trials=7, progress=False) == 7
-    first_params = [t.params for t in search.completed(s1)]
+    first_params = [t.params for t in search.evaluations(s1)]
     del s1
     # A new process would do exactly this: open the same file and name, ask for 12 in total.
     s2 = search.open_study(objs, path, seed=0, population=6)
-    assert len(search.completed(s2)) == 7
+    assert len(search.evaluations(s2)) == 7
     assert search.run_search(s2, SPACE, toy_throughput, objs, n_trials=12, progress=False) == 5
-    assert [t.params for t in search.completed(s2)][:7] == first_params
+    assert [t.params for t in search.evaluations(s2)][:7] == first_params
     assert search.run_search(s2, SPACE, toy_throughput, objs, n_trials=12, progress=False) == 0
     # Same file and name with other objectives is refused with a clear message.
     with pytest.raises(LiteInferError, match="optimizes"):
@@ -77,7 +77,7 @@ def test_failed_trials_are_skipped_and_topped_up(tmp_path):
 
     study = search.open_study(objs, None, seed=1, population=6)
     search.run_search(study, SPACE, flaky, objs, n_trials=10, progress=False)
-    assert len(search.completed(study)) == 10
+    assert len(search.evaluations(study)) == 10
     assert all(t.params["engine.kv_type"] != "q4_0" for t in search.completed(study))
 
 
@@ -87,7 +87,7 @@ def test_multi_objective_front_is_non_dominated(tmp_path):
     search.run_search(study, SPACE, toy_throughput, objs, n_trials=40, progress=False)
     front = search.best_trials(study, objs)
     assert len(front) >= 2
-    everything = search.completed(study)
+    everything = search.evaluations(study)
     for f in front:  # nothing evaluated beats a front member on all three objectives
         for t in everything:
             better = (t.values[0] >= f.values[0], t.values[1] <= f.values[1], t.values[2] <= f.values[2])

@@ -46,7 +46,7 @@ def test_tune_real_engine_writes_config_plots_and_resumes(tmp_path):
     r2 = tune("--trials", "3", "--requests", "2", "--max-tokens", "3", "--seed", "0", "--config", start,
               "-o", str(out))
     assert r2.returncode == 0, r2.stderr
-    assert "2 trials so far" in r2.stderr
+    assert "2 configs measured so far" in r2.stderr
     assert json.loads(out.read_text())["device"]["tuned"]["trials"] == 3
 
 

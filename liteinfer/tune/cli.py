@@ -117,7 +117,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     study = search.open_study(objectives, study_path, name, seed=args.seed, population=args.population)
     print(f"tune: {len(space)} knobs, {search.space_size(space)} configs; objective "
           f"{', '.join(f'{o.direction} {o.metric}' for o in objectives)}; study {study_path} ({name}, "
-          f"{len(search.completed(study))} trials so far)", file=sys.stderr)
+          f"{len(search.evaluations(study))} configs measured so far)", file=sys.stderr)
     print("tune: each trial loads the model and runs the workload in a child process; timings are noisy "
           "when other work runs on this machine", file=sys.stderr)
     saved_power = cpufreq.read_policies() if can_power else []
@@ -151,7 +151,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = search.apply_params(base, params)
     cfg.device["tuned"] = {
         "objective": args.objective,
-        "trials": len(search.completed(study)),
+        "trials": len(search.evaluations(study)),
         "metrics": {o.metric: chosen.values[i] for i, o in enumerate(objectives)},
         "study": study_path,
     }

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from liteinfer.files import atomic_output
-from liteinfer.tune.search import Objective, completed
+from liteinfer.tune.search import Objective, evaluations
 
 
 def _pyplot():
@@ -27,7 +27,7 @@ def plot_front(study, objectives: list[Objective], front: list, chosen, path: st
     """Multi-objective: the first two objectives, all trials grey, the front in colour.
     Single objective: value per trial."""
     plt = _pyplot()
-    trials = completed(study)
+    trials = evaluations(study)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     if len(objectives) >= 2:
         x, y = objectives[1], objectives[0]
@@ -56,23 +56,23 @@ def plot_front(study, objectives: list[Objective], front: list, chosen, path: st
 
 
 def plot_convergence(study, objectives: list[Objective], path: str | os.PathLike) -> Path:
-    """Best-so-far of each objective against the trial number."""
+    """Best-so-far of each objective against the number of configs measured."""
     plt = _pyplot()
-    trials = sorted(completed(study), key=lambda t: t.number)
+    trials = sorted(evaluations(study), key=lambda t: t.number)
     fig, axes = plt.subplots(len(objectives), 1, figsize=(6, 2.4 * len(objectives)), squeeze=False)
     for i, o in enumerate(objectives):
         best, xs, ys = None, [], []
         pick = max if o.direction == "maximize" else min
-        for t in trials:
+        for n, t in enumerate(trials, 1):
             best = t.values[i] if best is None else pick(best, t.values[i])
-            xs.append(t.number)
+            xs.append(n)
             ys.append(best)
         ax = axes[i][0]
-        ax.scatter([t.number for t in trials], [t.values[i] for t in trials], c="#bbbbbb", s=12)
+        ax.scatter(xs, [t.values[i] for t in trials], c="#bbbbbb", s=12)
         ax.step(xs, ys, where="post", c="#1f77b4")
         ax.set_ylabel(o.metric)
         ax.grid(alpha=0.3)
-    axes[-1][0].set_xlabel("trial")
+    axes[-1][0].set_xlabel("configs measured")
     axes[0][0].set_title("liteinfer tune: convergence (best so far)")
     out = Path(path)
     _save(fig, out)

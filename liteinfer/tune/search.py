@@ -163,64 +163,100 @@ def completed(study) -> list:
     return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
+def evaluations(study) -> list:
+    """Completed trials that were really measured (repeats of a config answered from cache
+    are left out)."""
+    return [t for t in completed(study) if "repeat_of" not in t.user_attrs]
+
+
+def _key(params: dict[str, Any], space: list[Knob]) -> str:
+    return repr([params.get(k.name) for k in space])
+
+
 def run_search(study, space: list[Knob], evaluate: Evaluate, objectives: list[Objective],
                n_trials: int | None = None, timeout_s: float | None = None,
                constraints: Constraints | None = None, first: dict[str, Any] | None = None,
                progress: bool = True) -> int:
-    """Run trials until the study holds n_trials complete ones (or timeout_s passes).
+    """Measure configs until the study holds n_trials evaluations (or timeout_s passes).
 
-    Returns how many trials this call ran. A trial whose evaluation raises LiteInferError
-    (a config llama.cpp refuses or crashes on) is recorded as failed and the search goes on.
+    On a small categorical space a genetic search proposes the same config again and again;
+    a repeat is answered from the earlier measurement (recorded as a trial with
+    `repeat_of`) and costs no evaluation, so n_trials counts distinct configs measured.
+    A config whose evaluation raises LiteInferError (llama.cpp refuses or crashes on it) is
+    recorded as failed, never retried, and the search goes on. Returns evaluations run.
     """
+    import optuna
+
     constraints = constraints or Constraints()
-    have = len(completed(study))
-    if n_trials is not None and have >= n_trials:
+    have = len(evaluations(study))
+    size = space_size(space)
+    if n_trials is not None and have >= min(n_trials, size):
         return 0
     if first is not None and not study.trials:
         study.enqueue_trial(first)  # the current config is the first individual: never worse
+    seen = {_key(t.params, space): t for t in evaluations(study)}
+    failed = {_key(t.params, space) for t in study.trials if t.state == optuna.trial.TrialState.FAIL}
 
     def objective(trial):
         params = {k.name: trial.suggest_categorical(k.name, list(k.choices)) for k in space}
-        m = evaluate(params)
-        for key, value in m.items():
+        key = _key(params, space)
+        if key in failed:
+            raise LiteInferError("this config failed before")
+        if key in seen:
+            earlier = seen[key]
+            for name, value in earlier.user_attrs.items():
+                trial.set_user_attr(name, value)
+            trial.set_user_attr("repeat_of", earlier.number)
+            for name, value in earlier.user_attrs.get("violations", {}).items():
+                trial.set_constraint(name, value)
+            return earlier.values[0] if len(objectives) == 1 else list(earlier.values)
+        try:
+            m = evaluate(params)
+        except LiteInferError:
+            failed.add(key)
+            raise
+        for name, value in m.items():
             if isinstance(value, (int, float, str, bool)) or value is None:
-                trial.set_user_attr(key, value)
-        violations = constraints.violations(m)
-        trial.set_user_attr("violations", list(violations.values()))
-        for key, value in violations.items():
-            trial.set_constraint(key, value if math.isfinite(value) else 1e9)
+                trial.set_user_attr(name, value)
+        violations = {n: (v if math.isfinite(v) else 1e9) for n, v in constraints.violations(m).items()}
+        trial.set_user_attr("violations", violations)
+        for name, value in violations.items():
+            trial.set_constraint(name, value)
         vals = []
         for o in objectives:
             v = m.get(o.metric)
             if v is None or (isinstance(v, float) and math.isnan(v)):
+                failed.add(key)
                 raise LiteInferError(f"the measurement gave no {o.metric}")
             vals.append(float(v))
         return vals[0] if len(vals) == 1 else vals
 
-    todo = None if n_trials is None else n_trials - have
+    todo = None if n_trials is None else min(n_trials, size) - have
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=todo, desc="tune", unit="trial", dynamic_ncols=True)
+        bar = tqdm(total=todo, desc="tune", unit="eval", dynamic_ncols=True)
     ran = [0]
 
     def callback(study, trial) -> None:
-        ran[0] += 1
-        if bar is not None:
-            bar.update(1)
-            best = best_trials(study, objectives, constraints)
-            if best and len(objectives) == 1:
-                bar.set_postfix_str(f"best {objectives[0].metric}={best[0].values[0]:.4g}")
-            elif best:
-                bar.set_postfix_str(f"front {len(best)}")
-        # Failed trials don't count: stop once the study holds n_trials complete ones.
-        if n_trials is not None and len(completed(study)) >= n_trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE and "repeat_of" not in trial.user_attrs:
+            seen[_key(trial.params, space)] = trial
+            ran[0] += 1
+            if bar is not None:
+                bar.update(1)
+                best = best_trials(study, objectives, constraints)
+                if best and len(objectives) == 1:
+                    bar.set_postfix_str(f"best {objectives[0].metric}={best[0].values[0]:.4g}")
+                elif best:
+                    bar.set_postfix_str(f"front {len(best)}")
+        # Stop at n_trials evaluations, or when every config has been seen.
+        if (todo is not None and ran[0] >= todo) or len(seen) + len(failed) >= size:
             study.stop()
 
     try:
-        # Up to 3x attempts, so a run of configs llama.cpp refuses can't loop forever.
-        study.optimize(objective, n_trials=None if todo is None else 3 * todo, timeout=timeout_s,
+        # Repeats are free but not endless: at most 30 proposals per evaluation asked for.
+        study.optimize(objective, n_trials=None if todo is None else 30 * todo, timeout=timeout_s,
                        callbacks=[callback], catch=(LiteInferError,), gc_after_trial=False)
     finally:
         if bar is not None:
@@ -230,7 +266,7 @@ def run_search(study, space: list[Knob], evaluate: Evaluate, objectives: list[Ob
 
 def best_trials(study, objectives: list[Objective], constraints: Constraints | None = None) -> list:
     """Feasible best: the single best trial, or the feasible Pareto front (multi-objective)."""
-    trials = [t for t in completed(study) if all(v <= 0 for v in t.user_attrs.get("violations", []))]
+    trials = [t for t in evaluations(study) if all(v <= 0 for v in t.user_attrs.get("violations", {}).values())]
     if not trials:
         return []
     sign = [1 if o.direction == "minimize" else -1 for o in objectives]
