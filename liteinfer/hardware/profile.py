@@ -220,6 +220,8 @@ def doctor_main(args: argparse.Namespace) -> int:
             print(f"config:  {path}: threads {e.n_threads or 'auto'}, max_batch {sc.max_batch}, n_ctx {e.n_ctx} "
                   f"({e.type_k} KV), mlock {'on' if e.use_mlock else 'off'}, power {cfg.power.profile}; "
                   f"profiled {when}")
+            if cfg.device.get("recommended_model"):
+                print(f"model:   largest useful here: {cfg.device['recommended_model']} (config serves {cfg.model})")
         else:
             print("config:  none (run `python hw_profiler.py -o device_config.json`)")
         print("advice:")
