@@ -53,7 +53,7 @@ def key(params: dict) -> str:
     return json.dumps([params[k.name] for k in SPACE])
 
 
-def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int) -> dict:
+def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int, prior: dict | None = None) -> dict:
     from liteinfer.catalog import resolve_llm
     from liteinfer.files import atomic_write_text
     from liteinfer.tune.trial import measure_config
@@ -66,8 +66,9 @@ def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int) -> dict
     combos = list(itertools.product(*[k.choices for k in SPACE]))
     # Shuffled, and each config measured `repeat` times at different moments, best kept: on a
     # shared machine the load drifts, and the best run is the least disturbed one.
-    order = [c for _ in range(repeat) for c in random.Random(len(combos)).sample(combos, len(combos))]
-    rows: dict = {}
+    done = prior.get("repeat", 1) if prior else 0
+    order = [c for i in range(repeat) for c in random.Random(len(combos) + done + i).sample(combos, len(combos))]
+    rows: dict = prior["rows"] if prior else {}
     t0 = time.time()
     for i, values in enumerate(order):
         params = dict(zip([k.name for k in SPACE], values, strict=True))
@@ -80,8 +81,8 @@ def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int) -> dict
         print(f"[{i + 1}/{len(order)}] {params} -> {m['tok_s']:.1f} tok/s, {m['tok_per_cpu_s']:.1f} tok/CPU-s "
               f"(load {m['loadavg_1m']:.1f})", file=sys.stderr, flush=True)
     table = {"workload": f"chat_mix({requests}, max_tokens={max_tokens})", "model": "smollm2-135m",
-             "repeat": repeat,
-             "cpu_count": os.cpu_count(), "sweep_seconds": time.time() - t0, "rows": rows}
+             "repeat": done + repeat, "cpu_count": os.cpu_count(),
+             "sweep_seconds": (prior["sweep_seconds"] if prior else 0.0) + time.time() - t0, "rows": rows}
     atomic_write_text(table_path, json.dumps(table, indent=1) + "\n")
     return table
 
@@ -106,6 +107,7 @@ def main() -> int:
     ap.add_argument("--space", choices=sorted(SPACES), default="small")
     ap.add_argument("--table", type=Path, default=None, help="default: benchmarks/tune_sweep_<space>.json")
     ap.add_argument("--remeasure", action="store_true")
+    ap.add_argument("--add-runs", action="store_true", help="measure every config again into the cached table")
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=30)
@@ -119,6 +121,10 @@ def main() -> int:
         print(f"sweeping {search.space_size(SPACE)} configs on the real engine (load {os.getloadavg()[0]:.1f})",
               file=sys.stderr)
         table = sweep(args.table, args.requests, args.max_tokens, args.repeat)
+    elif args.add_runs:
+        prior = json.loads(args.table.read_text())
+        print(f"measuring {search.space_size(SPACE)} configs again into {args.table}", file=sys.stderr)
+        table = sweep(args.table, args.requests, args.max_tokens, args.repeat, prior)
     else:
         table = json.loads(args.table.read_text())
         print(f"using the cached sweep {args.table} (--remeasure to measure again)")

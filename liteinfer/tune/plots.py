@@ -33,7 +33,10 @@ def plot_front(study, objectives: list[Objective], front: list, chosen, path: st
         x, y = objectives[1], objectives[0]
         ax.scatter([t.values[1] for t in trials], [t.values[0] for t in trials], c="#bbbbbb", s=18, label="trials")
         f = sorted(front, key=lambda t: t.values[1])
-        ax.plot([t.values[1] for t in f], [t.values[0] for t in f], "o-", c="#1f77b4", ms=5, label="Pareto front")
+        # With more than two objectives the front is not a line in this projection: points only.
+        style = "o-" if len(objectives) == 2 else "o"
+        label = "Pareto front" if len(objectives) == 2 else f"Pareto front ({len(objectives)} objectives)"
+        ax.plot([t.values[1] for t in f], [t.values[0] for t in f], style, c="#1f77b4", ms=5, label=label)
         if chosen is not None:
             ax.scatter([chosen.values[1]], [chosen.values[0]], marker="*", s=180, c="#d62728", zorder=5,
                        label="chosen")
