@@ -61,3 +61,21 @@ def test_fixed_mode_ignores_measurements():
     _train(ctl, lambda d, p: 1.0)
     d = ctl.decide(Signals(queue_depth=50))
     assert (d.max_batch, d.prefill_chunk, d.reason) == (4, 64, "fixed")
+
+
+def test_threads_drop_when_other_work_holds_a_core_and_come_back():
+    ctl = BatchController(SchedulerSettings(), n_batch=512, max_threads=2, n_cores=2)
+    busy, calm = Signals(outside_cpu_load=0.55), Signals(outside_cpu_load=0.02)
+    assert [ctl.decide(busy).threads for _ in range(5)] == [2, 2, 2, 2, 1]  # hysteresis: 5 votes
+    assert "threads" in ctl.decision.reason
+    ctl.decide(calm)
+    assert ctl.decision.threads == 1  # one calm reading is not enough
+    for _ in range(5):
+        ctl.decide(calm)
+    assert ctl.decision.threads == 2
+
+
+def test_threads_untouched_in_fixed_mode():
+    ctl = BatchController(SchedulerSettings(adaptive=False), n_batch=512, max_threads=2, n_cores=2)
+    for _ in range(10):
+        assert ctl.decide(Signals(outside_cpu_load=0.9)).threads in (None, 2)

@@ -171,6 +171,11 @@ class LlamaEngine:
         self.stats = EngineStats()
         self._template = None
 
+    def set_threads(self, n: int) -> None:
+        """Change compute threads between steps (the controller does when cores get busy)."""
+        self._ll.llama_set_n_threads(self.ctx, n, n)
+        self.n_threads = n
+
     # ---- text ---------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8", errors="replace")

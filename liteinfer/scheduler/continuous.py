@@ -25,6 +25,12 @@ from liteinfer.generate import TextStream
 from liteinfer.scheduler.controller import BatchController, Signals
 
 
+def _machine_cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
 class QueueFull(LiteInferError):
     """The waiting queue is at its bound: reject now (HTTP 429) rather than hang."""
 
@@ -70,7 +76,8 @@ class ContinuousScheduler:
         self.engine.prefix_cache = self.settings.prefix_cache
         self.max_queue = max_queue
         self.metrics = metrics
-        self.controller = BatchController(self.settings, engine.n_batch)
+        self.controller = BatchController(self.settings, engine.n_batch, max_threads=engine.n_threads,
+                                          n_cores=_machine_cores())
         self.waiting: collections.deque[GenRequest] = collections.deque()
         self.running: list[GenRequest] = []
         self._lock = threading.Lock()
@@ -141,6 +148,8 @@ class ContinuousScheduler:
         if (decision.max_batch, decision.prefill_chunk) != (previous.max_batch, previous.prefill_chunk):
             log.info("controller: max_batch %d -> %d, prefill_chunk %d -> %d (%s)", previous.max_batch,
                      decision.max_batch, previous.prefill_chunk, decision.prefill_chunk, decision.reason)
+        if decision.threads and decision.threads != self.engine.n_threads:
+            self.engine.set_threads(decision.threads)
         self._admit(decision.max_batch)
         plan, n_decode, n_prompt = self._plan(decision.prefill_chunk)
         if not plan:

@@ -24,6 +24,7 @@ class Decision:
     max_batch: int
     prefill_chunk: int
     reason: str = ""
+    threads: int | None = None  # compute threads for the next steps (None = leave as is)
 
 
 @dataclass
@@ -39,13 +40,21 @@ class Signals:
 class BatchController:
     MIN_CHUNK = 32
 
-    def __init__(self, settings: SchedulerSettings, n_batch: int, window: int = 256):
+    def __init__(self, settings: SchedulerSettings, n_batch: int, window: int = 256, max_threads: int | None = None,
+                 n_cores: int | None = None):
         self.settings = settings
         self.n_batch = n_batch
+        # llama.cpp's threads spin at barriers: when other work holds a core, one thread
+        # fewer beats a thread that keeps getting descheduled (measured here: 60 ms vs 7 s steps)
+        self.max_threads = max_threads
+        self.n_cores = n_cores or max_threads or 1
+        self.threads = max_threads
+        self._thread_votes: list[int] = []
         self.window = window
         self._rows: list[tuple[float, float, float]] = []  # (n_seqs, n_prompt, seconds)
         self.coef = np.array([0.0, 0.0, 0.0])
         self.fitted = False
+        self.slope_known = False
         self.decision = Decision(settings.max_batch, min(settings.prefill_chunk, n_batch), "initial")
         self._since_fit = 0
 
@@ -69,6 +78,8 @@ class BatchController:
         coef = np.linalg.solve(x.T @ x + lam * np.eye(3), x.T @ rows[:, 2])
         self.coef = np.maximum(coef, [1e-4, 1e-6, 1e-7])
         self.fitted = True
+        # the per-sequence slope means something only once batch sizes have varied
+        self.slope_known = np.ptp(rows[:, 0]) >= 3
 
     def predict(self, n_decode: int, n_prompt: int) -> float:
         return float(self.coef @ [1.0, n_decode, n_prompt])
@@ -84,7 +95,9 @@ class BatchController:
         if self.fitted:
             base, per_seq, per_tok = self.coef
             itl = s.target_itl_ms / 1000
-            if base + per_seq > itl:
+            if not self.slope_known:
+                batch = cap
+            elif base + per_seq > itl:
                 # even one sequence misses the target: shrinking cannot help latency, so
                 # serve as many as allowed (throughput) rather than starve the queue
                 batch = cap
@@ -111,5 +124,19 @@ class BatchController:
             # other work holds a core: big steps stall at llama.cpp's thread barrier
             chunk = max(self.MIN_CHUNK, chunk // 2)
             reasons.append("cpu busy elsewhere")
-        self.decision = Decision(batch, chunk, "; ".join(reasons) or "within targets")
+        threads = self._choose_threads(signals)
+        if threads is not None and self.max_threads and threads < self.max_threads:
+            reasons.append(f"{threads} of {self.max_threads} threads: cores busy elsewhere")
+        self.decision = Decision(batch, chunk, "; ".join(reasons) or "within targets", threads)
         return self.decision
+
+    def _choose_threads(self, signals: Signals) -> int | None:
+        """Threads = cores not busy with outside work; changed only after 5 agreeing votes."""
+        if not self.max_threads or not self.settings.adaptive:
+            return self.threads
+        busy = signals.outside_cpu_load * self.n_cores
+        want = max(1, min(self.max_threads, round(self.n_cores - busy)))
+        self._thread_votes = (self._thread_votes + [want])[-5:]
+        if len(self._thread_votes) == 5 and len(set(self._thread_votes)) == 1:
+            self.threads = want
+        return self.threads

@@ -41,6 +41,7 @@ class Metrics:
                                registry=r)
         self.prefill_chunk = Gauge("liteinfer_controller_prefill_chunk", "controller: prompt tokens per step",
                                    registry=r)
+        self.threads = Gauge("liteinfer_engine_threads", "llama.cpp compute threads in use", registry=r)
         self._proc = psutil.Process(os.getpid())
         self._last_sample = 0.0
         self.free_memory_fraction = 1.0
@@ -70,6 +71,7 @@ class Metrics:
         d = scheduler.controller.decision
         self.max_batch.set(d.max_batch)
         self.prefill_chunk.set(d.prefill_chunk)
+        self.threads.set(scheduler.engine.n_threads)
         self.sample_machine()
 
     def render(self, scheduler=None) -> bytes:
