@@ -127,8 +127,9 @@ def efficientnet_rows(tmp: Path, quick: bool, say) -> list[dict]:
     np.savez(ev, images=skimage_crops(n_eval, seed=2))
     variants = [
         ("int8 static QDQ convs + int8 FC", dict(qtype="int8", calib=calib)),
+        ("int8 weight-only convs + int8 FC", dict(qtype="int8w", calib=calib)),
         ("mixed --min-accuracy 0.98", dict(mixed=True, min_accuracy=0.98, calib=calib,
-                                           types=["int4-b32", "int8", "fp16"])),
+                                           types=["int4-b32", "int8", "int8w", "fp16"])),
     ]
     rows = []
     for name, kw in variants:
@@ -164,10 +165,19 @@ def fashion_rows(tmp: Path, quick: bool, say) -> list[dict]:
     }, ">= 0.98 of FP32", m["accuracy_ratio"] >= 0.98)]
 
 
-def onnx_rows(quick: bool = False, say=print) -> list[dict]:
+SECTIONS = {"minilm": minilm_rows, "efficientnet": efficientnet_rows, "fashion": fashion_rows}
+
+
+def onnx_rows(quick: bool = False, say=print, only: list[str] | None = None) -> list[dict]:
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="liteinfer-qr-") as tmp:
-        tmp = Path(tmp)
-        return minilm_rows(tmp, quick, say) + efficientnet_rows(tmp, quick, say) + fashion_rows(tmp, quick, say)
+        for name, section in SECTIONS.items():
+            if only and name not in only:
+                continue
+            part = section(Path(tmp), quick, say)
+            say(format_rows(part))  # partial results survive an interrupted run
+            rows += part
+    return rows
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -185,13 +195,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer variants and samples (a smoke run)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--only", nargs="+", choices=list(SECTIONS), default=None, help="run only these models")
     args = ap.parse_args()
     import os
 
     load = os.getloadavg()[0]
     if load > 1.5:
         print(f"warning: load average {load:.1f}: other work is running; timings are upper bounds", file=sys.stderr)
-    rows = onnx_rows(args.quick, say=lambda s: print(s, file=sys.stderr, flush=True))
+    rows = onnx_rows(args.quick, say=lambda s: print(s, file=sys.stderr, flush=True), only=args.only)
     print(format_rows(rows))
     for r in rows:
         if "plan_text" in r:

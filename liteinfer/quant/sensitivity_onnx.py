@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from liteinfer.errors import LiteInferError
-from liteinfer.quant.onnx import Quantizer, Target, type_bytes, weights_bytes
+from liteinfer.quant.onnx import Quantizer, Target, conv_int8w, type_bytes, weights_bytes
 
 LOSSLESS = ("fp16", "fp32")  # not measured: their loss is ~0 by construction
 
@@ -102,12 +102,16 @@ def measure_sensitivity(q: Quantizer, scorer: Scorer, types: list[str],
     """
     sens: dict[str, dict[str, float]] = {}
     todo = [(t, qt) for t in q.targets.values() for qt in t.choices if qt in types and qt not in LOSSLESS]
-    fake = [(t, qt) for t, qt in todo if t.op in ("MatMul", "Gather")]
+    fake = [(t, qt) for t, qt in todo if _weight_only(t, qt)]
     session = _overridable_session(q, {t.weight for t, _ in fake}, scorer.threads) if fake else None
     for i, (t, qt) in enumerate(todo):
-        if t.op in ("MatMul", "Gather"):
-            w = q.block_quant(t, qt).dequant()
-            w = np.ascontiguousarray(w.T) if t.op == "Gather" else w
+        if _weight_only(t, qt):
+            if t.op == "Conv":
+                qw, scale = conv_int8w(q.weights[t.weight])
+                w = qw.astype(np.float32) * scale.reshape(-1, *([1] * (qw.ndim - 1)))
+            else:
+                w = q.block_quant(t, qt).dequant()
+                w = np.ascontiguousarray(w.T) if t.op == "Gather" else w
             out = np.concatenate([session.run([scorer.output], {**f, t.weight: w})[0] for f in scorer.feeds])
         else:
             out = scorer.run(q.build({t.node: qt}))
@@ -119,6 +123,10 @@ def measure_sensitivity(q: Quantizer, scorer: Scorer, types: list[str],
             if qt in LOSSLESS and qt in types:
                 sens.setdefault(t.node, {})[qt] = 0.0
     return sens
+
+
+def _weight_only(t: Target, qtype: str) -> bool:
+    return t.op in ("MatMul", "Gather") or qtype == "int8w"
 
 
 def _overridable_session(q: Quantizer, weights: set[str], threads: int | None):
