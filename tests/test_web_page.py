@@ -27,6 +27,7 @@ def test_page_streams_an_answer(server, browser, tmp_path):
     page.on("request", lambda r: requests.append(r.url))
     page.goto(server.url + "/")
     page.wait_for_function("document.querySelectorAll('#model option').length > 0", timeout=30_000)
+    page.fill("#temp", "0")  # greedy: a known answer
     page.fill("#input", "What is 2+2?")
     page.click("#send")
     page.wait_for_selector(".msg.assistant[data-state='streaming']", timeout=30_000)
