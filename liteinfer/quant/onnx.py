@@ -21,6 +21,7 @@ Quantized weights are cached per (node, type), so trying many plans costs one GP
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,13 +328,17 @@ class Quantizer:
                 after = consumers.get(n.output[0], [])
                 if len(after) == 1 and after[0].op_type in ("Clip", "Relu"):
                     nodes.append(after[0].name)
-        quantize_static(
-            str(src), str(dst), _Reader(self.calib_feeds), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv", "Clip", "Relu"], nodes_to_quantize=nodes, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(self._calib_cache),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+        logging.disable(logging.WARNING)  # ORT's "consider pre-processing" advice on every call
+        try:
+            quantize_static(
+                str(src), str(dst), _Reader(self.calib_feeds), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["Conv", "Clip", "Relu"], nodes_to_quantize=nodes, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(self._calib_cache),
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        finally:
+            logging.disable(logging.NOTSET)
         out = onnx.load(str(dst))
         del out.metadata_props[:]
         out.metadata_props.extend(model.metadata_props)
