@@ -88,3 +88,23 @@ def test_foreign_onnx_without_metadata(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(LiteInferError, match="no liteinfer metadata"):
         load_model(path)
+
+
+def test_convert_and_eval_cli(tmp_path, capsys):
+    from liteinfer.cli import main
+
+    out = tmp_path / "minilm.onnx"
+    assert main(["convert", "minilm", str(out)]) == 0
+    printed = capsys.readouterr().out
+    cos = float(printed.rsplit("reference", 1)[1])
+    assert cos >= 0.9999, printed
+    assert main(["eval", "embed", "-m", str(out), "--ref", str(minilm_fp32()),
+                 "--text", "/usr/share/games/fortunes/cookie", "--limit", "8", "--json"]) == 0
+    import json
+
+    r = json.loads(capsys.readouterr().out)
+    assert r["n"] == 8 and r["mean_cosine"] > 0.99999 and r["retrieval_agreement"] == 1.0
+    bad = tmp_path / "nothing"
+    bad.mkdir()
+    assert main(["convert", "minilm", str(tmp_path / "x.onnx"), "--source", str(bad)]) == 1
+    assert not (tmp_path / "x.onnx").exists()
