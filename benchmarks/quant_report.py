@@ -144,10 +144,11 @@ def _curve(rows: list[dict]) -> None:
         if r.get("kind") is None or r["kld"] <= 0:
             continue
         x = r["bpw"]
-        lo = max([p for p in pts if p[0] <= x], default=pts[0])
-        hi = min([p for p in pts if p[0] >= x], default=pts[-1])
-        if lo == hi:  # outside the curve: extrapolate from the nearest segment
+        if x < pts[0][0] or x > pts[-1][0]:  # outside the curve: extrapolate from the nearest segment
             lo, hi = (pts[0], pts[1]) if x < pts[0][0] else (pts[-2], pts[-1])
+        else:
+            lo = max(p for p in pts if p[0] <= x)
+            hi = min(p for p in pts if p[0] >= x)
         f = (x - lo[0]) / (hi[0] - lo[0]) if hi[0] != lo[0] else 0.0
         curve = math.exp(math.log(lo[1]) + f * (math.log(hi[1]) - math.log(lo[1])))
         r["vs_curve"] = r["kld"] / curve - 1
@@ -248,12 +249,29 @@ SECTIONS: dict[str, Section] = {
 }
 
 
+def reprint(path: Path) -> None:
+    """Print the tables again from a --json file (e.g. after a formatting change)."""
+    data = json.loads(path.read_text())
+    for key, rows in data.items():
+        if rows and key in ("tiny", "smollm"):
+            for r in rows:
+                r.pop("vs_curve", None)
+            _curve(rows)
+            print(f"\n## {SECTIONS[key][0]}\n{format_llm(rows)}")
+            if key == "tiny":
+                print(verdict(rows, rows[0]["mb"]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer variants and tokens (a smoke run)")
     ap.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(SECTIONS)})")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows as JSON")
+    ap.add_argument("--reprint", type=Path, default=None, help="print the tables of a saved --json and exit")
     args = ap.parse_args()
+    if args.reprint:
+        reprint(args.reprint)
+        return 0
     load = os.getloadavg()[0]
     if load > 1.5:
         say(f"warning: load average {load:.1f}: other work is running; timings are upper bounds")
