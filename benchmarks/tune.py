@@ -8,7 +8,9 @@
    budget as the peer.
 3. Print both: the sweep's best, and per method how often it lands within 5% of it.
 
-    python benchmarks/tune.py            # sweep (~10 min on 2 busy cores) + GA on the table
+    python benchmarks/tune.py                  # GA vs random on the cached 120-config table
+    python benchmarks/tune.py --remeasure      # sweep again first (~20 min per pass, 2 busy cores)
+    python benchmarks/tune.py --space small    # the 48-config table
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def random_best(rows: dict, budget: int, seed: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--space", choices=sorted(SPACES), default="small")
+    ap.add_argument("--space", choices=sorted(SPACES), default="large")
     ap.add_argument("--table", type=Path, default=None, help="default: benchmarks/tune_sweep_<space>.json")
     ap.add_argument("--remeasure", action="store_true")
     ap.add_argument("--add-runs", action="store_true", help="measure every config again into the cached table")
