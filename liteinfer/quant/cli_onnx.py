@@ -20,7 +20,7 @@ def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-accuracy", type=float, default=None,
                    help="floor for --mixed: mean cosine to FP32 (embeddings), accuracy ratio or top-1 "
                         "agreement to FP32 (classifiers)")
-    g.add_argument("--max-size", type=float, default=None, metavar="MB", help="weights budget for --mixed")
+    g.add_argument("--max-size", type=float, default=None, metavar="MB", help="output file size budget (--mixed: the largest plan within it, or the smallest meeting --min-accuracy)")
     g.add_argument("--types", default=None,
                    help="comma list of candidate types for --mixed (default: int4-b128,int4-b64,int4-b32,int8,int8w,fp16)")
     g.add_argument("--calib-limit", type=int, default=None, help="use at most N calibration inputs")

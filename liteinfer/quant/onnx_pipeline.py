@@ -64,7 +64,15 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
                   calib_limit: int | None = None, accuracy_level: int = 4, gptq: bool = True,
                   progress: Callable[[str], None] | None = None, sensitivity: dict | None = None) -> OnnxQuantReport:
     from liteinfer.engines.onnx_meta import read_meta, write_meta
-    from liteinfer.quant.onnx import QTYPES, Quantizer, collect_hessians, find_targets, load_onnx, save_model
+    from liteinfer.quant.onnx import (
+        QTYPES,
+        Quantizer,
+        collect_hessians,
+        find_targets,
+        load_onnx,
+        save_model,
+        weights_bytes,
+    )
     from liteinfer.quant.sensitivity_onnx import MixedResult, Scorer, format_plan, search
 
     t0 = time.time()
@@ -112,8 +120,10 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
         sens_scorer = Scorer(model.kind, output, sens.feeds, sens.labels)
         sens_scorer.set_reference(q.model)
 
+    # the size budget is for the file: graph, metadata and tokenizer take their share first
+    overhead = src.stat().st_size - weights_bytes(q.model)
     if mixed:
-        max_bytes = int(max_size_mb * 1e6) if max_size_mb is not None else None
+        max_bytes = int(max_size_mb * 1e6) - overhead if max_size_mb is not None else None
         result = search(q, scorer, types, min_accuracy, max_bytes, progress, sens_scorer, sensitivity)
         sensitivity = result.sensitivity
         plan, score = result.plan, result.score
@@ -126,15 +136,15 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
     if scorer is not None and score is None:
         score = scorer.score(scorer.run(quantized))
     if not mixed:
-        from liteinfer.quant.onnx import weights_bytes
-
         fake = MixedResult(plan, score if score is not None else float("nan"), weights_bytes(quantized),
                            weights_bytes(q.model), {}, metric=scorer.metric if scorer else "not measured (no --calib)")
         plan_text = format_plan(q, fake)
         if min_accuracy is not None and score is not None and score < min_accuracy:
             raise LiteInferError(f"{qtype} scores {score:.4f} ({scorer.metric}), below --min-accuracy {min_accuracy}")
-        if max_size_mb is not None and weights_bytes(quantized) > max_size_mb * 1e6:
-            raise LiteInferError(f"{qtype} takes {weights_bytes(quantized) / 1e6:.2f} MB, over --max-size {max_size_mb}")
+        if max_size_mb is not None and weights_bytes(quantized) + overhead > max_size_mb * 1e6:
+            raise LiteInferError(
+                f"{qtype} takes {(weights_bytes(quantized) + overhead) / 1e6:.2f} MB, over --max-size {max_size_mb}"
+            )
     meta.quantization = {
         "plan": plan, "methods": {n: q.method.get(n, "") for n in plan}, "score": score,
         "metric": scorer.metric if scorer else "", "source": src.name, "accuracy_level": accuracy_level,
