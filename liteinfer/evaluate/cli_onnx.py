@@ -42,7 +42,8 @@ def _main(args: argparse.Namespace) -> int:
     elif "top1_agreement" in r:
         acc = (f"; accuracy {r['accuracy']:.2%} vs {r['ref_accuracy']:.2%} (ratio {r['accuracy_ratio']:.4f})"
                if "accuracy" in r else "")
-        print(f"{size}; top-1 agreement {r['top1_agreement']:.2%}, mean KLD {r['mean_kld']:.4f}{acc} "
+        print(f"{size}; top-1 agreement {r['top1_agreement']:.2%} ({r['top1_agreement_confident']:.2%} on the "
+              f"{r['n_confident']} inputs the reference gives p >= 0.5), mean KLD {r['mean_kld']:.4f}{acc} "
               f"over {r['n']} images")
     else:
         print(f"{size}; accuracy {r['accuracy']:.2%} over {r['n']} images")

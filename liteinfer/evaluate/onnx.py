@@ -175,9 +175,15 @@ def compare_embeddings(ref: np.ndarray, test: np.ndarray) -> dict:
 
 
 def compare_logits(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> dict:
+    agree = ref.argmax(1) == test.argmax(1)
+    ref_p = np.exp(ref - ref.max(1, keepdims=True))
+    confident = (ref_p.max(1) / ref_p.sum(1)) >= 0.5  # inputs the reference is sure about
     out = {
         "n": int(len(ref)),
-        "top1_agreement": float(np.mean(ref.argmax(1) == test.argmax(1))),
+        "top1_agreement": float(np.mean(agree)),
+        # top-1 flips among near-ties say little: report agreement where the reference has p >= 0.5
+        "n_confident": int(confident.sum()),
+        "top1_agreement_confident": float(np.mean(agree[confident])) if confident.any() else float("nan"),
         "mean_kld": float(kl_divergence(ref, test).mean()),
     }
     if labels is not None:
