@@ -256,3 +256,12 @@ def test_cors_allows_only_configured_origins(server):
     other = httpx.options(server.url + "/v1/chat/completions", headers={
         "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_penalties_and_tool_messages_are_served(server, model_id):
+    for extra in ({"frequency_penalty": 1.0}, {"presence_penalty": 0.5, "temperature": 0}):
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+            "model": model_id, "messages": [{"role": "user", "content": "hi"}, {"role": "tool"}],
+            "max_tokens": 5, **extra})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] >= 1

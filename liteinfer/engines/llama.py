@@ -244,7 +244,8 @@ class LlamaEngine:
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             ll.llama_sampler_chain_add(
-                chain, ll.llama_sampler_init_penalties(64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+                chain, ll.llama_sampler_init_penalties(self.n_vocab, 64, p.repeat_penalty, p.frequency_penalty,
+                                                  p.presence_penalty)
             )
         if p.greedy:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())

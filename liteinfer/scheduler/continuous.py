@@ -193,8 +193,8 @@ class ContinuousScheduler:
                 self.waiting.popleft()
             try:
                 req.seq = self.engine.start(req.prompt_tokens, req.params)
-            except LiteInferError as e:
-                req.emit(Event("error", text=str(e)))
+            except Exception as e:  # this request's failure only: it is out of the queue, tell it
+                req.emit(Event("error", text=str(e) if isinstance(e, LiteInferError) else f"engine error: {e}"))
                 continue
             req.stream = req.stream or TextStream(self.engine, req.params.stop)
             req.reused_tokens += req.seq.n_reused
