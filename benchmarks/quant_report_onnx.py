@@ -128,14 +128,21 @@ def efficientnet_rows(tmp: Path, quick: bool, say) -> list[dict]:
     variants = [
         ("int8 static QDQ convs + int8 FC", dict(qtype="int8", calib=calib)),
         ("int8 weight-only convs + int8 FC", dict(qtype="int8w", calib=calib)),
-        ("mixed --min-accuracy 0.98", dict(mixed=True, min_accuracy=0.98, calib=calib,
-                                           types=["int4-b32", "int8", "int8w", "fp16"])),
+        ("int8 static convs + int4-b32 FC", dict(qtype="int4-b32", calib=calib)),
+        ("mixed --min-accuracy 0.98", dict(mixed=True, min_accuracy=0.98, calib=calib)),
+        ("mixed --max-size FP32/4", dict(mixed=True, max_size_mb=fp32.stat().st_size / 4e6, calib=calib)),
     ]
+    if quick:
+        variants = [variants[0], variants[3]]
     rows = []
+    sens = None  # the mixed variants share one sensitivity measurement
     for name, kw in variants:
         out = tmp / f"enet-{len(rows)}.onnx"
         say(f"EfficientNet-Lite0 {name} ...")
+        if kw.get("mixed"):
+            kw.update(sensitivity=sens, types=["int4-b32", "int8", "int8w", "fp16"])
         q = _quantize(fp32, out, **kw)
+        sens = q["sensitivity"] or sens
         m = evaluate(out, ev, fp32)
         ok = m["top1_agreement"] >= 0.98 and m["size_ratio"] <= 1 / 4
         rows.append(_row("EfficientNet-Lite0", name, fp32, out, {
