@@ -216,6 +216,17 @@ def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | No
         return scores[i]
 
     within = [i for i, s in enumerate(path) if max_bytes is None or fixed + s.est_bytes <= max_bytes]
+    # estimates miss format overhead (QDQ scales, int32 biases): trust only a built model's bytes
+    if max_bytes is not None and within:
+        fits = lambda k: weights_bytes(q.build(path[within[k]].plan)) <= max_bytes  # noqa: E731
+        lo, hi = -1, len(within) - 1  # largest k that fits (bytes grow along the path)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        within = within[: lo + 1]
     if not within:
         raise LiteInferError(
             f"size budget {max_bytes / 1e6:.2f} MB cannot be met: the smallest plan takes "
