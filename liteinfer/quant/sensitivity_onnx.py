@@ -218,7 +218,9 @@ def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | No
     within = [i for i, s in enumerate(path) if max_bytes is None or fixed + s.est_bytes <= max_bytes]
     # estimates miss format overhead (QDQ scales, int32 biases): trust only a built model's bytes
     if max_bytes is not None and within:
-        fits = lambda k: weights_bytes(q.build(path[within[k]].plan)) <= max_bytes  # noqa: E731
+        # whole-file bytes: QDQ nodes add graph size too; 16 KB for the plan written into metadata
+        budget = max_bytes + (q.model.ByteSize() - weights_bytes(q.model))
+        fits = lambda k: q.build(path[within[k]].plan).ByteSize() + 16384 <= budget  # noqa: E731
         lo, hi = -1, len(within) - 1  # largest k that fits (bytes grow along the path)
         while lo < hi:
             mid = (lo + hi + 1) // 2
