@@ -228,6 +228,12 @@ def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | No
                 lo = mid
             else:
                 hi = mid - 1
+        if lo < 0:
+            smallest_file = q.build(path[0].plan).ByteSize() + 16384
+            raise LiteInferError(
+                f"size budget cannot be met: the smallest plan's file takes {smallest_file / 1e6:.2f} MB, "
+                f"the budget leaves {budget / 1e6:.2f} MB"
+            )
         within = within[: lo + 1]
     if not within:
         raise LiteInferError(
