@@ -85,9 +85,16 @@ def run_workload(engine, prompts: list[list[int]], max_tokens: list[int], max_ba
     ttft = [first[i] * 1000 for i in sorted(first)]
     lat = [done[i] * 1000 for i in sorted(done)]
     itl = [(done[i] - first[i]) * 1000 / max(1, max_tokens[i] - 1) for i in done]
+    return _report(prompts, generated, wall, cpu, steps, ttft, lat, itl)
+
+
+def _report(prompts: list[list[int]], generated: int, wall: float, cpu: float, steps: int,
+            ttft: list[float], lat: list[float], itl: list[float]) -> dict:
+    """The numbers a trial reports, the same for the engine loop and the scheduler path."""
+    n_prompt = sum(len(p) for p in prompts)
     return {
         "requests": len(prompts),
-        "prompt_tokens": sum(len(p) for p in prompts),
+        "prompt_tokens": n_prompt,
         "generated_tokens": generated,
         "seconds": wall,
         "steps": steps,
@@ -96,7 +103,7 @@ def run_workload(engine, prompts: list[list[int]], max_tokens: list[int], max_ba
         # Generated tokens per CPU-second: far less sensitive than tok/s to other processes
         # taking turns on the cores (with 1 thread it approximates tok/s on a quiet core).
         "tok_per_cpu_s": generated / cpu if cpu > 0 else 0.0,
-        "total_tok_s": (generated + sum(len(p) for p in prompts)) / wall if wall > 0 else 0.0,
+        "total_tok_s": (generated + n_prompt) / wall if wall > 0 else 0.0,
         "ttft_p50_ms": percentile(ttft, 50),
         "ttft_p95_ms": percentile(ttft, 95),
         "latency_p50_ms": percentile(lat, 50),
@@ -151,23 +158,7 @@ def run_scheduler_workload(engine, prompts: list[list[int]], max_tokens: list[in
     lat = [e.at * 1000 for e in ends]
     itl = [(e.at - (r.first_token - mono0)) * 1000 / max(1, r.completion_tokens - 1)
            for r, e in zip(reqs, ends, strict=True) if r.first_token is not None]
-    return {
-        "requests": len(prompts),
-        "prompt_tokens": sum(len(p) for p in prompts),
-        "generated_tokens": generated,
-        "seconds": wall,
-        "steps": sched.steps,
-        "tok_s": generated / wall if wall > 0 else 0.0,
-        "total_tok_s": (generated + sum(len(p) for p in prompts)) / wall if wall > 0 else 0.0,
-        "cpu_s": cpu,
-        "tok_per_cpu_s": generated / cpu if cpu > 0 else 0.0,
-        "ttft_p50_ms": percentile(ttft, 50),
-        "ttft_p95_ms": percentile(ttft, 95),
-        "latency_p50_ms": percentile(lat, 50),
-        "latency_p95_ms": percentile(lat, 95),
-        "latency_p99_ms": percentile(lat, 99),
-        "itl_mean_ms": sum(itl) / len(itl) if itl else float("nan"),
-    }
+    return _report(prompts, generated, wall, cpu, sched.steps, ttft, lat, itl)
 
 
 RUNNERS = ("engine", "scheduler")
