@@ -1,8 +1,8 @@
 """Short measurements the planner needs: memory bandwidth and the engine's real speed.
 
 Each is a function that returns numbers (the tuner, the planner and `liteinfer bench` share
-them). Engine numbers come from `liteinfer.measure.measure_engine` when it exists; the
-fallback here drives the same engine API (start / step / release) the scheduler uses.
+them). The engine measurement drives the same engine API (start / step / release) the
+scheduler uses.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _decode_point(engine, b: int, params, seconds: float, deadline: float) -> fl
             engine.release(s, keep_prefix=False)
 
 
-def _measure_engine_fallback(engine, batches: tuple[int, ...] = (1, 4, 16), prompt_len: int = 128,
+def _measure_engine(engine, batches: tuple[int, ...] = (1, 4, 16), prompt_len: int = 128,
                              seconds_per_point: float = 0.6, budget_s: float = 15.0,
                              passes: int = 1) -> dict[str, Any]:
     """Prompt tok/s, then decode tok/s at each batch size, within a time budget.
@@ -137,32 +137,12 @@ def _measure_engine_fallback(engine, batches: tuple[int, ...] = (1, 4, 16), prom
 
 def measure_engine(engine, batches: tuple[int, ...] = (1, 4, 16), quick: bool = False,
                    budget_s: float | None = None) -> dict[str, Any]:
-    """Prompt tok/s, batch-1 decode tok/s and batched decode tok/s per batch size."""
-    try:
-        from liteinfer.measure import measure_engine as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        try:
-            raw = shared(engine, batch_sizes=list(batches))
-        except TypeError:  # older/newer signature: take its defaults
-            raw = shared(engine)
-        return _normalize(raw)
+    """Prompt tok/s, batch-1 decode tok/s and batched decode tok/s per batch size: the one
+    engine measurement that the planner, tuner and benchmarks share."""
     budget = budget_s if budget_s is not None else (6.0 if quick else 12.0)
-    return _measure_engine_fallback(engine, batches, prompt_len=64 if quick else 128,
-                                    seconds_per_point=0.3 if quick else 0.6, budget_s=budget,
-                                    passes=1 if quick else 2)
-
-
-def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
-    """Accept the shared measure's keys under the names the planner reads."""
-    out = dict(raw)
-    batched = raw.get("batched_decode_tok_s") or raw.get("batched") or {}
-    if isinstance(batched, dict):
-        out["batched_decode_tok_s"] = {str(k): float(v) for k, v in batched.items()}
-    if out.get("decode_tok_s") is None and "1" in out.get("batched_decode_tok_s", {}):
-        out["decode_tok_s"] = out["batched_decode_tok_s"]["1"]
-    return out
+    return _measure_engine(engine, batches, prompt_len=64 if quick else 128,
+                           seconds_per_point=0.3 if quick else 0.6, budget_s=budget,
+                           passes=1 if quick else 2)
 
 
 def model_facts(engine) -> dict[str, Any]:
