@@ -30,6 +30,16 @@ DEFAULT_CHAT_TEMPLATE = (  # ChatML, for GGUFs that carry no template
 )
 
 
+def common_prefix_len(a: Seq[int], b: Seq[int]) -> int:
+    """How many leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class KVCacheFull(LiteInferError):
     """No room in the KV cache for this step even after evicting cached prefixes."""
 
@@ -284,11 +294,7 @@ class LlamaEngine:
         holders = [(slot, s.tokens[: s.n_cached]) for slot, s in self._active.items()]
         holders += [(slot, c.tokens) for slot, c in self._cached.items()]
         for slot, toks in holders:
-            n = 0
-            for a, b in zip(toks, prompt):
-                if a != b:
-                    break
-                n += 1
+            n = common_prefix_len(toks, prompt)
             if n > best_len:
                 best_slot, best_len = slot, n
         return best_slot, best_len

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from liteinfer.config import SchedulerSettings
-from liteinfer.engines.llama import KVCacheFull, LlamaEngine, SamplingParams, Sequence
+from liteinfer.engines.llama import KVCacheFull, LlamaEngine, SamplingParams, Sequence, common_prefix_len
 from liteinfer.errors import LiteInferError
 from liteinfer.generate import TextStream
 from liteinfer.scheduler.controller import BatchController, Signals
@@ -208,11 +208,7 @@ class ContinuousScheduler:
             s = r.seq
             if s.n_cached >= s.n_prompt:
                 continue
-            n = 0
-            for a, b in zip(s.tokens, req.prompt_tokens):
-                if a != b:
-                    break
-                n += 1
+            n = common_prefix_len(s.tokens, req.prompt_tokens)
             if n >= 32 and n > s.n_cached:
                 return True
         return False
