@@ -134,7 +134,10 @@ def main() -> int:
         else:
             print("llama-server not built: run scripts/build_llama_tools.sh (skipping that peer)")
         configs.append(("llama-cpp-python", [PY, "-m", "llama_cpp.server", "--model", model_path, "--n_threads",
-                                             str(threads), "--n_ctx", str(args.ctx), "--host", "127.0.0.1"],
+                                             str(threads), "--n_ctx", str(args.ctx), "--host", "127.0.0.1",
+                                             # its default cuts a running stream off when the next
+                                             # request arrives: rows would count broken replies
+                                             "--interrupt_requests", "False"],
                         "/v1/models"))
 
     rows = []

@@ -43,6 +43,10 @@ class EngineSettings(_Section):
     use_extra_bufts: bool | None = Field(
         None, description="weight repacking buffers; None = off on CPUs with AMX (crash), on elsewhere"
     )
+    split_q4_1: bool | None = Field(
+        None, description="run Q4_1 weights as Q4_0 plus their exact offset term (llama.cpp's batched Q4_0 "
+        "kernels); None = on in the server, off for single-stream commands"
+    )
 
 
 class SchedulerSettings(_Section):

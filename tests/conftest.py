@@ -22,6 +22,17 @@ def engine(default_model_path):
     eng.close()
 
 
+@pytest.fixture(scope="session")
+def serving_engine(default_model_path):
+    """The engine as the server builds it: Q4_1 run as Q4_0 plus offsets (engines/q4_1_split.py)."""
+    from liteinfer.config import EngineSettings
+    from liteinfer.engines.llama import LlamaEngine
+
+    eng = LlamaEngine(default_model_path, EngineSettings(n_ctx=4096, n_seq_max=16, split_q4_1=True))
+    yield eng
+    eng.close()
+
+
 def free_port() -> int:
     import socket
 

@@ -114,6 +114,23 @@ def _silence_llama_logs() -> None:
     llama_cpp.llama_log_set(_quiet, ctypes.c_void_p(0))
 
 
+def _drop_mapped_pages(path: Path) -> None:
+    """Release this process's resident pages of a mapped file (MADV_DONTNEED): pages still
+    needed fault back in from the file on first use, the rest stop counting as our memory."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        target = os.path.realpath(path)
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[5] == target:
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    libc.madvise(lo, hi - lo, 4)  # MADV_DONTNEED
+    except (OSError, AttributeError):
+        pass  # not Linux: memory stays as it was, nothing breaks
+
+
 def _cpu_has_amx() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
@@ -141,9 +158,27 @@ class LlamaEngine:
         mparams.use_mlock = s.use_mlock
         # AMX weight-repack buffers crash multi-token decode on Intel AMX CPUs (see FACTS.md).
         mparams.use_extra_bufts = (not _cpu_has_amx()) if s.use_extra_bufts is None else s.use_extra_bufts
-        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        load_path, self._offsets = self.path, None
+        if s.split_q4_1:
+            from liteinfer.engines.q4_1_split import needs_split, split_model
+
+            if needs_split(self.path):
+                try:
+                    load_path, offsets_path = split_model(self.path)
+                except OSError as e:  # e.g. no room for the cached pair: serve the Q4_1 kernels
+                    import logging
+
+                    logging.getLogger("liteinfer.engine").warning("Q4_1 split unavailable (%s): using Q4_1", e)
+        self.model = llama_cpp.llama_model_load_from_file(str(load_path).encode(), mparams)
         if not self.model:
             raise LiteInferError(f"llama.cpp could not load {self.path} (unsupported or damaged GGUF)")
+        if load_path != self.path:
+            self._offsets = llama_cpp.llama_adapter_lora_init(self.model, str(offsets_path).encode())
+            if not self._offsets:
+                raise LiteInferError(f"llama.cpp could not load the Q4_1 offsets for {self.path}")
+            if mparams.use_extra_bufts and s.use_mmap:
+                # the Q4_0 weights now live in repacked copies; their mapped file pages are dead
+                _drop_mapped_pages(load_path)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
@@ -167,6 +202,7 @@ class LlamaEngine:
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
             raise LiteInferError(f"llama.cpp could not create a context (n_ctx={s.n_ctx}): out of memory?")
+        self._attach_offsets(self.ctx)
         self.n_threads = threads
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = s.n_batch
@@ -180,6 +216,18 @@ class LlamaEngine:
         self.prefix_cache = True
         self.stats = EngineStats()
         self._template = None
+
+    @property
+    def q4_1_split(self) -> bool:
+        """Running a Q4_1 model as Q4_0 plus its offset term (see engines/q4_1_split.py)."""
+        return self._offsets is not None
+
+    def _attach_offsets(self, ctx) -> None:
+        """Every context on a split Q4_1 model needs its offset term (see q4_1_split)."""
+        if self._offsets:
+            adapters = (self._ll.llama_adapter_lora_p_ctypes * 1)(self._offsets)
+            if self._ll.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(1.0)) != 0:
+                raise LiteInferError("llama.cpp refused the Q4_1 offset adapter")
 
     def set_threads(self, n: int) -> None:
         """Change compute threads between steps (the controller does when cores get busy)."""
@@ -477,6 +525,7 @@ class LlamaEngine:
             self._embed_ctx = ll.llama_init_from_model(self.model, cp)
             if not self._embed_ctx:
                 raise LiteInferError("could not create an embedding context for this model")
+            self._attach_offsets(self._embed_ctx)
             self._embed_batch = ll.llama_batch_init(cp.n_batch, 0, 1)
             self._embed_limit = cp.n_batch
         n_embd = ll.llama_model_n_embd(self.model)

@@ -44,14 +44,18 @@ class LLMService:
 
             path = resolve_llm(self.model)
             self.model_names.add(path.stem)
-            self.engine = LlamaEngine(path, self.config.engine)
+            settings = self.config.engine
+            if settings.split_q4_1 is None:  # batched serving is where the split pays (see q4_1_split)
+                settings = settings.model_copy(update={"split_q4_1": True})
+            self.engine = LlamaEngine(path, settings)
             self.scheduler = ContinuousScheduler(self.engine, self.config.scheduler, self.config.server.max_queue,
                                                  self.metrics)
             self.scheduler.start()
             self.ready = True
             logging.getLogger("liteinfer.server").info(
-                "loaded %s: %d threads, %d KV cells (%s), up to %d sequences", path.name, self.engine.n_threads,
-                self.engine.n_ctx, self.config.engine.type_k, self.config.scheduler.max_batch)
+                "loaded %s: %d threads, %d KV cells (%s), up to %d sequences%s", path.name, self.engine.n_threads,
+                self.engine.n_ctx, self.config.engine.type_k, self.config.scheduler.max_batch,
+                ", Q4_1 run as Q4_0 + offsets" if self.engine.q4_1_split else "")
         except LiteInferError as e:
             self.error = str(e)
         except Exception as e:  # surfaced through /health, not a traceback

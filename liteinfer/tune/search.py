@@ -54,6 +54,8 @@ def default_space(max_threads: int, power: bool = False, models: list[str] | Non
         Knob("engine.kv_type", ("f16", "q8_0", "q4_0")),
         Knob("engine.flash_attn", (True, False)),
         Knob("engine.use_mmap", (True, False)),
+        # Q4_1 as Q4_0 + offsets: faster batches, slower single stream (engines/q4_1_split.py)
+        Knob("engine.split_q4_1", (True, False)),
     ]
     if power:
         space.append(Knob("power.profile", ("performance", "balanced", "powersave")))
