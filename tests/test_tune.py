@@ -128,4 +128,5 @@ def test_apply_params_keeps_config_consistent():
     space = search.default_space(2, models=["a.gguf", "b.gguf"])
     first = search.params_of(base, space)
     assert first["engine.n_threads"] == 2 and first["model"] == "a.gguf" and first["engine.kv_type"] == base.engine.type_k
-    assert search.space_size(space) == 2 * 4 * 5 * 5 * 5 * 3 * 2 * 2 * 2
+    assert first["engine.split_q4_1"] is True  # None = what the server does: split
+    assert search.space_size(space) == 2 * 4 * 5 * 5 * 5 * 3 * 2 * 2 * 2 * 2

@@ -160,15 +160,14 @@ class LlamaEngine:
         mparams.use_extra_bufts = (not _cpu_has_amx()) if s.use_extra_bufts is None else s.use_extra_bufts
         load_path, self._offsets = self.path, None
         if s.split_q4_1:
-            from liteinfer.engines.q4_1_split import needs_split, split_model
+            from liteinfer.engines.q4_1_split import prepare
 
-            if needs_split(self.path):
-                try:
-                    load_path, offsets_path = split_model(self.path)
-                except OSError as e:  # e.g. no room for the cached pair: serve the Q4_1 kernels
-                    import logging
+            try:
+                load_path, offsets_path = prepare(self.path) or (self.path, None)
+            except OSError as e:  # e.g. no room for the cached pair: serve the Q4_1 kernels
+                import logging
 
-                    logging.getLogger("liteinfer.engine").warning("Q4_1 split unavailable (%s): using Q4_1", e)
+                logging.getLogger("liteinfer.engine").warning("Q4_1 split unavailable (%s): using Q4_1", e)
         self.model = llama_cpp.llama_model_load_from_file(str(load_path).encode(), mparams)
         if not self.model:
             raise LiteInferError(f"llama.cpp could not load {self.path} (unsupported or damaged GGUF)")

@@ -13,14 +13,17 @@ C @ x only needs each block's sum of x: C @ x = B @ (A @ x), with A (n_in/32 x n
 0/1 block-sum matrix and B (n_out x n_in/32) the offsets c. That is a rank-n_in/32 LoRA,
 which llama.cpp adds to every projection in its graph (`build_lora_mm`). The split costs
 one byte per 8 weights of F32 offsets and ~7% more FLOPs, and leaves the weights unchanged;
-the only numerical difference is that the offset term sums x in F32 instead of from x's Q8_1
-copy. The pair is built once per model and cached.
+the only numerical difference is that the offset term sums x in F16 instead of from x's Q8_1
+copy. The pair is built once per model and cached; `prepare` builds it in a child process, so
+the serving process never holds the GGUF reader's parsed metadata (~15 MB that malloc keeps).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,18 @@ def split_block_bytes(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q4_0, m + 8.0 * d
 
 
+def block_sum_q8_0(n_blocks: int, rank: int) -> np.ndarray:
+    """The 0/1 block-sum matrix (rank x n_blocks*32; row j sums block j, padding rows zero) as
+    Q8_0 bytes, exactly: scale 1.0 and codes 1 in block j of row j, zero blocks elsewhere.
+    Half the size of F16, and it sums x's Q8_0 copy as llama.cpp's Q4_1 path sums Q8_1's."""
+    blocks = np.zeros((rank, n_blocks, 2 + QK), dtype=np.uint8)
+    one = np.array([1.0], dtype=np.float16).view(np.uint8)
+    j = np.arange(n_blocks)
+    blocks[j, j, 0:2] = one
+    blocks[j, j, 2:] = 1
+    return blocks.reshape(rank, n_blocks * (2 + QK))
+
+
 def _cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "liteinfer" / "q4_1_split"
@@ -62,7 +77,24 @@ def _cache_dir() -> Path:
 
 def _key(path: Path) -> str:
     st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:v3".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:v4".encode()).hexdigest()[:16]
+
+
+def prepare(src: str | os.PathLike) -> tuple[Path, Path] | None:
+    """The cached (model, offsets) pair for src, or None when src has no Q4_1 projections.
+    A cache miss is resolved by a child process (python -m liteinfer.engines.q4_1_split SRC)."""
+    src = Path(src)
+    folder = _cache_dir() / _key(src)
+    for _ in range(2):
+        if (folder / "no-q4_1").exists():
+            return None
+        if (folder / "model.gguf").exists() and (folder / "offsets.gguf").exists():
+            return folder / "model.gguf", folder / "offsets.gguf"
+        done = subprocess.run([sys.executable, "-m", "liteinfer.engines.q4_1_split", str(src)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "split failed")
+    raise OSError(f"split of {src} did not reach the cache {folder}")
 
 
 def split_model(src: str | os.PathLike, cache: Path | None = None) -> tuple[Path, Path]:
@@ -111,17 +143,30 @@ def split_model(src: str | os.PathLike, cache: Path | None = None) -> tuple[Path
         w.add_float32("adapter.lora.alpha", 0.0)  # 0 = no alpha/rank rescaling: scale is exactly 1
         for name, c in offsets.items():
             n_out, n_blocks = c.shape
-            # rank padded to a multiple of 16: llamafile's F32 GEMM needs k % 16 == 0, and
+            # rank padded to a multiple of 16: llamafile's GEMM needs k % 16 == 0, and
             # without it ggml falls back to one dot product per (row, token): 3x slower here
             r = -(-n_blocks // 16) * 16
-            a = np.zeros((r, n_blocks * QK), dtype=np.float16)  # block-sum matrix: row j sums block j
-            a[np.repeat(np.arange(n_blocks), QK), np.arange(n_blocks * QK)] = 1.0
+            w.add_tensor(f"{name}.lora_a", block_sum_q8_0(n_blocks, r), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
             b = np.zeros((n_out, r), dtype=np.float16)
             b[:, :n_blocks] = c
-            w.add_tensor(f"{name}.lora_a", a)
             w.add_tensor(f"{name}.lora_b", b)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
     return model_out, lora_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    src = Path((argv or sys.argv[1:])[0])
+    if needs_split(src):
+        split_model(src)
+    else:
+        folder = _cache_dir() / _key(src)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "no-q4_1").touch()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -213,7 +213,21 @@ def config_from_args(args) -> DeviceConfig:
     return config
 
 
+def _lean_process() -> None:
+    """Before any thread starts: numpy's OpenBLAS threads spin after each call (the controller's
+    fit) and steal the cores llama.cpp's threads wait for at their barrier; glibc gives each
+    thread its own malloc arena, RSS that a server with a few threads does not need."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX = 2
+    except (OSError, AttributeError):
+        pass  # not glibc: defaults
+
+
 def serve_main(args) -> int:
+    _lean_process()
     import uvicorn
 
     from liteinfer.catalog import resolve_llm
