@@ -273,3 +273,20 @@ def test_penalties_and_tool_messages_are_served(server, model_id):
             "max_tokens": 5, **extra})
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_serve_warns_when_the_config_was_planned_elsewhere(tmp_path, default_model_path):
+    import json
+
+    from liteinfer.config import DeviceConfig, save_config
+
+    cfg = DeviceConfig()
+    cfg.engine.n_ctx = 512
+    cfg.device = {"fingerprint": {"cpu": "Imaginary CPU 9000", "logical_cores": 64}}
+    path = tmp_path / "device_config.json"
+    save_config(cfg, path)
+    assert json.loads(path.read_text())["device"]["fingerprint"]["cpu"] == "Imaginary CPU 9000"
+    srv = ServerProcess("-m", str(default_model_path), "--config", str(path))
+    srv.stop()
+    out = srv.proc.stdout.read()
+    assert "planned for another machine" in out and "Imaginary CPU 9000" in out and "hw_profiler.py" in out

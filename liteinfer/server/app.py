@@ -213,6 +213,21 @@ def config_from_args(args) -> DeviceConfig:
     return config
 
 
+def _warn_if_stale(config: DeviceConfig, path: str | None) -> None:
+    """A device_config.json planned on another machine (or before a CPU/memory change) still
+    serves, but its thread counts and sizes are someone else's: say so, and how to fix it."""
+    if not path or not config.device.get("fingerprint"):
+        return
+    from liteinfer.hardware.planner import stale_fields
+    from liteinfer.hardware.probe import probe
+
+    changed = stale_fields(config, probe())
+    if changed:
+        logging.getLogger("liteinfer.server").warning(
+            "%s was planned for another machine (%s): run `python hw_profiler.py` to re-plan",
+            path, "; ".join(changed))
+
+
 def _lean_process() -> None:
     """Before any thread starts: numpy's OpenBLAS threads spin after each call (the controller's
     fit) and steal the cores llama.cpp's threads wait for at their barrier; glibc gives each
@@ -236,6 +251,7 @@ def serve_main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     resolve_llm(config.model)  # fail fast, one line, before binding the port
+    _warn_if_stale(config, args.config)
     keys = load_api_keys(args.api_key, args.api_key_file, config.server.api_keys)
     app = create_app(config, api_keys=keys)
     print(f"liteinfer serving {config.model} on http://{config.server.host}:{config.server.port}"
