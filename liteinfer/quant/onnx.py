@@ -8,8 +8,9 @@ Conv, and Gather over an embedding table. Types, smallest first:
   int8                              MatMul -> MatMulNBits 8-bit, Gather -> GatherBlockQuantized
                                     8-bit, Conv -> static QDQ int8 (per-channel weights,
                                     calibrated activations; ORT runs it as QLinearConv)
-  int8w                             Conv: int8 per-channel weights only (DequantizeLinear ->
-                                    float Conv): the size of int8 without activation rounding
+  int8w                             Conv: 8-bit per-channel weights only (DequantizeLinear ->
+                                    float Conv): the size of int8 without activation rounding;
+                                    GPTQ + bias correction with calibration data (conv_gptq.py)
   fp16                              weight stored in fp16, a Cast back to fp32 (file size only)
   fp32                              unchanged
 
@@ -217,7 +218,7 @@ class Quantizer:
     """Builds quantized models from plans; caches each (node, type)'s quantized weights."""
 
     def __init__(self, model, hessians: dict | None = None, calib_feeds: list[dict] | None = None,
-                 accuracy_level: int = ACCURACY_LEVEL):
+                 accuracy_level: int = ACCURACY_LEVEL, conv_stats: dict | None = None):
         from onnx import numpy_helper
 
         self.model = prepare_model(model)
@@ -225,9 +226,14 @@ class Quantizer:
         self.weights = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer
                         if i.name in {t.weight for t in self.targets.values()}}
         self.hessians = hessians or {}
+        self.conv_stats = conv_stats or {}  # weight name -> conv_gptq.ConvStats
+        self.biases = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer
+                       if i.name in {n.input[2] for n in self.model.graph.node
+                                     if n.name in self.targets and n.op_type == "Conv" and len(n.input) > 2}}
         self.calib_feeds = calib_feeds or []
         self.accuracy_level = accuracy_level
         self._cache: dict[tuple[str, str], blockwise.BlockQuant] = {}
+        self._conv_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="liteinfer-quant-")
         self._calib_cache = Path(self._tmp.name) / "calibration.json"
         self.method: dict[str, str] = {}
@@ -247,6 +253,33 @@ class Quantizer:
                 self._cache[key] = blockwise.quantize_rtn(w, bits, block)
                 self.method[t.node] = "rtn"
         return self._cache[key]
+
+    def conv_int8w(self, t: Target) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(int8/uint8 weights, scales, zero points, corrected bias or None) of an int8w Conv.
+
+        GPTQ + bias correction when the calibration statistics cover it, else symmetric RTN.
+        """
+        if t.node not in self._conv_cache:
+            from liteinfer.quant import conv_gptq
+
+            node = next(n for n in self.model.graph.node if n.name == t.node)
+            bias = self.biases.get(node.input[2]) if len(node.input) > 2 else None
+            if t.weight in self.conv_stats:
+                cq = conv_gptq.quantize_conv(self.weights[t.weight], bias, self.conv_stats[t.weight])
+                self._conv_cache[t.node] = (cq.q, cq.scale, cq.zero, cq.bias)
+                self.method[t.node] = "gptq+bias"
+            else:
+                qw, scale = conv_int8w(self.weights[t.weight])
+                self._conv_cache[t.node] = (qw, scale, np.zeros(len(scale), np.int8), None)
+                self.method[t.node] = "rtn"
+        return self._conv_cache[t.node]
+
+    def dequant_conv(self, t: Target) -> tuple[np.ndarray, np.ndarray | None]:
+        """(float weights, corrected bias or None) an int8w Conv computes with."""
+        q, scale, zero, bias = self.conv_int8w(t)
+        shape = (-1, *([1] * (q.ndim - 1)))
+        w = (q.astype(np.float32) - zero.reshape(shape).astype(np.float32)) * scale.reshape(shape)
+        return w.astype(np.float32), bias
 
     def build(self, plan: dict[str, str]):
         """A quantized ModelProto for {node: type}; nodes not in the plan stay fp32."""
@@ -275,10 +308,16 @@ class Quantizer:
                 replace[node_name] = [helper.make_node("Cast", [half], [cast_out], name=node_name + ".cast", to=1), node]
                 continue
             if t.op == "Conv" and qtype == "int8w":
-                qw, scale = conv_int8w(self.weights[t.weight])
+                qw, scale, zero, bias = self.conv_int8w(t)
                 names = [f"{t.weight}.q8", f"{t.weight}.scale", f"{t.weight}.zp"]
-                new_inits += list(zip(names, (qw, scale, np.zeros(len(scale), np.int8)), strict=True))
+                new_inits += list(zip(names, (qw, scale, zero), strict=True))
                 node.input[1] = t.weight + ".deq"
+                if bias is not None:  # the corrected bias replaces the FP32 one (dropped as unused)
+                    new_inits.append((f"{t.weight}.bias", bias))
+                    if len(node.input) > 2:
+                        node.input[2] = f"{t.weight}.bias"
+                    else:
+                        node.input.append(f"{t.weight}.bias")
                 replace[node_name] = [
                     helper.make_node("DequantizeLinear", names, [t.weight + ".deq"], name=node_name + ".dq", axis=0),
                     node,

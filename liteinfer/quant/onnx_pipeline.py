@@ -64,12 +64,14 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
                   calib_limit: int | None = None, accuracy_level: int = 4, gptq: bool = True,
                   progress: Callable[[str], None] | None = None, sensitivity: dict | None = None) -> OnnxQuantReport:
     from liteinfer.engines.onnx_meta import read_meta, write_meta
+    from liteinfer.quant.conv_gptq import collect_conv_stats
     from liteinfer.quant.onnx import (
         QTYPES,
         Quantizer,
         collect_hessians,
         find_targets,
         load_onnx,
+        prepare_model,
         save_model,
         weights_bytes,
     )
@@ -109,7 +111,14 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
         if progress:
             progress("collecting layer input statistics for GPTQ")
         hessians = collect_hessians(fp32, targets, fit.feeds)
-    q = Quantizer(fp32, hessians, fit.feeds if fit else None, accuracy_level=accuracy_level)
+    conv_stats = {}
+    if fit is not None and gptq and (mixed or qtype == "int8w") and any(t.op == "Conv" for t in targets):
+        if progress:
+            progress("collecting conv input patch statistics (GPTQ + bias correction)")
+        prepared = prepare_model(fp32)  # node names as the Quantizer sees them
+        convs = [(t.node, t.weight, t.shape) for t in find_targets(prepared) if t.op == "Conv"]
+        conv_stats = collect_conv_stats(prepared, convs, fit.feeds)
+    q = Quantizer(fp32, hessians, fit.feeds if fit else None, accuracy_level=accuracy_level, conv_stats=conv_stats)
     if not q.targets:
         raise LiteInferError(f"{src}: no MatMul/Gemm/Conv/Gather weights to quantize")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from liteinfer.errors import LiteInferError
-from liteinfer.quant.onnx import Quantizer, Target, conv_int8w, type_bytes, weights_bytes
+from liteinfer.quant.onnx import Quantizer, Target, type_bytes, weights_bytes
 
 LOSSLESS = ("fp16", "fp32")  # not measured: their loss is ~0 by construction
 
@@ -103,16 +103,21 @@ def measure_sensitivity(q: Quantizer, scorer: Scorer, types: list[str],
     sens: dict[str, dict[str, float]] = {}
     todo = [(t, qt) for t in q.targets.values() for qt in t.choices if qt in types and qt not in LOSSLESS]
     fake = [(t, qt) for t, qt in todo if _weight_only(t, qt)]
-    session = _overridable_session(q, {t.weight for t, _ in fake}, scorer.threads) if fake else None
+    conv_bias = {n.name: n.input[2] for n in q.model.graph.node if n.op_type == "Conv" and len(n.input) > 2}
+    overridable = {t.weight for t, _ in fake} | {conv_bias[t.node] for t, _ in fake if t.node in conv_bias}
+    session = _overridable_session(q, overridable, scorer.threads) if fake else None
     for i, (t, qt) in enumerate(todo):
         if _weight_only(t, qt):
-            if t.op == "Conv":
-                qw, scale = conv_int8w(q.weights[t.weight])
-                w = qw.astype(np.float32) * scale.reshape(-1, *([1] * (qw.ndim - 1)))
+            over = {}
+            if t.op == "Conv":  # int8w: GPTQ weights and the corrected bias when calibrated
+                w, bias = q.dequant_conv(t)
+                if bias is not None and t.node in conv_bias:
+                    over[conv_bias[t.node]] = bias
             else:
                 w = q.block_quant(t, qt).dequant()
                 w = np.ascontiguousarray(w.T) if t.op == "Gather" else w
-            out = np.concatenate([session.run([scorer.output], {**f, t.weight: w})[0] for f in scorer.feeds])
+            over[t.weight] = w
+            out = np.concatenate([session.run([scorer.output], {**f, **over})[0] for f in scorer.feeds])
         else:
             out = scorer.run(q.build({t.node: qt}))
         sens.setdefault(t.node, {})[qt] = scorer.loss(out)
