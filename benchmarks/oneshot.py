@@ -13,6 +13,8 @@ What runs, all in this one invocation, over the same model file and the same tex
            client with raw HTTP/1.1 keep-alive connections (asyncio, base64 embeddings like
            the openai client) at concurrency 1 / 8 / 32. Each point is measured in --rounds
            slices with the settings interleaved; requests finishing in a warmup don't count.
+  naive    the common deployment as a peer: ONNX Runtime behind FastAPI, one session.run per
+           request in FastAPI's thread pool (benchmarks/naive_embed_server.py), same model
 Prints inferences/s, p50/p95 latency and mean batch per setting and concurrency, the ratios
 behind the targets (adaptive within 5% of the best fixed setting; >= 3x no batching at 32
 clients) and the server's RSS (target <= 200 MB with the quantized model).
@@ -128,14 +130,20 @@ def _q(values: list[float], q: float) -> float:
 
 
 class Server:
-    def __init__(self, model: Path, settings: OneShotSettings, port: int):
-        cfg = DeviceConfig(embedding_model=str(model), oneshot=settings)
-        self.cfg_path = Path(tempfile.mkdtemp(prefix="liteinfer-bench-")) / "config.json"
-        save_config(cfg, self.cfg_path)
+    def __init__(self, model: Path, settings: OneShotSettings | None, port: int):
+        """liteinfer's one-shot server with `settings`; None = the naive peer (one session.run
+        per request in FastAPI's thread pool: benchmarks/naive_embed_server.py)."""
         self.port = port
-        self.proc = subprocess.Popen([sys.executable, "-m", "liteinfer.server.oneshot_routes", "--config",
-                                      str(self.cfg_path), "--port", str(port)], cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if settings is None:
+            cmd = [sys.executable, str(ROOT / "benchmarks/naive_embed_server.py"), str(model), "--port", str(port)]
+        else:
+            cfg = DeviceConfig(embedding_model=str(model), oneshot=settings)
+            cfg_path = Path(tempfile.mkdtemp(prefix="liteinfer-bench-")) / "config.json"
+            save_config(cfg, cfg_path)
+            cmd = [sys.executable, "-m", "liteinfer.server.oneshot_routes", "--config", str(cfg_path), "--port",
+                   str(port)]
+        self.naive = settings is None
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -150,6 +158,8 @@ class Server:
     def get(self, path: str) -> dict:
         import http.client
 
+        if self.naive and path == "/v1/oneshot/stats":  # it batches nothing: one item per call
+            return {"embedding": {"batches": 0, "items": 0}}
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         c.request("GET", path)
         return json.loads(c.getresponse().read())
@@ -243,6 +253,7 @@ def main() -> int:
     ap.add_argument("--target-p95-ms", type=float, default=200.0)
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: usable cores)")
     ap.add_argument("--quick", action="store_true", help="2 s points, fewer fixed settings")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive per-request ORT + FastAPI peer")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
     if args.quick:
@@ -272,6 +283,8 @@ def main() -> int:
                  for n, d in fixed]
     settings.append(("adaptive", OneShotSettings(max_batch=32, max_delay_ms=2.0, adaptive=True,
                                                  target_p95_ms=args.target_p95_ms, **th)))
+    if not args.no_naive:
+        settings.append(("naive ORT+FastAPI", None))
     bodies = [json.dumps({"input": t, "encoding_format": "base64"}).encode() for t in texts]
     # All servers up at once (idle ones cost no CPU); each concurrency level is measured in
     # `rounds` short slices per setting, in rotating order, so a burst of outside load hits
@@ -336,6 +349,11 @@ def main() -> int:
         print(line)
         per = results["http"]
         best_cpu = max(v[c]["per_cpu_s"] for n, v in per.items() if n.startswith("fixed"))
+        if "naive ORT+FastAPI" in results["http"]:
+            naive = results["http"]["naive ORT+FastAPI"][c]
+            print(f"      adaptive / naive ORT+FastAPI (one session.run per request, concurrent) = "
+                  f"{adaptive / max(naive['rate'], 1e-9):.2f}x; p95 {naive['p95']:.0f} ms vs "
+                  f"{results['http']['adaptive'][c]['p95']:.0f} ms")
         print(f"      per CPU-second: adaptive / best fixed = {per['adaptive'][c]['per_cpu_s'] / best_cpu:.3f}; "
               f"adaptive / no batching = {per['adaptive'][c]['per_cpu_s'] / per['no batching'][c]['per_cpu_s']:.2f}x")
     if rss:

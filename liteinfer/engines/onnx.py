@@ -42,6 +42,9 @@ def open_session(path: str | Path, settings: OneShotSettings | None = None):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # ORT warnings about unused initializers are not the user's business
+    # ORT's pool threads spin after each run; in a server the next run waits for the HTTP
+    # layer, which those spinning threads starve on a small machine
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises Fail / InvalidGraph / InvalidProtobuf on bad files
