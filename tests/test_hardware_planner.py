@@ -33,8 +33,8 @@ def test_x86_vm_plan():
     assert e.n_threads == e.n_threads_batch == 2
     assert s.max_batch == 32  # knee at 16 (380 is within 5% of 400), one doubling of headroom
     assert e.n_seq_max >= s.max_batch and e.n_batch >= s.prefill_chunk + s.max_batch
-    assert (e.type_k, e.type_v, e.flash_attn) == ("f16", "f16", None)
-    assert e.n_ctx == 16384  # 32 sequences x 512 cells
+    assert (e.type_k, e.type_v, e.flash_attn) == ("q8_0", "q8_0", True)  # half of f16's KV memory
+    assert e.n_ctx == 8192  # 32 sequences x 256 cells
     assert e.use_mmap and not e.use_mlock  # RLIMIT_MEMLOCK is 8 MB here
     assert e.use_extra_bufts is None  # no AMX on this EPYC
     assert s.prefill_chunk == 64 and s.target_itl_ms == 200.0

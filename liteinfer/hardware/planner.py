@@ -174,22 +174,19 @@ def plan(p: Probe, entry: DeviceEntry | None = None, measurements: dict[str, Any
     if weights and weights > budget:
         reasons.append(f"memory: the model ({weights} MB) exceeds the budget ({budget} MB): it will page from disk")
     n_ctx_train = m.get("n_ctx_train") or 8192
-    # One full-length sequence, or 512 cells for each sequence of a full batch (the cache is
-    # shared: most requests are short), whichever is more.
-    want = min(MAX_N_CTX, max(min(n_ctx_train, 4096), max_batch * 512))
+    # One full-length sequence, or 256 cells for each sequence of a full batch (the cache is
+    # shared and most requests are short; a full cache preempts, it does not fail), whichever is more.
+    want = min(MAX_N_CTX, max(min(n_ctx_train, 4096), max_batch * 256))
     if kv_tok and left > 0:
+        # q8_0 K/V always: half of f16's memory for the same cells (the service RSS is the
+        # product's promise) at a decode speed within run-to-run noise on the machines measured
         kv_budget = left * KV_FRACTION * MB
-        fit_f16 = kv_budget / kv_tok
-        if fit_f16 >= want:
-            eng.type_k = eng.type_v = "f16"
-            n_ctx = want
-            reasons.append(f"kv: f16, n_ctx={want} ({want * kv_tok / MB:.0f} MB of a {kv_budget / MB:.0f} MB KV budget)")
-        else:
-            fit_q8 = kv_budget / (kv_tok * 8.5 / 16)  # q8_0 = 8.5 bits per value vs 16
-            eng.type_k = eng.type_v = "q8_0"
-            eng.flash_attn = True  # llama.cpp needs flash attention for a quantized V cache
-            n_ctx = int(min(want, fit_q8))
-            reasons.append(f"kv: q8_0 + flash attention, n_ctx={n_ctx}: f16 would fit only {int(fit_f16)} tokens")
+        fit_q8 = kv_budget / (kv_tok * 8.5 / 16)  # q8_0 = 8.5 bits per value vs 16
+        eng.type_k = eng.type_v = "q8_0"
+        eng.flash_attn = True  # llama.cpp needs flash attention for a quantized V cache
+        n_ctx = int(min(want, fit_q8))
+        reasons.append(f"kv: q8_0 + flash attention, n_ctx={n_ctx} ({n_ctx * kv_tok * 8.5 / 16 / MB:.0f} MB; "
+                       f"{int(fit_q8)} cells would fit the {kv_budget / MB:.0f} MB KV budget)")
         eng.n_ctx = max(512, _round_down(n_ctx, 256))
     elif entry is not None:
         eng.n_ctx = entry.recommended.n_ctx
