@@ -47,6 +47,11 @@ def test_enet_quantize_load_run(enet_and_calib, qtype, max_ratio, capsys):
     assert out.stat().st_size < src.stat().st_size * max_ratio
     fp32, quant = load_model(src), load_model(out)
     assert quant.meta.quantization["plan"] and quant.labels == fp32.labels
+    methods = quant.meta.quantization["methods"]
+    if qtype == "int8w":  # calibrated: GPTQ over im2col patches + bias correction on every conv
+        assert {m for n, m in methods.items() if "Conv" in n} == {"gptq+bias"}
+    if qtype == "int4-b32":  # the classifier is a Gemm: GPTQ must reach it through the rewrite
+        assert [m for n, m in methods.items() if "Gemm" in n] == ["gptq"]
     for name in ("coffee", "rocket"):
         img = getattr(data, name)()
         assert quant.classify([img])[0][0].index == fp32.classify([img])[0][0].index

@@ -101,7 +101,9 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
     model = fit = check = sens = output = None
     if calib is not None:
         model, fit, check, sens, output = _calib_sets(src, calib, calib_limit)
-    targets = find_targets(fp32)
+    # targets of the prepared graph: a Gemm is a MatMul target (and gets GPTQ) only after the rewrite
+    prepared = prepare_model(fp32)
+    targets = find_targets(prepared)
     need_calib = qtype == "int8" and any(t.op == "Conv" for t in targets)
     if need_calib and fit is None:
         raise LiteInferError("int8 convolutions are calibrated (static QDQ): give --calib DATA")
@@ -110,13 +112,12 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
     if fit is not None and gptq and (mixed or (qtype or "").startswith("int4")):
         if progress:
             progress("collecting layer input statistics for GPTQ")
-        hessians = collect_hessians(fp32, targets, fit.feeds)
+        hessians = collect_hessians(prepared, targets, fit.feeds)
     conv_stats = {}
     if fit is not None and gptq and (mixed or qtype == "int8w") and any(t.op == "Conv" for t in targets):
         if progress:
             progress("collecting conv input patch statistics (GPTQ + bias correction)")
-        prepared = prepare_model(fp32)  # node names as the Quantizer sees them
-        convs = [(t.node, t.weight, t.shape) for t in find_targets(prepared) if t.op == "Conv"]
+        convs = [(t.node, t.weight, t.shape) for t in targets if t.op == "Conv"]
         conv_stats = collect_conv_stats(prepared, convs, fit.feeds)
     q = Quantizer(fp32, hessians, fit.feeds if fit else None, accuracy_level=accuracy_level, conv_stats=conv_stats)
     if not q.targets:
