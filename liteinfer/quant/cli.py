@@ -35,6 +35,8 @@ def add_gguf_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-windows", type=int, default=16, help="calibration windows for the imatrix")
     g.add_argument("--gptq", action="store_true",
                    help="GPTQ error-compensating rounding on llama.cpp's grid (needs --calib)")
+    g.add_argument("--awq", action="store_true",
+                   help="AWQ-style activation-aware scales folded into the norms first (needs --calib)")
     g.add_argument("--threads", type=int, default=None)
 
 
@@ -60,8 +62,10 @@ def gguf_main(args: argparse.Namespace) -> int:
 
             src = convert_hf(src, Path(tmp) / "source-f32.gguf", progress=False)
         src_tensors = q.read_tensors(src)  # truncated / not GGUF: one-line error
-        q.warn_requantize(src_tensors)
         show = sys.stderr.isatty()
+        if args.awq:  # the folded F32 model becomes the source of everything below
+            src = _awq(args, src, Path(tmp), show)
+        q.warn_requantize(src_tensors)
         if args.gptq and not args.calib:
             raise LiteInferError("--gptq needs calibration text: --calib FILE")
         if args.mixed or args.recipe:
@@ -80,6 +84,35 @@ def gguf_main(args: argparse.Namespace) -> int:
     print(f"wrote {dst} ({size / 1e6:.2f} MB, {q.model_bpw(tensors):.3f} bits per weight, "
           f"1/{ratio:.2f} of the input's tensor bytes)")
     return 0
+
+
+def _awq(args, src: Path, work: Path, show: bool) -> Path:
+    """Scales searched for the target types on --calib activations, folded into work/awq-f32.gguf."""
+    from liteinfer.quant import awq
+    from liteinfer.quant.imatrix import load_imatrix, save_imatrix
+    from liteinfer.quant.mixed import calibrate
+
+    if not args.calib:
+        raise LiteInferError("--awq needs calibration text: --calib FILE")
+    names = [t.name for t in awq.check_source(src).tensors]  # llama, float weights: before any work
+    cal = calibrate(src, args.calib, args.ctx, args.calib_windows, progress=show, hessians=True)
+    imat = load_imatrix(args.imatrix) if args.imatrix else cal.imatrix
+    if args.recipe:
+        from liteinfer.quant.recipe import load_recipe
+
+        types = {n: t.type for n, t in load_recipe(args.recipe).tensors.items()}
+    elif args.mixed:  # the plan is not known yet: scale for the 4-bit grid it mostly picks
+        types = dict.fromkeys(names, "q4_k")
+    else:
+        types = awq.target_types(src, args.type or "q4_k_m", imat, work, args.threads)
+    out = work / "awq-f32.gguf"
+    scales, results = awq.awq_model(src, out, cal.hessians, types, imat, progress=show)
+    print(awq.summary(results))
+    if args.imatrix:  # the given matrix describes the unscaled inputs: x / s now
+        scaled = awq.scale_imatrix(imat, scales)
+        args.imatrix = str(work / "awq-imatrix.gguf")
+        save_imatrix(args.imatrix, scaled, dict.fromkeys(scaled, 1), "awq-scaled", 1, 1)
+    return out
 
 
 def _imatrix(args, src: Path, show: bool):
