@@ -8,7 +8,9 @@ calibration; KLD = mean KL(reference || candidate) per token, top-1 = argmax agr
       (q4_0 plain, and q3_k_m/q4_k_m/iq4_xs/q5_k_m/q6_k with an importance matrix) against
       liteinfer's sensitivity-driven mixed plans at several budgets. "vs curve" compares a
       row's KLD with llama.cpp's imatrix size-to-KLD curve (q3_k_m..q6_k, log-KLD linearly
-      interpolated at the row's bits per weight); the target is <= -20%.
+      interpolated at the row's bits per weight); the target is <= -20%. "+AWQ" rows: the
+      same type after AWQ-style scales folded into the norms (liteinfer/quant/awq.py);
+      `--only tiny-awq` runs just those rows and their baselines.
   SmolLM2-135M: the reference is its shipped Q4_1 weights (no FP32 copy ships), so every row
       is a requantization; its 576-wide rows are not multiples of 256, so llama.cpp swaps
       k-quants for legacy types (grid-alignment caveat: the numbers say little about k-quants).
@@ -60,6 +62,8 @@ class LLMCase:
     mixed_bpw: tuple = (4.5, 32 / 6)  # plain rounding: the allocation's own gain
     mixed_gptq_bpw: tuple = (4.0, 4.5, 5.0, 32 / 6)
     method: str = "auto"
+    # AWQ-style scales folded into the norms first (F32/F16 sources only): type[+im][+gptq]
+    awq: tuple = ("q4_0", "q4_0+im", "q3_k_m+im", "q4_k_m+im", "q4_k_m+im+gptq")
 
 
 def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
@@ -82,7 +86,8 @@ def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
              "seconds": time.time() - t0}]
     say(f"[{case.name}] reference ppl {ref.ppl:.3f} on {ref.tokens} held-out tokens ({time.time() - t0:.0f}s)")
     cal = calibrate(case.ref, case.calib, case.ctx, case.calib_windows, hessians=bool(case.gptq_uniform
-                                                                                    or case.mixed_gptq_bpw))
+                                                                                    or case.mixed_gptq_bpw
+                                                                                    or case.awq))
     say(f"[{case.name}] calibration: {cal.info.windows} windows, {cal.info.tokens} tokens")
 
     def add(variant: str, path: Path, seconds: float, extra: dict | None = None) -> None:
@@ -111,6 +116,14 @@ def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
         add(f"llama.cpp {qtype} +imatrix +GPTQ", out, time.time() - t, {"kind": "gptq"})
         out.unlink()
 
+    for u in case.awq:
+        t = time.time()
+        qtype, flags = u.split("+")[0], set(u.split("+")[1:])
+        out = awq_variant(case, cal, qtype, "im" in flags, "gptq" in flags, tmp)
+        add(f"llama.cpp {qtype}{' +imatrix' if 'im' in flags else ''}{' +GPTQ' if 'gptq' in flags else ''} +AWQ",
+            out, time.time() - t, {"kind": "awq"})
+        out.unlink()
+
     for gptq, budgets in ((False, case.mixed_bpw), (True, case.mixed_gptq_bpw)):
         if not budgets:
             continue
@@ -132,6 +145,21 @@ def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
             out.unlink()
     _curve(rows)
     return rows
+
+
+def awq_variant(case: LLMCase, cal, qtype: str, use_im: bool, gptq: bool, tmp: Path) -> Path:
+    """AWQ scales searched for qtype's tensor types, folded, then calibrated and quantized again."""
+    from liteinfer.quant.awq import awq_model, summary, target_types
+    from liteinfer.quant.mixed import calibrate, quantize_refined
+
+    im = cal.imatrix if use_im else None
+    folded, out = tmp / f"{case.name}-awq-f32.gguf", tmp / f"{case.name}-{qtype}-awq.gguf"
+    _, results = awq_model(case.ref, folded, cal.hessians, target_types(case.ref, qtype, im, tmp), im)
+    say(f"[{case.name}] {qtype}{' +im' if use_im else ''}: {summary(results)}")
+    cal2 = calibrate(folded, case.calib, case.ctx, case.calib_windows, hessians=gptq)  # the folded model's imatrix
+    quantize_refined(folded, out, qtype, cal2.imatrix if use_im else None, None, cal2 if gptq else None)
+    folded.unlink()
+    return out
 
 
 def _curve(rows: list[dict]) -> None:
@@ -190,6 +218,18 @@ def tiny_case(quick: bool) -> LLMCase | None:
     if quick:
         case.max_tokens, case.calib_windows, case.mixed_bpw, case.mixed_gptq_bpw = 2048, 4, (4.5,), (4.5,)
         case.uniform, case.gptq_uniform = ("q4_0", "q4_k_m+im", "q6_k+im"), ("q4_k_m",)
+        case.awq = ("q4_k_m+im",)
+    return case
+
+
+def tiny_awq_case(quick: bool) -> LLMCase | None:
+    """The AWQ step alone: each +AWQ row next to the same type without it (and the imatrix curve)."""
+    case = tiny_case(quick)
+    if case and not quick:
+        case.uniform = ("q4_0", "q4_0+im", "q3_k_m+im", "q4_k_m+im", "q5_k_m+im", "q6_k+im")
+        case.gptq_uniform, case.mixed_bpw, case.mixed_gptq_bpw = ("q4_k_m",), (), ()
+    elif case:
+        case.mixed_bpw, case.mixed_gptq_bpw = (), ()
     return case
 
 
@@ -214,7 +254,8 @@ def smollm_case(quick: bool) -> LLMCase | None:
     case = LLMCase("smollm2", resolve_llm("smollm2-135m"), tiny / "calib.txt", tiny / "heldout.txt",
                    "shipped Q4_1 weights, not FP32", max_tokens=4096, calib_windows=8,
                    uniform=("q4_0+im", "q3_k_m+im", "q4_k_m+im", "q5_k_m+im", "q6_k+im"),
-                   gptq_uniform=("q4_0",), mixed_bpw=(6.2,), mixed_gptq_bpw=(), method="proxy")
+                   gptq_uniform=("q4_0",), mixed_bpw=(6.2,), mixed_gptq_bpw=(), method="proxy",
+                   awq=())  # AWQ needs a float source; this one ships as Q4_1
     if quick:
         case.max_tokens, case.calib_windows, case.uniform, case.gptq_uniform = 1024, 2, ("q4_k_m+im",), ()
     return case
@@ -244,6 +285,7 @@ def _onnx_format(rows: list[dict]) -> str:
 
 SECTIONS: dict[str, Section] = {
     "tiny": ("LLM: tiny FP32 LM (examples/tiny_lm)", _llm_section(tiny_case), format_llm),
+    "tiny-awq": ("LLM: tiny FP32 LM, the AWQ step alone", _llm_section(tiny_awq_case), format_llm),
     "smollm": ("LLM: SmolLM2-135M (reference: shipped Q4_1; requantization)", _llm_section(smollm_case), format_llm),
     "onnx": ("One-shot models (ONNX Runtime)", _onnx_rows, _onnx_format),
 }
@@ -253,7 +295,7 @@ def reprint(path: Path) -> None:
     """Print the tables again from a --json file (e.g. after a formatting change)."""
     data = json.loads(path.read_text())
     for key, rows in data.items():
-        if rows and key in ("tiny", "smollm"):
+        if rows and key in ("tiny", "tiny-awq", "smollm"):
             for r in rows:
                 r.pop("vs_curve", None)
             _curve(rows)
