@@ -77,7 +77,7 @@ def _cache_dir() -> Path:
 
 def _key(path: Path) -> str:
     st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:v4".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:v6".encode()).hexdigest()[:16]
 
 
 def prepare(src: str | os.PathLike) -> tuple[Path, Path] | None:
@@ -95,6 +95,25 @@ def prepare(src: str | os.PathLike) -> tuple[Path, Path] | None:
         if done.returncode != 0:
             raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "split failed")
     raise OSError(f"split of {src} did not reach the cache {folder}")
+
+
+def _fuse_qkv(entries: list, offsets: dict[str, np.ndarray]) -> list:
+    """One blk.N.attn_qkv tensor (rows of q, k, v stacked) where all three were split: llama.cpp
+    runs it as one matmul plus one offset term instead of three of each (fewer graph nodes:
+    each costs a thread barrier, which is most of a one-sequence step)."""
+    by_name = {name: (data, ttype) for name, data, ttype in entries}
+    bases = {n.removesuffix(".attn_q.weight") for n in offsets if n.endswith(".attn_q.weight")}
+    fused = {b for b in bases if all(f"{b}.attn_{x}.weight" in offsets for x in "kv")}
+    out = []
+    for name, data, ttype in entries:
+        base, _, part = name.rpartition(".attn_")
+        if base not in fused or part not in ("q.weight", "k.weight", "v.weight"):
+            out.append((name, data, ttype))
+        elif part == "q.weight":  # the fused tensor takes attn_q's place
+            parts = [f"{base}.attn_{x}.weight" for x in "qkv"]
+            out.append((f"{base}.attn_qkv.weight", np.concatenate([by_name[p][0] for p in parts]), ttype))
+            offsets[f"{base}.attn_qkv.weight"] = np.concatenate([offsets.pop(p) for p in parts])
+    return out
 
 
 def split_model(src: str | os.PathLike, cache: Path | None = None) -> tuple[Path, Path]:
@@ -118,7 +137,7 @@ def split_model(src: str | os.PathLike, cache: Path | None = None) -> tuple[Path
                 continue
             sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
             w.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
-        datas = []
+        entries: list[tuple[str, np.ndarray, object]] = []  # (name, data, type) in file order
         for t in reader.tensors:
             data, ttype = t.data, t.tensor_type
             if _splittable(t):
@@ -127,12 +146,15 @@ def split_model(src: str | os.PathLike, cache: Path | None = None) -> tuple[Path
                 data = q4_0.reshape(n_out, -1)
                 ttype = gguf.GGMLQuantizationType.Q4_0
                 offsets[t.name] = c.reshape(n_out, n_in // QK)
-            w.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes, ttype)
-            datas.append(data)
+            entries.append((t.name, data, ttype))
+        if arch == "llama":
+            entries = _fuse_qkv(entries, offsets)
+        for name, data, ttype in entries:
+            w.add_tensor_info(name, data.shape, data.dtype, data.nbytes, ttype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for data in datas:
+        for _, data, _ in entries:
             w.write_tensor_data(data)
         w.close()
 
