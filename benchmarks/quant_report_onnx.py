@@ -126,28 +126,34 @@ def efficientnet_rows(tmp: Path, quick: bool, say) -> list[dict]:
     calib, ev = tmp / "enet-calib.npz", tmp / "enet-eval.npz"
     np.savez(calib, images=skimage_crops(64 if quick else 128, seed=1))
     np.savez(ev, images=skimage_crops(n_eval, seed=2))
+    quarter = fp32.stat().st_size / 4e6
+    mixed_types = ["int4-b32", "int8", "int8w", "fp16"]
     variants = [
         ("int8 static QDQ convs + int8 FC", dict(qtype="int8", calib=calib)),
-        ("int8 weight-only convs + int8 FC", dict(qtype="int8w", calib=calib)),
+        ("int8w convs (GPTQ+bias) + int8 FC", dict(qtype="int8w", calib=calib)),
         ("int8 static convs + int4-b32 FC", dict(qtype="int4-b32", calib=calib)),
-        ("mixed --min-accuracy 0.98", dict(mixed=True, min_accuracy=0.98, calib=calib)),
-        ("mixed --max-size FP32/4", dict(mixed=True, max_size_mb=fp32.stat().st_size / 4e6, calib=calib)),
+        # the only plan of these two types: every conv int8w, the classifier int4-b32 (GPTQ)
+        ("int8w convs + int4-b32 FC", dict(mixed=True, max_size_mb=quarter, calib=calib,
+                                            types=["int4-b32", "int8w"])),
+        ("mixed --min-accuracy 0.98", dict(mixed=True, min_accuracy=0.98, calib=calib, types=mixed_types)),
+        ("mixed --max-size FP32/4", dict(mixed=True, max_size_mb=quarter, calib=calib, types=mixed_types)),
     ]
     if quick:
-        variants = [variants[0], variants[3]]
+        variants = [variants[1], variants[4]]
     rows = []
-    sens = None  # the mixed variants share one sensitivity measurement
+    sens = None  # the default-type mixed variants share one sensitivity measurement
     for name, kw in variants:
         out = tmp / f"enet-{len(rows)}.onnx"
         say(f"EfficientNet-Lite0 {name} ...")
-        if kw.get("mixed"):
-            kw.update(sensitivity=sens, types=["int4-b32", "int8", "int8w", "fp16"])
+        if kw.get("types") == mixed_types:
+            kw.update(sensitivity=sens)
         try:
             q = _quantize(fp32, out, **kw)
         except LiteInferError as e:  # e.g. FP32/4: no plan's file fits (QDQ graph overhead)
             say(f"EfficientNet-Lite0 {name}: not reachable: {e}")
             continue
-        sens = q["sensitivity"] or sens
+        if kw.get("types") == mixed_types:
+            sens = q["sensitivity"] or sens
         m = evaluate(out, ev, fp32)
         ok = m["top1_agreement"] >= 0.98 and m["size_ratio"] <= 1 / 4
         rows.append(_row("EfficientNet-Lite0", name, fp32, out, {

@@ -62,3 +62,26 @@ def test_int8_convs_need_calibration(enet_and_calib, capsys):
     out = tmp / "nocalib.onnx"
     assert main(["quantize", str(src), str(out), "--type", "int8"]) == 1
     assert "calib" in capsys.readouterr().err and not out.exists()
+
+
+def test_enet_mixed_reaches_quarter_size(enet_and_calib, capsys):
+    """--mixed --max-size FP32/4: int8w convs (GPTQ + bias) and an int4 classifier fit in 1/4."""
+    data = pytest.importorskip("skimage.data")
+    from liteinfer.engines.onnx import load_model
+
+    src, calib, tmp = enet_and_calib
+    out = tmp / "mixed-quarter.onnx"
+    quarter = src.stat().st_size / 4e6
+    rc = main(["quantize", str(src), str(out), "--mixed", "--max-size", f"{quarter:.3f}", "--calib", str(calib),
+               "--types", "int4-b32,int8w,fp16"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert out.stat().st_size <= src.stat().st_size / 4
+    assert "plan:" in printed.out and "int8w" in printed.out  # the plan is printed
+    plan = load_model(out).meta.quantization["plan"]
+    assert [q for n, q in plan.items() if "Gemm" in n] == ["int4-b32"]
+    assert sum(q == "int8w" for q in plan.values()) >= 40
+    fp32, quant = load_model(src), load_model(out)
+    for name in ("coffee", "rocket"):
+        img = getattr(data, name)()
+        assert quant.classify([img])[0][0].index == fp32.classify([img])[0][0].index
