@@ -41,6 +41,7 @@ class Meter:
         self._t0 = 0.0
         self._e0 = 0.0
         self._joules = 0.0
+        self._t_last = 0.0  # time of the last sample (sampled meters)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -57,17 +58,23 @@ class Meter:
             return
         self._joules = 0.0
         self._stop.clear()
-        self._thread = threading.Thread(target=self._sample_loop, name=f"meter-{self.name}", daemon=True)
+        # the first sample is taken here, not on the thread: a loaded machine may start the
+        # thread late, and energy before its first sample would be missing from the span
+        first = (self._t0, self._power_w())
+        self._t_last = self._t0
+        self._thread = threading.Thread(target=self._sample_loop, args=(first,), name=f"meter-{self.name}",
+                                        daemon=True)
         self._thread.start()
 
-    def _sample_loop(self) -> None:
+    def _sample_loop(self, first: tuple[float, float]) -> None:
         # Trapezoids between samples: exact for constant power, good for slow-changing power.
-        t_prev, p_prev = self._clock(), self._power_w()
+        t_prev, p_prev = first
         while True:
             stopped = self._stop.wait(self.interval_s)
             t, p = self._clock(), self._power_w()
             self._joules += (p + p_prev) / 2 * (t - t_prev)
             t_prev, p_prev = t, p
+            self._t_last = t
             if stopped:
                 return
 
@@ -81,9 +88,9 @@ class Meter:
             self._stop.set()
             if self._thread is not None:
                 self._thread.join()
-            joules = self._joules
-        else:
-            joules = self._energy_j() - self._e0
+            # the integrated span: start() to the last sample, taken after the stop signal
+            return Reading(joules=max(0.0, self._joules), seconds=self._t_last - self._t0)
+        joules = self._energy_j() - self._e0
         return Reading(joules=max(0.0, joules), seconds=self._clock() - self._t0)
 
 
