@@ -18,13 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from liteinfer.catalog import resolve_llm  # noqa: E402
 from liteinfer.config import EngineSettings  # noqa: E402
 from liteinfer.engines.llama import LlamaEngine, SamplingParams  # noqa: E402
+from liteinfer.evaluate.llm import kld_top1  # noqa: E402
 
 
 def step_ms(engine: LlamaEngine, batch: int, steps: int = 24) -> float:
@@ -41,14 +40,6 @@ def step_ms(engine: LlamaEngine, batch: int, steps: int = 24) -> float:
     for s in seqs:
         engine.release(s, keep_prefix=False)
     return 1000 * dt
-
-
-def kld_top1(ref: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    lp = ref - ref.max(1, keepdims=True)
-    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
-    lq = other - other.max(1, keepdims=True)
-    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
-    return float((np.exp(lp) * (lp - lq)).sum(1).mean()), float((ref.argmax(1) == other.argmax(1)).mean())
 
 
 def main() -> int:

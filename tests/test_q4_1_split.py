@@ -22,19 +22,11 @@ def test_split_blocks_reconstruct_q4_1_exactly():
     assert np.abs(dequantize(q4_0.reshape(8, -1), T.Q4_0) - want).max() > 0.01
 
 
-def _kld_top1(p_logits: np.ndarray, q_logits: np.ndarray) -> tuple[float, float]:
-    lp = p_logits - p_logits.max(1, keepdims=True)
-    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
-    lq = q_logits - q_logits.max(1, keepdims=True)
-    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
-    kld = float((np.exp(lp) * (lp - lq)).sum(1).mean())
-    return kld, float((p_logits.argmax(1) == q_logits.argmax(1)).mean())
-
-
 def test_split_engine_matches_q4_1(default_model_path, engine, tmp_path, monkeypatch):
     from liteinfer.config import EngineSettings
     from liteinfer.engines.llama import LlamaEngine
     from liteinfer.engines.q4_1_split import needs_split, split_model
+    from liteinfer.evaluate.llm import kld_top1
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     text = open("/usr/share/games/fortunes/fortunes", encoding="utf-8", errors="replace").read()[:4000]
@@ -44,7 +36,7 @@ def test_split_engine_matches_q4_1(default_model_path, engine, tmp_path, monkeyp
     split = LlamaEngine(default_model_path, EngineSettings(n_ctx=1024, n_seq_max=4, split_q4_1=True))
     try:
         assert split.q4_1_split and not engine.q4_1_split
-        kld, top1 = _kld_top1(native, split.logits(tokens))
+        kld, top1 = kld_top1(native, split.logits(tokens))
         # the split model's own numbers differ only by activation rounding; measured here
         # KLD 0.0027 against an exact F32 computation vs 0.0024 for llama.cpp's Q4_1 path
         assert kld < 0.02 and top1 > 0.9, (kld, top1)

@@ -66,6 +66,15 @@ def log_softmax(x):
     return (x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))).astype(np.float32)
 
 
+def kld_top1(ref_logits, logits) -> tuple[float, float]:
+    """Mean KL(ref || model) and top-1 agreement of two [tokens, vocab] logit arrays."""
+    import numpy as np
+
+    lp, lq = log_softmax(ref_logits), log_softmax(logits)
+    kld = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+    return kld, float((ref_logits.argmax(-1) == logits.argmax(-1)).mean())
+
+
 def window_logprobs(engine, window: list[int], score_from: int):
     """log p(next token) rows for positions score_from-1 .. len-2 (predicting score_from .. len-1)."""
     logits = engine.logits(window, chunk=len(window))
