@@ -65,7 +65,8 @@ def test_int8_convs_need_calibration(enet_and_calib, capsys):
 
 
 def test_enet_mixed_reaches_quarter_size(enet_and_calib, capsys):
-    """--mixed --max-size FP32/4: int8w convs (GPTQ + bias) and an int4 classifier fit in 1/4."""
+    """--mixed --max-size FP32/4: int8w convs (GPTQ + bias) and an int4 classifier fit in 1/4;
+    a floor the held-out crops cannot resolve is warned about."""
     data = pytest.importorskip("skimage.data")
     from liteinfer.engines.onnx import load_model
 
@@ -73,9 +74,11 @@ def test_enet_mixed_reaches_quarter_size(enet_and_calib, capsys):
     out = tmp / "mixed-quarter.onnx"
     quarter = src.stat().st_size / 4e6
     rc = main(["quantize", str(src), str(out), "--mixed", "--max-size", f"{quarter:.3f}", "--calib", str(calib),
-               "--types", "int4-b32,int8w,fp16"])
+               "--types", "int4-b32,int8w,fp16", "--min-accuracy", "0.6"])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
+    # 12 calibration crops leave 3 held out: agreement moves in steps of 1/3, too coarse for 0.6
+    assert "warning: the floor 0.6 was checked on 3 held-out inputs" in printed.err
     assert out.stat().st_size <= src.stat().st_size / 4
     assert "plan:" in printed.out and "int8w" in printed.out  # the plan is printed
     plan = load_model(out).meta.quantization["plan"]

@@ -48,10 +48,12 @@ def run_onnx(args: argparse.Namespace) -> int:
         types=types, calib_limit=args.calib_limit, accuracy_level=args.accuracy_level,
         gptq=not args.no_gptq, progress=say,
     )
+    if r.warning:
+        print(f"warning: {r.warning}", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps({"out": str(r.out), "fp32_bytes": r.fp32_bytes, "out_bytes": r.out_bytes,
                           "size_ratio": r.out_bytes / r.fp32_bytes, "score": r.score, "metric": r.metric,
-                          "plan": r.plan, "seconds": round(r.seconds, 1)}))
+                          "plan": r.plan, "seconds": round(r.seconds, 1), "warning": r.warning}))
         return 0
     print(r.plan_text)
     score = f"; {r.metric} {r.score:.4f}" if r.score is not None else ""

@@ -10,6 +10,7 @@ with the plan recorded in the metadata. Any bad input stops before an output fil
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class OnnxQuantReport:
     plan_text: str
     seconds: float
     sensitivity: dict | None = None  # loss[node][type] of a --mixed run, reusable
+    warning: str = ""  # e.g. a floor the held-out inputs are too few to resolve
 
 
 def _calib_sets(fp32_path: Path, calib: str | Path, limit: int | None):
@@ -162,8 +164,17 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
     write_meta(quantized, meta)
     _check_loads(quantized)
     size = save_model(quantized, out)
+    warning = ""
+    if min_accuracy is not None and min_accuracy < 1 and scorer is not None and model.kind == "classifier":
+        # agreement moves in steps of 1/n: with n < 2 / (1 - floor) held-out inputs the check
+        # allows at most one miss, so it cannot tell a plan at the floor from one well below it
+        n_check = len(scorer.ref)
+        if n_check < 2 / (1 - min_accuracy):
+            need = math.ceil(2 / (1 - min_accuracy) - 1e-9) * 4
+            warning = (f"the floor {min_accuracy} was checked on {n_check} held-out inputs (a quarter of the "
+                       f"calibration data), too few to resolve it; give >= {need} (--calib-limit {need})")
     return OnnxQuantReport(out, plan, src.stat().st_size, size, score, scorer.metric if scorer else "",
-                           plan_text, time.time() - t0, sensitivity if mixed else None)
+                           plan_text, time.time() - t0, sensitivity if mixed else None, warning)
 
 
 def _check_loads(model) -> None:
