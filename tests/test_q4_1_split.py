@@ -57,6 +57,10 @@ def test_split_engine_matches_q4_1(default_model_path, engine, tmp_path, monkeyp
         for _ in range(7):
             split.step([(alone, 1)])
         assert alone.generated == batched[2]
+        # the embedding context gets the offset term too
+        texts = ["The cat sat on the mat.", "Stock markets fell sharply today."]
+        cos = (engine.embed(texts) * split.embed(texts)).sum(1)
+        assert cos.min() > 0.99, cos
     finally:
         split.close()
 
