@@ -318,7 +318,9 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
     sweep_threads = not quick or out.get("busy", False)
     candidates = sorted({threads, max(1, threads // 2), p.usable_cores}, reverse=True) if sweep_threads else [threads]
     batches = (1, 4, 16) if quick else (1, 4, 16, 32)
-    settings = EngineSettings(n_threads=threads, n_ctx=4096, n_seq_max=max(batches) + 1, n_batch=512)
+    # measured as the server runs it (a Q4_1 model split into Q4_0 + offsets, see q4_1_split)
+    settings = EngineSettings(n_threads=threads, n_ctx=4096, n_seq_max=max(batches) + 1, n_batch=512,
+                              split_q4_1=True)
     eng = LlamaEngine(path, settings)
     try:
         out.update(model_facts(eng))
