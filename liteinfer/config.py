@@ -32,7 +32,9 @@ class EngineSettings(_Section):
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; None = n_threads")
     n_ctx: int = Field(4096, ge=64, description="KV cells shared by all sequences (unified cache)")
     n_batch: int = Field(512, ge=1, description="max tokens in one decode call")
-    n_ubatch: int = Field(512, ge=1, description="physical micro-batch size")
+    # 256 = the default prefill chunk; llama.cpp reserves its compute buffer for a full micro-batch
+    # (measured: server peak RSS -5 MB against 512, same tok/s at 16 clients)
+    n_ubatch: int = Field(256, ge=1, description="physical micro-batch size")
     n_seq_max: int = Field(32, ge=1, le=256, description="max sequences held in the KV cache")
     # q8_0 K/V halves the KV cache against f16 (RSS target on small boards); needs flash attention
     type_k: KVType = "q8_0"

@@ -51,6 +51,7 @@ class LLMService:
             self.scheduler = ContinuousScheduler(self.engine, self.config.scheduler, self.config.server.max_queue,
                                                  self.metrics)
             self.scheduler.start()
+            _release_free_heap()
             self.ready = True
             logging.getLogger("liteinfer.server").info(
                 "loaded %s: %d threads, %d KV cells (%s), up to %d sequences%s", path.name, self.engine.n_threads,
@@ -226,6 +227,17 @@ def _warn_if_stale(config: DeviceConfig, path: str | None) -> None:
         logging.getLogger("liteinfer.server").warning(
             "%s was planned for another machine (%s): run `python hw_profiler.py` to re-plan",
             path, "; ".join(changed))
+
+
+def _release_free_heap() -> None:
+    """Give the heap that model loading freed (GGUF parsing, repack and adapter buffers) back
+    to the OS: glibc keeps it otherwise, and it counts in the service's RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _lean_process() -> None:
