@@ -119,7 +119,10 @@ def test_cli_awq_runs_and_composes(work):
         assert main(["quantize", str(src), str(out), "--type", "q4_0", "--awq", *fast, *extra]) == 0
         ids = [5, 9, 23, 40, 41, 7, 100, 3]
         a, b = _logits(src, ids), _logits(out, ids)
-        assert np.isfinite(b).all() and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.5
+        # a random model's top-1 flips on rounding noise (its logits are near ties), so compare
+        # the whole logit vectors: the quantized model must still compute the same function
+        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        assert np.isfinite(b).all() and cos.min() > 0.9, cos
     assert not list(d.glob("*awq-f32*"))  # the folded source stays in the temp folder
 
 

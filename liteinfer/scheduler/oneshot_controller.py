@@ -5,7 +5,8 @@ Every `update_every` batches it reads the last `window` BatchRecords and:
   latency bound and the fixed cost of a call `a`;
 - max_batch, while the limit binds (batches leave full, items still waiting): throughput
   decides. Per-item time is measured per batch size on a ladder (1, 2, 4, ... cap) and the
-  limit goes to the size with the best measured items/s (the smallest within 3% of it). Real
+  limit goes to the size with the best measured items/s (the largest within 3% of it: only the
+  model call is timed, and a bigger batch also spreads the per-batch serving work). Real
   costs are not linear: past some size activations leave the cache and per-item time rises
   again, so this is measured, not derived from the fit. The neighbours (n/2, 2n) are tried
   for one window when unknown and every `explore_every` updates, so the table follows load;
@@ -136,12 +137,12 @@ class OneShotController:
         self._update_delay(recent)
 
     def best_size(self) -> int | None:
-        """The ladder size with the best measured items/s (the smallest within 3%), once known."""
+        """The ladder size with the best measured items/s (the largest within 3%), once known."""
         known = {n: t for n, t in self.per_item.items() if self.samples[n] >= 3 and n <= self.cap}
         if not known:
             return None
         best = min(known.values())
-        return min(n for n, t in known.items() if t <= 1.03 * best)
+        return max(n for n, t in known.items() if t <= 1.03 * best)
 
     def _update_batch(self, recent: list[BatchRecord]) -> None:
         if not recent:
