@@ -26,7 +26,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loadgen import run_load  # noqa: E402
+from loadgen import LoadResult, run_load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -86,14 +86,27 @@ class Server:
             self.proc.kill()
 
 
-def measure(server: Server, levels: list[int], max_tokens: int, model: str | None) -> list[dict]:
-    asyncio.run(run_load("127.0.0.1", server.port, 1, 2, max_tokens, model))  # warm-up
+def measure(servers: list[Server], levels: list[int], max_tokens: int, rounds: int) -> list[dict]:
+    """Each concurrency level in `rounds` slices per server, servers in rotating order: a slow
+    spell of the machine (it drifts by +-10% here) then hits every server alike instead of
+    whichever happened to run during it."""
+    for srv in servers:
+        asyncio.run(run_load("127.0.0.1", srv.port, 1, 2, max_tokens))  # warm-up
     rows = []
     for c in levels:
-        res = asyncio.run(run_load("127.0.0.1", server.port, c, max(2, 16 // c), max_tokens, model))
-        row = {"server": server.name, **res.row(), "rss_mb": round(server.peak_rss / 2**20)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        total = {srv.name: LoadResult(c) for srv in servers}
+        for r in range(rounds):
+            for srv in servers[r % len(servers):] + servers[: r % len(servers)]:
+                res = asyncio.run(run_load("127.0.0.1", srv.port, c, max(2, 16 // c), max_tokens))
+                t = total[srv.name]
+                t.requests, t.errors, t.tokens = t.requests + res.requests, t.errors + res.errors, t.tokens + res.tokens
+                t.seconds += res.seconds
+                t.ttft += res.ttft
+                t.latency += res.latency
+        for srv in servers:
+            row = {"server": srv.name, **total[srv.name].row(), "rss_mb": round(srv.peak_rss / 2**20)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -103,6 +116,7 @@ def main() -> int:
     ap.add_argument("--levels", default="1,4,16,32")
     ap.add_argument("--fixed", default="1,4,8,16,32", help="fixed max-batch settings to compare ('' = none)")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2, help="slices per server and level, servers interleaved")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--skip-peers", action="store_true")
@@ -140,18 +154,17 @@ def main() -> int:
                                              "--interrupt_requests", "False"],
                         "/v1/models"))
 
-    rows = []
-    for name, cmd, ready in configs:
-        port = free_port()
-        cmd = cmd + ["--port", str(port)]
-        try:
-            srv = Server(name, cmd, port, ready)
-        except RuntimeError as e:
-            print(f"{name}: {e}")
-            continue
-        try:
-            rows += measure(srv, levels, args.max_tokens, None)
-        finally:
+    servers = []  # all up at once (idle ones cost no CPU), measured interleaved
+    try:
+        for name, cmd, ready in configs:
+            port = free_port()
+            try:
+                servers.append(Server(name, cmd + ["--port", str(port)], port, ready))
+            except RuntimeError as e:
+                print(f"{name}: {e}")
+        rows = measure(servers, levels, args.max_tokens, args.rounds)
+    finally:
+        for srv in servers:
             srv.stop()
 
     print()

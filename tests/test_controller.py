@@ -75,6 +75,15 @@ def test_threads_drop_when_other_work_holds_a_core_and_come_back():
     assert ctl.decision.threads == 2
 
 
+def test_one_cpu_reading_is_one_vote():
+    # steps come faster than CPU readings: ten steps on one stale reading (e.g. a burst from
+    # another program before our traffic) must not drop a thread; five fresh readings do
+    ctl = BatchController(SchedulerSettings(), n_batch=512, max_threads=2, n_cores=2)
+    for _ in range(10):
+        assert ctl.decide(Signals(outside_cpu_load=0.9, cpu_sample=1)).threads == 2
+    assert [ctl.decide(Signals(outside_cpu_load=0.9, cpu_sample=k)).threads for k in range(2, 6)] == [2, 2, 2, 1]
+
+
 def test_threads_untouched_in_fixed_mode():
     ctl = BatchController(SchedulerSettings(adaptive=False), n_batch=512, max_threads=2, n_cores=2)
     for _ in range(10):

@@ -171,10 +171,11 @@ class ContinuousScheduler:
 
     def _signals(self, now: float) -> Signals:
         oldest = now - self.waiting[0].arrived if self.waiting else 0.0
-        free_mem, outside = 1.0, 0.0
+        free_mem, outside, sample = 1.0, 0.0, None
         if self.metrics is not None:
             free_mem, outside = self.metrics.free_memory_fraction, self.metrics.outside_cpu_load
-        return Signals(len(self.waiting), oldest, free_mem, outside)
+            sample = self.metrics.cpu_samples
+        return Signals(len(self.waiting), oldest, free_mem, outside, sample)
 
     def _kv_budget_left(self) -> int:
         """KV cells not promised to running sequences (their prompt + remaining max_tokens)."""

@@ -35,6 +35,7 @@ class Signals:
     oldest_wait_s: float = 0.0
     free_memory_fraction: float = 1.0
     outside_cpu_load: float = 0.0  # 0..1: share of the cores busy with work not ours
+    cpu_sample: int | None = None  # id of that reading; None = a fresh one every time
 
 
 class BatchController:
@@ -50,6 +51,7 @@ class BatchController:
         self.n_cores = n_cores or max_threads or 1
         self.threads = max_threads
         self._thread_votes: list[int] = []
+        self._last_cpu_sample: int | None = None
         self.window = window
         self._rows: list[tuple[float, float, float]] = []  # (n_seqs, n_prompt, seconds)
         self.coef = np.array([0.0, 0.0, 0.0])
@@ -134,6 +136,10 @@ class BatchController:
         """Threads = cores not busy with outside work; changed only after 5 agreeing votes."""
         if not self.max_threads or not self.settings.adaptive:
             return self.threads
+        if signals.cpu_sample is not None:
+            if signals.cpu_sample == self._last_cpu_sample:
+                return self.threads  # the same reading again: steps are faster than samples
+            self._last_cpu_sample = signals.cpu_sample
         busy = signals.outside_cpu_load * self.n_cores
         want = max(1, min(self.max_threads, round(self.n_cores - busy)))
         self._thread_votes = (self._thread_votes + [want])[-5:]

@@ -46,20 +46,26 @@ class Metrics:
         self._last_sample = 0.0
         self.free_memory_fraction = 1.0
         self.outside_cpu_load = 0.0
+        self.cpu_samples = 0  # fresh outside-load readings so far: the controller votes once per reading
         self._proc.cpu_percent(None)
         psutil.cpu_percent(None)
 
-    def sample_machine(self) -> None:
+    def sample_machine(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_sample < 0.5:
+        if now - self._last_sample < 0.5 and not force:
             return
+        stale = now - self._last_sample > 2.0
         self._last_sample = now
         vm = psutil.virtual_memory()
         self.free_memory_fraction = vm.available / vm.total
         ncpu = psutil.cpu_count() or 1
         total = psutil.cpu_percent(None) / 100 * ncpu  # busy cores, whole machine
         ours = self._proc.cpu_percent(None) / 100  # busy cores, this process
-        self.outside_cpu_load = max(0.0, min(1.0, (total - ours) / ncpu))
+        if stale:  # after an idle spell the reading spans it (other programs' bursts): start over
+            self.outside_cpu_load = 0.0
+        else:
+            self.outside_cpu_load = max(0.0, min(1.0, (total - ours) / ncpu))
+            self.cpu_samples += 1
         self.rss.set(self._proc.memory_info().rss)
 
     def observe_step(self, n_seqs: int, n_decode: int, n_prompt: int, seconds: float, scheduler) -> None:
@@ -75,8 +81,7 @@ class Metrics:
         self.sample_machine()
 
     def render(self, scheduler=None) -> bytes:
-        self._last_sample = 0.0
-        self.sample_machine()
+        self.sample_machine(force=True)
         if scheduler is not None:
             self.queue_depth.set(scheduler.queue_depth)
             self.active.set(len(scheduler.running))
