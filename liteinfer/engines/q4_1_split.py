@@ -70,21 +70,20 @@ def block_sum_q8_0(n_blocks: int, rank: int) -> np.ndarray:
     return blocks.reshape(rank, n_blocks * (2 + QK))
 
 
-def _cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "liteinfer" / "q4_1_split"
+def _folder(src: Path) -> Path:
+    """The cache folder for one source file (its path, size and mtime), beside the models."""
+    from liteinfer.catalog import cache_dir
 
-
-def _key(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:v6".encode()).hexdigest()[:16]
+    st = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}:v6".encode()).hexdigest()[:16]
+    return cache_dir().parent / "q4_1_split" / key
 
 
 def prepare(src: str | os.PathLike) -> tuple[Path, Path] | None:
     """The cached (model, offsets) pair for src, or None when src has no Q4_1 projections.
     A cache miss is resolved by a child process (python -m liteinfer.engines.q4_1_split SRC)."""
     src = Path(src)
-    folder = _cache_dir() / _key(src)
+    folder = _folder(src)
     for _ in range(2):
         if (folder / "no-q4_1").exists():
             return None
@@ -116,12 +115,12 @@ def _fuse_qkv(entries: list, offsets: dict[str, np.ndarray]) -> list:
     return out
 
 
-def split_model(src: str | os.PathLike, cache: Path | None = None) -> tuple[Path, Path]:
+def split_model(src: str | os.PathLike) -> tuple[Path, Path]:
     """(Q4_0 model, offsets LoRA) for a Q4_1 GGUF, built once into the cache."""
     import gguf
 
     src = Path(src)
-    folder = (cache or _cache_dir()) / _key(src)
+    folder = _folder(src)
     model_out, lora_out = folder / "model.gguf", folder / "offsets.gguf"
     if model_out.exists() and lora_out.exists():
         return model_out, lora_out
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if needs_split(src):
         split_model(src)
     else:
-        folder = _cache_dir() / _key(src)
+        folder = _folder(src)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "no-q4_1").touch()
     return 0
