@@ -20,8 +20,6 @@ from pathlib import Path
 from liteinfer.errors import LiteInferError
 from liteinfer.files import atomic_output
 
-GGUF_MAGIC = b"GGUF"
-
 
 @dataclass(frozen=True)
 class CatalogEntry:
@@ -47,22 +45,19 @@ def load_catalog() -> dict[str, CatalogEntry]:
 
 
 def check_gguf(path: Path) -> None:
-    """Cheap validity check before llama.cpp sees the file: magic, and header parses."""
+    """Cheap validity check before llama.cpp sees the file: magic, header parses, data all there."""
+    from liteinfer.gguf_header import read_header
+
     if not path.is_file():
         raise LiteInferError(f"model file not found: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise LiteInferError(f"{path} is not a GGUF file (magic {magic!r})")
     try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-        last = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
-    except Exception as e:  # gguf raises assorted errors on damaged headers
-        raise LiteInferError(f"{path}: damaged GGUF header ({type(e).__name__}: {e})") from None
-    if last > path.stat().st_size:
-        raise LiteInferError(f"{path}: truncated GGUF ({path.stat().st_size} of {last} bytes)")
+        header = read_header(path)
+    except ValueError as e:
+        if str(e).startswith("not a GGUF file"):
+            raise LiteInferError(f"{path} is {e}") from None
+        raise LiteInferError(f"{path}: damaged GGUF header ({e})") from None
+    if header.data_end > path.stat().st_size:
+        raise LiteInferError(f"{path}: truncated GGUF ({path.stat().st_size} of {header.data_end} bytes)")
 
 
 def _package_path(entry: CatalogEntry, install: bool) -> Path | None:

@@ -25,10 +25,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from liteinfer.files import atomic_output
+
+if TYPE_CHECKING:  # numpy is imported where the split is built: the server imports this module
+    import numpy as np  # for prepare() only, and numpy would be ~15 MB of its RSS
 
 QK = 32  # weights per Q4_0/Q4_1 block
 # projections llama.cpp runs through build_lora_mm; token_embd is a row lookup: left as Q4_1
@@ -51,6 +53,8 @@ def needs_split(path: str | os.PathLike) -> bool:
 def split_block_bytes(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q4_1 blocks (n, 20 bytes: f16 d, f16 m, 16 nibble bytes) -> Q4_0 blocks (n, 18) and the
     per-block offsets c = m + 8d (float32)."""
+    import numpy as np
+
     blocks = raw.reshape(-1, 20)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)[:, 0]
     m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)[:, 0]
@@ -62,6 +66,8 @@ def block_sum_q8_0(n_blocks: int, rank: int) -> np.ndarray:
     """The 0/1 block-sum matrix (rank x n_blocks*32; row j sums block j, padding rows zero) as
     Q8_0 bytes, exactly: scale 1.0 and codes 1 in block j of row j, zero blocks elsewhere.
     Half the size of F16, and it sums x's Q8_0 copy as llama.cpp's Q4_1 path sums Q8_1's."""
+    import numpy as np
+
     blocks = np.zeros((rank, n_blocks, 2 + QK), dtype=np.uint8)
     one = np.array([1.0], dtype=np.float16).view(np.uint8)
     j = np.arange(n_blocks)
@@ -100,6 +106,8 @@ def _fuse_qkv(entries: list, offsets: dict[str, np.ndarray]) -> list:
     """One blk.N.attn_qkv tensor (rows of q, k, v stacked) where all three were split: llama.cpp
     runs it as one matmul plus one offset term instead of three of each (fewer graph nodes:
     each costs a thread barrier, which is most of a one-sequence step)."""
+    import numpy as np
+
     by_name = {name: (data, ttype) for name, data, ttype in entries}
     bases = {n.removesuffix(".attn_q.weight") for n in offsets if n.endswith(".attn_q.weight")}
     fused = {b for b in bases if all(f"{b}.attn_{x}.weight" in offsets for x in "kv")}
@@ -118,6 +126,7 @@ def _fuse_qkv(entries: list, offsets: dict[str, np.ndarray]) -> list:
 def split_model(src: str | os.PathLike) -> tuple[Path, Path]:
     """(Q4_0 model, offsets LoRA) for a Q4_1 GGUF, built once into the cache."""
     import gguf
+    import numpy as np
 
     src = Path(src)
     folder = _folder(src)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from liteinfer.config import SchedulerSettings
 
 
@@ -54,7 +52,7 @@ class BatchController:
         self._last_cpu_sample: int | None = None
         self.window = window
         self._rows: list[tuple[float, float, float]] = []  # (n_seqs, n_prompt, seconds)
-        self.coef = np.array([0.0, 0.0, 0.0])
+        self.coef = [0.0, 0.0, 0.0]
         self.fitted = False
         self.slope_known = False
         self.decision = Decision(settings.max_batch, min(settings.prefill_chunk, n_batch), "initial")
@@ -71,20 +69,26 @@ class BatchController:
 
     def _fit(self) -> None:
         self._since_fit = 0
-        rows = np.array(self._rows)
-        if len(rows) < 6 or np.ptp(rows[:, 0]) + np.ptp(rows[:, 1]) == 0:
+        rows = self._rows
+        seqs, prompts = [r[0] for r in rows], [r[1] for r in rows]
+        spread_seqs, spread_prompts = max(seqs) - min(seqs), max(prompts) - min(prompts)
+        if len(rows) < 6 or spread_seqs + spread_prompts == 0:
             return
-        x = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 1]])
-        # ridge keeps the fit sane when one column barely varies (e.g. no prompts yet)
-        lam = 1e-6 * len(rows)
-        coef = np.linalg.solve(x.T @ x + lam * np.eye(3), x.T @ rows[:, 2])
-        self.coef = np.maximum(coef, [1e-4, 1e-6, 1e-7])
+        # least squares on [1, n_seqs, n_prompt] by the 3x3 normal equations, in plain Python:
+        # numpy would be the server's only user of it (and its OpenBLAS, ~15 MB of RSS)
+        xs = [(1.0, n, p) for n, p in zip(seqs, prompts)]
+        lam = 1e-6 * len(rows)  # ridge keeps the fit sane when one column barely varies (no prompts yet)
+        xtx = [[sum(x[i] * x[j] for x in xs) + (lam if i == j else 0.0) for j in range(3)] for i in range(3)]
+        xty = [sum(x[i] * r[2] for x, r in zip(xs, rows)) for i in range(3)]
+        coef = _solve3(xtx, xty)
+        self.coef = [max(c, floor) for c, floor in zip(coef, (1e-4, 1e-6, 1e-7))]
         self.fitted = True
         # the per-sequence slope means something only once batch sizes have varied
-        self.slope_known = np.ptp(rows[:, 0]) >= 3
+        self.slope_known = spread_seqs >= 3
 
     def predict(self, n_decode: int, n_prompt: int) -> float:
-        return float(self.coef @ [1.0, n_decode, n_prompt])
+        base, per_seq, per_tok = self.coef
+        return base + per_seq * n_decode + per_tok * n_prompt
 
     # ---- deciding ------------------------------------------------------------------------
     def decide(self, signals: Signals) -> Decision:
@@ -146,3 +150,20 @@ class BatchController:
         if len(self._thread_votes) == 5 and len(set(self._thread_votes)) == 1:
             self.threads = want
         return self.threads
+
+
+def _solve3(a: list[list[float]], b: list[float]) -> list[float]:
+    """Solve a 3x3 linear system (Gaussian elimination with partial pivoting)."""
+    m = [row[:] + [v] for row, v in zip(a, b)]
+    for col in range(3):
+        pivot = max(range(col, 3), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        if m[col][col] == 0.0:
+            return [0.0, 0.0, 0.0]
+        for r in range(col + 1, 3):
+            f = m[r][col] / m[col][col]
+            m[r] = [x - f * y for x, y in zip(m[r], m[col])]
+    out = [0.0, 0.0, 0.0]
+    for r in (2, 1, 0):
+        out[r] = (m[r][3] - sum(m[r][c] * out[c] for c in range(r + 1, 3))) / m[r][r]
+    return out
