@@ -73,8 +73,20 @@ def quantize_rtn(w: np.ndarray, bits: int, block: int) -> BlockQuant:
 
 def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, block: int, damp: float = 0.01) -> BlockQuant:
     """GPTQ onto the same block grid; `hessian` is X^T X [K, K] of the layer inputs."""
+    return gptq_segments(w, hessian, [(bits, block, w.shape[0])], damp)[0]
+
+
+def gptq_segments(w: np.ndarray, hessian: np.ndarray, segments: list[tuple[int, int, int]],
+                  damp: float = 0.01) -> list[BlockQuant]:
+    """GPTQ with consecutive row segments on different grids: [(bits, block, rows), ...].
+
+    One pass over all K rows in order, so a later segment absorbs the rounding error of the
+    earlier ones (a mixed int4/int8 weight puts its int8 rows last). One BlockQuant per segment.
+    """
     w = w.astype(np.float64).copy()
     k, n = w.shape
+    if sum(s[2] for s in segments) != k:
+        raise ValueError("segments must cover every row")
     h = hessian.astype(np.float64).copy()
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
@@ -83,26 +95,81 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, block: int, dam
     try:
         hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
     except np.linalg.LinAlgError:
-        return quantize_rtn(w.astype(np.float32), bits, block)
-    nb = -(-k // block)
-    qmax = (1 << bits) - 1
-    q = np.zeros((k, n), dtype=np.uint8)
-    scale = np.zeros((nb, n), dtype=np.float32)
-    zero = np.zeros((nb, n), dtype=np.float32)
-    for b in range(nb):
-        lo, hi = b * block, min((b + 1) * block, k)
-        s, z = _grid(w[lo:hi].astype(np.float32), bits)
-        scale[b], zero[b] = s, z
-        s64, z64 = s.astype(np.float64), z.astype(np.float64)
-        errs = np.zeros((hi - lo, n))
-        for i in range(lo, hi):
-            qi = np.clip(np.round(w[i] / s64 + z64), 0, qmax)
-            q[i] = qi
-            err = (w[i] - (qi - z64) * s64) / hinv[i, i]
-            w[i + 1 : hi] -= np.outer(hinv[i, i + 1 : hi], err)
-            errs[i - lo] = err
-        w[hi:] -= hinv[lo:hi, hi:].T @ errs  # lazy update of the rows after this block
-    return BlockQuant(q, scale, zero, bits, block)
+        out, start = [], 0
+        for bits, block, rows in segments:
+            out.append(quantize_rtn(w[start : start + rows].astype(np.float32), bits, block))
+            start += rows
+        return out
+    out, start = [], 0
+    for bits, block, rows in segments:
+        nb = -(-rows // block)
+        qmax = (1 << bits) - 1
+        q = np.zeros((rows, n), dtype=np.uint8)
+        scale = np.zeros((nb, n), dtype=np.float32)
+        zero = np.zeros((nb, n), dtype=np.float32)
+        for b in range(nb):
+            lo, hi = start + b * block, start + min((b + 1) * block, rows)
+            s, z = _grid(w[lo:hi].astype(np.float32), bits)
+            scale[b], zero[b] = s, z
+            s64, z64 = s.astype(np.float64), z.astype(np.float64)
+            errs = np.zeros((hi - lo, n))
+            for i in range(lo, hi):
+                qi = np.clip(np.round(w[i] / s64 + z64), 0, qmax)
+                q[i - start] = qi
+                err = (w[i] - (qi - z64) * s64) / hinv[i, i]
+                w[i + 1 : hi] -= np.outer(hinv[i, i + 1 : hi], err)
+                errs[i - lo] = err
+            w[hi:] -= hinv[lo:hi, hi:].T @ errs  # lazy update of the rows after this block
+        out.append(BlockQuant(q, scale, zero, bits, block))
+        start += rows
+    return out
+
+
+@dataclass
+class SplitQuant:
+    """A MatMul weight [K, N] whose input rows `idx4` are 4-bit and `idx8` (the salient ones) 8-bit.
+
+    Runs as two MatMulNBits over Gathers of the input: x[:, idx4] @ W4 + x[:, idx8] @ W8.
+    """
+
+    idx4: np.ndarray  # int32 row indices, ascending
+    idx8: np.ndarray
+    low: BlockQuant
+    high: BlockQuant
+
+    def dequant(self) -> np.ndarray:
+        w = np.zeros((len(self.idx4) + len(self.idx8), self.low.q.shape[1]), dtype=np.float32)
+        w[self.idx4], w[self.idx8] = self.low.dequant(), self.high.dequant()
+        return w
+
+
+SPLIT_LOW_BLOCK, SPLIT_HIGH_BLOCK = 32, 64
+
+
+def split_rows(k: int, share: float) -> int:
+    """Rows of a [K, N] weight that go to 8 bits: a multiple of the 8-bit block (no padded block)."""
+    return min(k, int(k * share / SPLIT_HIGH_BLOCK + 0.5) * SPLIT_HIGH_BLOCK)
+
+
+def quantize_split(w: np.ndarray, share: float, hessian: np.ndarray | None = None) -> SplitQuant:
+    """int4-b32 with the `share` most salient input rows in int8-b64 (GPTQ when `hessian` is given).
+
+    Salience of input row k: H_kk * ||W_k||^2, the output energy that row carries (||W_k||^2
+    alone without calibration data). GPTQ runs over the 4-bit rows first, then the 8-bit ones,
+    which absorb the coarse rows' error.
+    """
+    k = w.shape[0]
+    energy = (w.astype(np.float64) ** 2).sum(1)
+    salience = energy * np.diag(hessian) if hessian is not None else energy
+    idx8 = np.sort(np.argsort(-salience, kind="stable")[: split_rows(k, share)]).astype(np.int32)
+    idx4 = np.setdiff1d(np.arange(k, dtype=np.int32), idx8)
+    segments = [(4, SPLIT_LOW_BLOCK, len(idx4)), (8, SPLIT_HIGH_BLOCK, len(idx8))]
+    if hessian is not None:
+        perm = np.concatenate([idx4, idx8])
+        low, high = gptq_segments(w[perm], hessian[np.ix_(perm, perm)], segments)
+    else:
+        low, high = quantize_rtn(w[idx4], 4, SPLIT_LOW_BLOCK), quantize_rtn(w[idx8], 8, SPLIT_HIGH_BLOCK)
+    return SplitQuant(idx4, idx8, low, high)
 
 
 # ---------------------------------------------------------------- ORT layouts

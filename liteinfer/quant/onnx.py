@@ -5,6 +5,9 @@ Conv, and Gather over an embedding table. Types, smallest first:
 
   int4-b128 / int4-b64 / int4-b32   MatMul -> MatMulNBits (4-bit, accuracy_level 4),
                                     Gather -> GatherBlockQuantized (4-bit); blocks of 128/64/32
+  int4x8-25 / int4x8-50             MatMul: int4-b32 with the 25% / 50% most salient input rows
+                                    in 8 bits (int8-b64): two MatMulNBits over Gathers of the
+                                    input, added; between int4 and int8 in size and loss
   int8                              MatMul -> MatMulNBits 8-bit, Gather -> GatherBlockQuantized
                                     8-bit, Conv -> static QDQ int8 (per-channel weights,
                                     calibrated activations; ORT runs it as QLinearConv)
@@ -34,7 +37,8 @@ from liteinfer.quant import blockwise
 
 MS_DOMAIN = "com.microsoft"
 ACCURACY_LEVEL = 4  # int8 activations x low-bit weights: the fast CPU path
-QTYPES = ("int4-b128", "int4-b64", "int4-b32", "int8", "int8w", "fp16", "fp32")
+QTYPES = ("int4-b128", "int4-b64", "int4-b32", "int4x8-25", "int4x8-50", "int8", "int8w", "fp16", "fp32")
+SPLIT_TYPES = {"int4x8-25": 0.25, "int4x8-50": 0.5}  # share of input rows in 8 bits
 MIN_ELEMENTS = 4096  # smaller weights are not worth a node swap
 
 
@@ -122,7 +126,7 @@ def find_targets(model) -> list[Target]:
             shape = inits[node.input[1]]
             if len(shape) == 2 and shape[0] >= 16 and np.prod(shape) >= MIN_ELEMENTS:
                 targets.append(Target(node.name, "MatMul", node.input[1], shape, node.input[0],
-                                      ["int4-b128", "int4-b64", "int4-b32", "int8", "fp16", "fp32"]))
+                                      ["int4-b128", "int4-b64", "int4-b32", *SPLIT_TYPES, "int8", "fp16", "fp32"]))
         elif node.op_type == "Conv" and len(node.input) >= 2 and node.input[1] in inits:
             shape = inits[node.input[1]]
             if np.prod(shape) >= 64:
@@ -147,8 +151,17 @@ def type_bytes(t: Target, qtype: str) -> int:
         # int32 biases) makes the file larger (EfficientNet-Lite0: 5.40 vs 5.13 MB), and with
         # GPTQ + bias correction int8w also loses ~30x less, so the search takes int8w first
         return t.numel + 5 * t.shape[0] + (t.numel // 16 if qtype == "int8" else 0)
-    bits, block = parse_qtype(qtype)
     k, n = (t.shape if t.op == "MatMul" else (t.shape[1], t.shape[0]))
+    if qtype in SPLIT_TYPES:  # two MatMulNBits and their int32 row indices
+        high = blockwise.split_rows(k, SPLIT_TYPES[qtype])
+        return (_nbits_bytes(k - high, n, 4, blockwise.SPLIT_LOW_BLOCK)
+                + _nbits_bytes(high, n, 8, blockwise.SPLIT_HIGH_BLOCK) + 4 * k)
+    bits, block = parse_qtype(qtype)
+    return _nbits_bytes(k, n, bits, block)
+
+
+def _nbits_bytes(k: int, n: int, bits: int, block: int) -> int:
+    """MatMulNBits bytes of a [k, n] weight: packed data, fp32 scales, packed zero points."""
     nb = -(-k // block)
     return n * nb * block * bits // 8 + n * nb * 4 + n * (-(-nb * bits // 8))
 
@@ -233,17 +246,21 @@ class Quantizer:
                                      if n.name in self.targets and n.op_type == "Conv" and len(n.input) > 2}}
         self.calib_feeds = calib_feeds or []
         self.accuracy_level = accuracy_level
-        self._cache: dict[tuple[str, str], blockwise.BlockQuant] = {}
+        self._cache: dict[tuple[str, str], blockwise.BlockQuant | blockwise.SplitQuant] = {}
         self._conv_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="liteinfer-quant-")
         self._calib_cache = Path(self._tmp.name) / "calibration.json"
         self.method: dict[str, str] = {}
 
-    def block_quant(self, t: Target, qtype: str) -> blockwise.BlockQuant:
+    def block_quant(self, t: Target, qtype: str) -> blockwise.BlockQuant | blockwise.SplitQuant:
         key = (t.node, qtype)
         if key not in self._cache:
-            bits, block = parse_qtype(qtype)
             w = self.weights[t.weight].astype(np.float32)
+            if qtype in SPLIT_TYPES:  # MatMul only (see find_targets)
+                self._cache[key] = blockwise.quantize_split(w, SPLIT_TYPES[qtype], self.hessians.get(t.activation))
+                self.method[t.node] = "gptq" if t.activation in self.hessians else "rtn"
+                return self._cache[key]
+            bits, block = parse_qtype(qtype)
             if t.op == "Gather":  # blocks along the embedding dimension of each row
                 self._cache[key] = blockwise.quantize_rtn(np.ascontiguousarray(w.T), bits, block)
                 self.method[t.node] = "rtn"
@@ -325,7 +342,11 @@ class Quantizer:
                 ]
                 continue
             bq = self.block_quant(t, qtype)
-            if t.op == "MatMul":
+            if isinstance(bq, blockwise.SplitQuant):
+                inits, nodes = self._split_nodes(t, node, bq)
+                new_inits += inits
+                replace[node_name] = nodes
+            elif t.op == "MatMul":
                 b, scales, zp = blockwise.matmulnbits_tensors(bq)
                 names = [f"{t.weight}.q{bq.bits}", f"{t.weight}.scales", f"{t.weight}.zp"]
                 new_inits += list(zip(names, (b, scales, zp), strict=True))
@@ -344,6 +365,26 @@ class Quantizer:
                     block_size=bq.block, bits=bq.bits,
                 )]
         return _finish(model, replace, new_inits)
+
+    def _split_nodes(self, t: Target, node, sq: blockwise.SplitQuant) -> tuple[list, list]:
+        """Initializers and nodes computing x @ W as x[..., idx4] @ W4 + x[..., idx8] @ W8."""
+        from onnx import helper
+
+        inits, nodes, parts = [], [], []
+        for tag, idx, bq in (("lo", sq.idx4, sq.low), ("hi", sq.idx8, sq.high)):
+            names = [f"{t.weight}.{tag}.q{bq.bits}", f"{t.weight}.{tag}.scales", f"{t.weight}.{tag}.zp"]
+            inits += list(zip(names, blockwise.matmulnbits_tensors(bq), strict=True))
+            inits.append((f"{t.weight}.{tag}.rows", idx))
+            x = f"{node.name}.{tag}.x"
+            parts.append(f"{node.name}.{tag}.y")
+            nodes.append(helper.make_node("Gather", [node.input[0], f"{t.weight}.{tag}.rows"], [x],
+                                          name=f"{node.name}.{tag}.gather", axis=-1))
+            nodes.append(helper.make_node(
+                "MatMulNBits", [x, *names], [parts[-1]], name=f"{node.name}.{tag}", domain=MS_DOMAIN,
+                K=len(idx), N=t.shape[1], bits=bq.bits, block_size=bq.block, accuracy_level=self.accuracy_level,
+            ))
+        nodes.append(helper.make_node("Add", parts, list(node.output), name=node.name))
+        return inits, nodes
 
     def _static_int8(self, model, conv_nodes: list[str]):
         """Static QDQ int8 (per-channel weights) for the given Conv nodes; ranges calibrated once."""
