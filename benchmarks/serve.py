@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -95,6 +96,7 @@ def measure(servers: list[Server], levels: list[int], max_tokens: int, rounds: i
     rows = []
     for c in levels:
         total = {srv.name: LoadResult(c) for srv in servers}
+        per_round: dict[str, list[float]] = {srv.name: [] for srv in servers}
         for r in range(rounds):
             for srv in servers[r % len(servers):] + servers[: r % len(servers)]:
                 res = asyncio.run(run_load("127.0.0.1", srv.port, c, max(2, 16 // c), max_tokens))
@@ -103,11 +105,27 @@ def measure(servers: list[Server], levels: list[int], max_tokens: int, rounds: i
                 t.seconds += res.seconds
                 t.ttft += res.ttft
                 t.latency += res.latency
+                per_round[srv.name].append(round(res.tok_per_s, 1))
         for srv in servers:
-            row = {"server": srv.name, **total[srv.name].row(), "rss_mb": round(srv.peak_rss / 2**20)}
+            row = {"server": srv.name, **total[srv.name].row(), "rss_mb": round(srv.peak_rss / 2**20),
+                   "tok/s_rounds": per_round[srv.name]}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+def best_fixed_held_out(fixed: list[dict]) -> float | None:
+    """The best fixed setting's tok/s without the winner's curse: the maximum of five noisy
+    measurements is biased up by the noise itself (five identical servers here spread 4% at
+    one client), so each round's best is picked on the other rounds and scored on this one."""
+    n = min(len(r["tok/s_rounds"]) for r in fixed)
+    if n < 2:
+        return None
+    scores = []
+    for k in range(n):
+        pick = max(fixed, key=lambda r: statistics.mean(v for i, v in enumerate(r["tok/s_rounds"]) if i != k))
+        scores.append(pick["tok/s_rounds"][k])
+    return statistics.mean(scores)
 
 
 def main() -> int:
@@ -190,8 +208,13 @@ def main() -> int:
         adaptive = get("liteinfer", c)
         if fixed and adaptive:
             best = max(fixed, key=lambda r: r["tok/s"])
-            print(f"c={c}: adaptive {adaptive['tok/s']} tok/s vs best fixed {best['server']} {best['tok/s']} "
-                  f"= {adaptive['tok/s'] / max(best['tok/s'], 1e-9):.2f} (target >= 0.95)")
+            line = (f"c={c}: adaptive {adaptive['tok/s']} tok/s vs best fixed {best['server']} {best['tok/s']} "
+                    f"= {adaptive['tok/s'] / max(best['tok/s'], 1e-9):.2f}")
+            held_out = best_fixed_held_out(fixed)
+            if held_out:
+                mean_adaptive = statistics.mean(adaptive["tok/s_rounds"])
+                line += f"; vs the best fixed picked on the other rounds {held_out:.1f} = {mean_adaptive / held_out:.2f}"
+            print(line + " (target >= 0.95)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -149,6 +149,8 @@ class ContinuousScheduler:
             log.info("controller: max_batch %d -> %d, prefill_chunk %d -> %d (%s)", previous.max_batch,
                      decision.max_batch, previous.prefill_chunk, decision.prefill_chunk, decision.reason)
         if decision.threads and decision.threads != self.engine.n_threads:
+            log.info("controller: compute threads %d -> %d (%s)", self.engine.n_threads, decision.threads,
+                     decision.reason)
             self.engine.set_threads(decision.threads)
         self._admit(decision.max_batch)
         plan, n_decode, n_prompt = self._plan(decision.prefill_chunk)

@@ -241,9 +241,10 @@ def _release_free_heap() -> None:
 
 
 def _lean_process() -> None:
-    """Before any thread starts: numpy's OpenBLAS threads spin after each call (the controller's
-    fit) and steal the cores llama.cpp's threads wait for at their barrier; glibc gives each
-    thread its own malloc arena, RSS that a server with a few threads does not need."""
+    """Before any thread starts: numpy's OpenBLAS threads (numpy loads with the first embeddings
+    request) spin after each call and steal the cores llama.cpp's threads wait for at their
+    barrier; glibc gives each thread its own malloc arena, RSS that a server with a few threads
+    does not need."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         import ctypes
