@@ -2,6 +2,7 @@
 same model, same threads, same load, in one run.
 
     .venv/bin/python benchmarks/serve.py [--levels 1,4,16,32] [--fixed 1,4,8,16,32] [--max-tokens 32]
+    .venv/bin/python benchmarks/serve.py --background-load 1   # beside a busy co-located job
 
 Prints req/s, tok/s, TTFT p50/p95 and peak server RSS per concurrency, then the ratios the
 serving issue targets: tok/s at 16 clients >= 1.2x llama-server, >= 10 req/s, TTFT p95 no
@@ -138,6 +139,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--background-load", type=int, default=0, metavar="N",
+                    help="run N busy-looping processes beside the servers (a co-located job at equal priority)")
     ap.add_argument("--json", default=None, help="also write all rows here")
     args = ap.parse_args()
 
@@ -172,7 +175,7 @@ def main() -> int:
                                              "--interrupt_requests", "False"],
                         "/v1/models"))
 
-    servers = []  # all up at once (idle ones cost no CPU), measured interleaved
+    servers, burners = [], []  # all servers up at once (idle ones cost no CPU), measured interleaved
     try:
         for name, cmd, ready in configs:
             port = free_port()
@@ -180,8 +183,12 @@ def main() -> int:
                 servers.append(Server(name, cmd + ["--port", str(port)], port, ready))
             except RuntimeError as e:
                 print(f"{name}: {e}")
+        for _ in range(args.background_load):
+            burners.append(subprocess.Popen([PY, "-c", "while True: pass"]))
         rows = measure(servers, levels, args.max_tokens, args.rounds)
     finally:
+        for b in burners:
+            b.kill()
         for srv in servers:
             srv.stop()
 
