@@ -101,6 +101,28 @@ def test_sensitivity_inputs_are_held_out(tmp_path):
     assert ids(sens) == ids(check) and not set(ids(sens)) & set(ids(fit))
 
 
+def test_knapsack_beats_greedy_path_at_a_budget():
+    """Under a size budget the greedy path (best loss per byte first) buys small upgrades and
+    then cannot afford the big one that matters; the knapsack plan within the same budget can."""
+    from liteinfer.quant.onnx import Target, type_bytes
+    from liteinfer.quant.sensitivity_onnx import greedy_path, knapsack_plan
+
+    types = ["int4-b32", "int4x8-25", "int8w", "fp16"]
+    fc = Target("fc", "MatMul", "w", (1280, 1000), "x", ["int4-b32", "int4x8-25", "fp16"])
+    convs = [Target(f"c{i}", "Conv", f"c{i}", (64, 640, 1, 1), None, ["int8w", "fp16"]) for i in range(5)]
+    sens = {"fc": {"int4-b32": 5.7e-4, "int4x8-25": 2.6e-4, "fp16": 0.0}}
+    sens |= {c.node: {"int8w": 1e-4, "fp16": 0.0} for c in convs}
+    targets = [fc, *convs]
+    base = sum(type_bytes(t, t.choices[0]) for t in targets)
+    # the fc upgrade (and 8 KB: the knapsack counts in KB, rounded up per node), not a conv more
+    budget = base + type_bytes(fc, "int4x8-25") - type_bytes(fc, "int4-b32") + 8192
+    greedy = [s for s in greedy_path(targets, sens, types, budget) if s.est_bytes <= budget][-1]
+    best = knapsack_plan(targets, sens, types, budget)
+    assert greedy.plan["fc"] == "int4-b32" and best.plan["fc"] == "int4x8-25"
+    assert best.est_bytes <= budget and best.pred_loss < greedy.pred_loss
+    assert knapsack_plan(targets, sens, types, base - 1) is None  # nothing fits
+
+
 def _embed_cos(path_a: Path, path_b: Path) -> float:
     from liteinfer.engines.onnx import load_model
 

@@ -161,8 +161,14 @@ def _choices(t: Target, types: list[str]) -> list[str]:
     return sorted(allowed, key=lambda qt: type_bytes(t, qt))
 
 
-def greedy_path(targets: list[Target], sens: dict[str, dict[str, float]], types: list[str]) -> list[Step]:
-    """Plans from smallest to largest; each step upgrades the best loss-per-byte node."""
+def greedy_path(targets: list[Target], sens: dict[str, dict[str, float]], types: list[str],
+                max_bytes: int | None = None) -> list[Step]:
+    """Plans from smallest to largest; each step upgrades the best loss-per-byte node.
+
+    With `max_bytes` (estimated weight bytes) an upgrade that would not fit is skipped, so
+    the path goes on with smaller ones: unbounded, EfficientNet's path jumped from an int4
+    classifier straight past FP32/4 (int4x8, +235 KB) and the last plan within it was 4.42 MB.
+    """
     choices = {t.node: _choices(t, types) for t in targets}
     state = {t.node: 0 for t in targets}
     by_node = {t.node: t for t in targets}
@@ -175,10 +181,13 @@ def greedy_path(targets: list[Target], sens: dict[str, dict[str, float]], types:
     path = [snapshot()]
     while True:
         best, best_gain = None, 0.0
+        total = path[-1].est_bytes
         for n, i in state.items():
             cur_loss, cur_bytes = sens[n][choices[n][i]], type_bytes(by_node[n], choices[n][i])
             for j in range(i + 1, len(choices[n])):
                 extra = type_bytes(by_node[n], choices[n][j]) - cur_bytes
+                if max_bytes is not None and total + extra > max_bytes:
+                    continue
                 gain = (cur_loss - sens[n][choices[n][j]]) / max(extra, 1)
                 if gain > best_gain:
                     best, best_gain = (n, j), gain
@@ -186,6 +195,43 @@ def greedy_path(targets: list[Target], sens: dict[str, dict[str, float]], types:
             return path
         state[best[0]] = best[1]
         path.append(snapshot())
+
+
+def knapsack_plan(targets: list[Target], sens: dict[str, dict[str, float]], types: list[str],
+                  max_bytes: int, unit: int = 1024) -> Step | None:
+    """The plan of least summed loss within `max_bytes` (multiple-choice knapsack, bytes in `unit`s).
+
+    The greedy path is optimal only at its own steps: between them, one large upgrade (an int4
+    classifier to int4x8, +145 KB) loses to many small ones bought first, so at a budget the
+    path can end on a plan that predicts ~40% more loss than the best one within it.
+    """
+    cap = max_bytes // unit
+    if cap < 0:
+        return None
+    best = np.zeros(cap + 1)  # least loss of the nodes so far within b units
+    picks = []
+    for t in targets:
+        opts = [(qt, -(-type_bytes(t, qt) // unit), sens[t.node][qt]) for qt in _choices(t, types)]
+        new = np.full(cap + 1, np.inf)
+        arg = np.zeros(cap + 1, dtype=np.int8)
+        for c, (_, size, loss) in enumerate(opts):
+            if size > cap:
+                continue
+            cand = np.full(cap + 1, np.inf)
+            cand[size:] = best[: cap + 1 - size] + loss
+            better = cand < new
+            new[better], arg[better] = cand[better], c
+        best = new
+        picks.append((t, opts, arg))
+    if not np.isfinite(best[cap]):
+        return None
+    plan, b = {}, cap
+    for t, opts, arg in reversed(picks):
+        qt, size, _ = opts[arg[b]]
+        plan[t.node] = qt
+        b -= size
+    plan = {t.node: plan[t.node] for t in targets}
+    return Step(plan, sum(type_bytes(t, plan[t.node]) for t in targets), sum(sens[n][qt] for n, qt in plan.items()))
 
 
 def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | None,
@@ -210,7 +256,11 @@ def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | No
         )
     t0 = time.time()
     sens = sensitivity or measure_sensitivity(q, sens_scorer or scorer, types, progress)
-    path = greedy_path(list(q.targets.values()), sens, types)
+    # the budget in estimated weight bytes, less a margin for the nodes a plan adds (DequantizeLinear,
+    # Cast, Gather) and its metadata; built files are checked against the real budget below
+    cap = None if max_bytes is None else max_bytes - fixed - 32768
+    targets = list(q.targets.values())
+    path = _best_path(targets, sens, types, greedy_path(targets, sens, types, cap), cap)
     if progress:
         progress(f"sensitivity done in {time.time() - t0:.0f} s; {len(path)} plans on the path")
     tried: list[tuple[int, int, float]] = []
@@ -268,6 +318,20 @@ def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | No
         best = hi
     return MixedResult(path[best].plan, scores[best], fixed + path[best].est_bytes, fp32_total, sens,
                        sorted(tried), scorer.metric)
+
+
+def _best_path(targets: list[Target], sens: dict, types: list[str], greedy: list[Step], cap: int | None) -> list[Step]:
+    """At each size the greedy path reaches (and at the budget), the knapsack-optimal plan of that size."""
+    levels = sorted({s.est_bytes for s in greedy} | ({cap} if cap is not None else set()))
+    path: list[Step] = []
+    for level in levels:
+        step = knapsack_plan(targets, sens, types, level)
+        if step is None:
+            continue
+        if path and step.pred_loss >= path[-1].pred_loss:
+            continue  # no better than a smaller plan already on the path
+        path.append(step)
+    return path or greedy
 
 
 def format_plan(q: Quantizer, result: MixedResult) -> str:
