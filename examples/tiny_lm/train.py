@@ -12,8 +12,10 @@ folds scales into the output norm), batch 4 x 256 tokens, up to 2400 steps or 18
 wall clock, whichever comes first (the cosine schedule follows whichever runs out first).
 Why this shape: on 2 CPU cores the cost per token is the matrix work, and a wide, shallow
 model keeps the matrices large; among llama shapes of >= 10M parameters whose every row
-width is a multiple of 256 (llama.cpp's k-quants need it), this one costs the least per
-token and learned as much per CPU-second as the old 6.8M default (d=256, 6 layers).
+width is a multiple of 256 (llama.cpp's k-quants need it), this one cost the least per
+token of the shapes measured (0.55 CPU-s per 1k-token step vs 0.62-0.76 for 3-layer ones),
+and learned about as much per CPU-second as the old 6.8M default (d=256, 6 layers): held-out
+loss 5.35 vs 5.34 after 200 CPU-s each.
 
 Output folder (default ~/.cache/liteinfer/tiny_lm/): config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json, calib.txt (from the training split), heldout.txt
