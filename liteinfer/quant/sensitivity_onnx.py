@@ -274,6 +274,8 @@ def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | No
                 progress(f"plan {i}: {(fixed + path[i].est_bytes) / 1e6:.2f} MB, score {scores[i]:.4f}")
         return scores[i]
 
+    if cap is not None:
+        path += _use_slack(q, targets, sens, types, path[-1], max_bytes)
     within = [i for i, s in enumerate(path) if max_bytes is None or fixed + s.est_bytes <= max_bytes]
     # estimates miss format overhead (QDQ scales, int32 biases): trust only a built model's bytes
     if max_bytes is not None and within:
@@ -318,6 +320,24 @@ def search(q: Quantizer, scorer: Scorer, types: list[str], min_score: float | No
         best = hi
     return MixedResult(path[best].plan, scores[best], fixed + path[best].est_bytes, fp32_total, sens,
                        sorted(tried), scorer.metric)
+
+
+def _use_slack(q: Quantizer, targets: list[Target], sens: dict, types: list[str], top: Step,
+               max_bytes: int) -> list[Step]:
+    """Larger knapsack plans that still fit once the real file size of the plan at the budget is
+    known (the 32 KB margin for added nodes and metadata is ~2x what EfficientNet's plans add)."""
+    budget = max_bytes + (q.model.ByteSize() - weights_bytes(q.model))
+    out: list[Step] = []
+    for _ in range(3):
+        slack = budget - (q.build(top.plan).ByteSize() + 16384)
+        if slack < 1024:
+            break
+        step = knapsack_plan(targets, sens, types, top.est_bytes + slack)
+        if step is None or step.pred_loss >= top.pred_loss or q.build(step.plan).ByteSize() + 16384 > budget:
+            break
+        out.append(step)
+        top = step
+    return out
 
 
 def _best_path(targets: list[Target], sens: dict, types: list[str], greedy: list[Step], cap: int | None) -> list[Step]:
