@@ -126,6 +126,43 @@ def test_cli_awq_runs_and_composes(work):
     assert not list(d.glob("*awq-f32*"))  # the folded source stays in the temp folder
 
 
+def _tensor_bytes(path, name):
+    from liteinfer.gguf_header import read_header
+
+    h = read_header(path)
+    t = next(t for t in h.tensors if t.name == name)
+    with open(path, "rb") as f:
+        f.seek(h.data_offset + t.offset)
+        return f.read(t.n_bytes)
+
+
+def test_recipe_records_awq_and_replays_it(work, capfd):
+    """A recipe planned on AWQ-scaled weights says so, and --recipe scales the same way (the
+    scales fold into the norms: they change), while the same types without AWQ keep them."""
+    import json
+
+    from liteinfer.cli import main
+
+    d, src = work
+    fast = ["--ctx", "64", "--calib-windows", "4", "--threads", "1", "--calib", str(d / "calib.txt")]
+    planned, recipe = d / "mixed-awq.gguf", d / "mixed-awq.recipe.json"
+    assert main(["quantize", str(src), str(planned), "--mixed", "--target-bpw", "5", "--awq",
+                 "--save-recipe", str(recipe), *fast]) == 0
+    assert json.loads(recipe.read_text())["awq"] is True
+    replay = d / "replay.gguf"
+    capfd.readouterr()
+    assert main(["quantize", str(src), str(replay), "--recipe", str(recipe), *fast]) == 0
+    assert "AWQ-scaled" in capfd.readouterr().err
+    plain_recipe = d / "plain.recipe.json"
+    plain_recipe.write_text(json.dumps({**json.loads(recipe.read_text()), "awq": False}))
+    plain = d / "plain.gguf"
+    assert main(["quantize", str(src), str(plain), "--recipe", str(plain_recipe), *fast]) == 0
+    norm = "blk.0.attn_norm.weight"  # F32 in every file: where the 1/s of q/k/v's scales fold in
+    assert _tensor_bytes(plain, norm) == _tensor_bytes(src, norm)
+    assert _tensor_bytes(replay, norm) != _tensor_bytes(src, norm)
+    assert _tensor_bytes(planned, norm) != _tensor_bytes(src, norm)
+
+
 def test_bad_inputs(work, capfd):
     import gguf
 

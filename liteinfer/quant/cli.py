@@ -63,6 +63,9 @@ def gguf_main(args: argparse.Namespace) -> int:
             src = convert_hf(src, Path(tmp) / "source-f32.gguf", progress=False)
         src_tensors = q.read_tensors(src)  # truncated / not GGUF: one-line error
         show = sys.stderr.isatty()
+        if args.recipe and not args.awq and _recipe_wants_awq(args.recipe):
+            print("this recipe was planned on AWQ-scaled weights: scaling the same way (--awq)", file=sys.stderr)
+            args.awq = True
         if args.awq:  # the folded F32 model becomes the source of everything below
             src = _awq(args, src, Path(tmp), show)
         q.warn_requantize(src_tensors)
@@ -84,6 +87,12 @@ def gguf_main(args: argparse.Namespace) -> int:
     print(f"wrote {dst} ({size / 1e6:.2f} MB, {q.model_bpw(tensors):.3f} bits per weight, "
           f"1/{ratio:.2f} of the input's tensor bytes)")
     return 0
+
+
+def _recipe_wants_awq(path: str) -> bool:
+    from liteinfer.quant.recipe import load_recipe
+
+    return load_recipe(path).awq
 
 
 def _awq(args, src: Path, work: Path, show: bool) -> Path:
@@ -165,6 +174,7 @@ def _mixed(args, src: Path, dst: Path, show: bool):
     recipe = plan_mixed(src, cal, args.target_bpw, args.target_size, types, args.sensitivity, progress=show,
                         gptq=args.gptq)
     recipe.imatrix = args.imatrix or args.save_imatrix
+    recipe.awq = bool(args.awq)
     tensors = apply_recipe(src, dst, recipe, cal.imatrix, cal, gptq=args.gptq, progress=show)
     recipe_path = Path(args.save_recipe or f"{dst}.recipe.json")
     save_recipe(recipe, recipe_path)

@@ -43,6 +43,7 @@ class Recipe(BaseModel):
     calibration: Calibration = Calibration()
     candidates: list[str] = []
     rounding: str = Field("llama.cpp", description="llama.cpp (its rounding) or gptq (codes re-chosen on its grid)")
+    awq: bool = Field(False, description="planned on AWQ-scaled weights (--awq): --recipe scales the same way")
     tensors: dict[str, TensorPlan]
 
     def overrides(self) -> dict[str, str]:
