@@ -16,14 +16,22 @@ from dataclasses import dataclass, field
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 
-# ggml type id -> (weights per block, bytes per block), as in ggml's type traits
+# ggml type id -> (weights per block, bytes per block), as in the block structs of the llama.cpp
+# that llama-cpp-python 0.3.36 vendors (ggml-common.h; the gguf package lists Q8_1, id 9, at 40)
 TYPE_SIZES: dict[int, tuple[int, int]] = {
     0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
     10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
     16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110),
     22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8),
-    29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17),
+    29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17), 40: (64, 36), 41: (128, 18),
+    42: (64, 18),
 }
+
+
+class NotGGUFError(ValueError):
+    """The file does not start with the GGUF magic."""
+
+
 # GGUF metadata value types: struct formats of the fixed-size ones (8 = string, 9 = array)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
@@ -90,11 +98,12 @@ class _Cursor:
 
 
 def read_header(path: str | os.PathLike) -> GGUFHeader:
-    """Parse the header; ValueError (with the reason) when it is not a sound GGUF header."""
+    """Parse the header; NotGGUFError for another format, ValueError (with the reason) when
+    the GGUF header is not sound."""
     with open(path, "rb") as f:
         magic = f.read(4)
         if magic != GGUF_MAGIC:
-            raise ValueError(f"not a GGUF file (magic {magic!r})")
+            raise NotGGUFError(f"not a GGUF file (magic {magic!r})")
         if os.fstat(f.fileno()).st_size < 24:
             raise ValueError("file too short for a GGUF header")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:

@@ -49,3 +49,16 @@ def test_garbled_header_and_wrong_magic(tmp_path, default_model_path):
     bad.write_bytes(b"GGML" + bytes(100))
     with pytest.raises(ValueError, match="not a GGUF file"):
         read_header(bad)
+
+
+def test_block_sizes_match_the_gguf_package():
+    """Every type the gguf package knows has the same block and byte size here (a type missing
+    here would turn a model llama.cpp loads into an 'unknown type' error). Q8_1 differs on
+    purpose: ggml's block is 36 bytes, the gguf package says 40; no GGUF file stores it."""
+    import gguf
+
+    from liteinfer.gguf_header import TYPE_SIZES
+
+    for t, size in gguf.GGML_QUANT_SIZES.items():
+        if t.name != "Q8_1":
+            assert TYPE_SIZES.get(int(t)) == size, t.name
