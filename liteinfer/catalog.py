@@ -16,9 +16,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from liteinfer.errors import LiteInferError
 from liteinfer.files import atomic_output
+
+if TYPE_CHECKING:
+    from liteinfer.gguf_header import GGUFHeader
 
 
 @dataclass(frozen=True)
@@ -44,20 +48,22 @@ def load_catalog() -> dict[str, CatalogEntry]:
     return {name: CatalogEntry(name=name, **fields) for name, fields in raw.items()}
 
 
-def check_gguf(path: Path) -> None:
-    """Cheap validity check before llama.cpp sees the file: magic, header parses, data all there."""
-    from liteinfer.gguf_header import read_header
+def check_gguf(path: Path) -> GGUFHeader:
+    """Cheap validity check before llama.cpp sees the file: magic, header parses, data all there.
+    Returns the parsed header (tensor table, metadata scalars)."""
+    from liteinfer.gguf_header import NotGGUFError, read_header
 
     if not path.is_file():
         raise LiteInferError(f"model file not found: {path}")
     try:
         header = read_header(path)
+    except NotGGUFError as e:
+        raise LiteInferError(f"{path} is {e}") from None
     except ValueError as e:
-        if str(e).startswith("not a GGUF file"):
-            raise LiteInferError(f"{path} is {e}") from None
         raise LiteInferError(f"{path}: damaged GGUF header ({e})") from None
     if header.data_end > path.stat().st_size:
         raise LiteInferError(f"{path}: truncated GGUF ({path.stat().st_size} of {header.data_end} bytes)")
+    return header
 
 
 def _package_path(entry: CatalogEntry, install: bool) -> Path | None:

@@ -9,6 +9,7 @@ Output goes through atomic_output: a failed quantization leaves no file behind.
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -77,14 +78,11 @@ class TensorInfo:
 
 
 def read_tensors(path: str | Path) -> list[TensorInfo]:
-    from gguf import GGUFReader
-
     from liteinfer.catalog import check_gguf
 
-    check_gguf(Path(path))
-    r = GGUFReader(str(path))
-    return [TensorInfo(t.name, tuple(int(d) for d in t.shape), t.tensor_type.name.lower(), int(t.n_elements),
-                       int(t.n_bytes)) for t in r.tensors]
+    header = check_gguf(Path(path))  # validated and parsed once: its tensor table is what we need
+    return [TensorInfo(t.name, t.shape, ggml_type_name(t.ggml_type), math.prod(t.shape), t.n_bytes)
+            for t in header.tensors]
 
 
 def model_bpw(tensors: list[TensorInfo]) -> float:
