@@ -12,9 +12,13 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from liteinfer.errors import LiteInferError
 from liteinfer.quant.cli_onnx import add_onnx_arguments, is_onnx, run_onnx
+
+if TYPE_CHECKING:
+    from liteinfer.quant.recipe import Recipe
 
 
 def add_gguf_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +60,11 @@ def gguf_main(args: argparse.Namespace) -> int:
         raise LiteInferError("--mixed plans a recipe, --recipe applies one: give only one")
     if args.mixed and args.target_bpw is None and args.target_size is None:
         raise LiteInferError("--mixed needs --target-bpw or --target-size")
+    recipe = None
+    if args.recipe:  # read once, before any work: a bad recipe is a one-line error
+        from liteinfer.quant.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
     with tempfile.TemporaryDirectory(prefix="liteinfer-q-", dir=dst.parent if dst.parent.exists() else None) as tmp:
         if src.is_dir():  # a Hugging Face folder: convert to F32 GGUF first
             from liteinfer.convert.hf import convert_hf
@@ -63,16 +72,16 @@ def gguf_main(args: argparse.Namespace) -> int:
             src = convert_hf(src, Path(tmp) / "source-f32.gguf", progress=False)
         src_tensors = q.read_tensors(src)  # truncated / not GGUF: one-line error
         show = sys.stderr.isatty()
-        if args.recipe and not args.awq and _recipe_wants_awq(args.recipe):
+        if recipe is not None and recipe.awq and not args.awq:
             print("this recipe was planned on AWQ-scaled weights: scaling the same way (--awq)", file=sys.stderr)
             args.awq = True
         if args.awq:  # the folded F32 model becomes the source of everything below
-            src = _awq(args, src, Path(tmp), show)
+            src = _awq(args, src, Path(tmp), show, recipe)
         q.warn_requantize(src_tensors)
         if args.gptq and not args.calib:
             raise LiteInferError("--gptq needs calibration text: --calib FILE")
         if args.mixed or args.recipe:
-            tensors = _mixed(args, src, dst, show)
+            tensors = _mixed(args, src, dst, show, recipe)
         elif args.gptq:
             from liteinfer.quant.mixed import calibrate, quantize_refined
 
@@ -89,13 +98,7 @@ def gguf_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe_wants_awq(path: str) -> bool:
-    from liteinfer.quant.recipe import load_recipe
-
-    return load_recipe(path).awq
-
-
-def _awq(args, src: Path, work: Path, show: bool) -> Path:
+def _awq(args, src: Path, work: Path, show: bool, recipe: Recipe | None = None) -> Path:
     """Scales searched for the target types on --calib activations, folded into work/awq-f32.gguf."""
     from liteinfer.quant import awq
     from liteinfer.quant.imatrix import load_imatrix, save_imatrix
@@ -106,10 +109,8 @@ def _awq(args, src: Path, work: Path, show: bool) -> Path:
     names = [t.name for t in awq.check_source(src).tensors]  # llama, float weights: before any work
     cal = calibrate(src, args.calib, args.ctx, args.calib_windows, progress=show, hessians=True)
     imat = load_imatrix(args.imatrix) if args.imatrix else cal.imatrix
-    if args.recipe:
-        from liteinfer.quant.recipe import load_recipe
-
-        types = {n: t.type for n, t in load_recipe(args.recipe).tensors.items()}
+    if recipe is not None:
+        types = recipe.overrides()
     elif args.mixed:  # the plan is not known yet: scale for the 4-bit grid it mostly picks
         types = dict.fromkeys(names, "q4_k")
     else:
@@ -146,12 +147,11 @@ def _save_imatrix(args, cal) -> None:
         save_imatrix(args.save_imatrix, cal.sums, cal.counts, str(args.calib), cal.info.windows, cal.info.ctx)
 
 
-def _mixed(args, src: Path, dst: Path, show: bool):
+def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None):
     from liteinfer.quant.mixed import apply_recipe, calibrate, plan_mixed
-    from liteinfer.quant.recipe import load_recipe, save_recipe
+    from liteinfer.quant.recipe import save_recipe
 
-    if args.recipe:
-        recipe = load_recipe(args.recipe)
+    if recipe is not None:
         if recipe.rounding == "gptq" or args.gptq:
             if not args.calib:
                 raise LiteInferError("this recipe uses GPTQ rounding: give --calib FILE")
