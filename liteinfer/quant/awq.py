@@ -144,7 +144,9 @@ def search(weights: dict[str, np.ndarray], hessians: dict[str, np.ndarray], type
         a = np.sqrt(np.maximum(np.diag(hessians[first]), 0))
         errs = [group_error(g, weights, hessians, types, imatrix, channel_scales(a, al)) for al in alphas]
         best = int(np.argmin(errs))
-        plain = group_error(g, weights, hessians, types, imatrix, channel_scales(a, 0.0))
+        # alpha = 0 is on the default grid: its error is already measured
+        plain = errs[list(alphas).index(0.0)] if 0.0 in alphas else \
+            group_error(g, weights, hessians, types, imatrix, channel_scales(a, 0.0))
         results.append(GroupResult(g.producer, float(alphas[best]), plain, errs[best]))
         if alphas[best] != 0:
             scales[g.producer] = channel_scales(a, float(alphas[best]))
