@@ -128,6 +128,8 @@ def split_model(src: str | os.PathLike) -> tuple[Path, Path]:
     import gguf
     import numpy as np
 
+    from liteinfer.quant.gguf import writer_like
+
     src = Path(src)
     folder = _folder(src)
     model_out, lora_out = folder / "model.gguf", folder / "offsets.gguf"
@@ -139,12 +141,7 @@ def split_model(src: str | os.PathLike) -> tuple[Path, Path]:
 
     offsets: dict[str, np.ndarray] = {}
     with atomic_output(model_out) as tmp:
-        w = gguf.GGUFWriter(str(tmp), arch)
-        for field in reader.fields.values():
-            if field.name == "general.architecture" or field.name.startswith("GGUF."):
-                continue
-            sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
+        w = writer_like(reader, tmp)
         entries: list[tuple[str, np.ndarray, object]] = []  # (name, data, type) in file order
         for t in reader.tensors:
             data, ttype = t.data, t.tensor_type

@@ -209,15 +209,10 @@ def read_float_gguf(path: str | Path):
 
 def write_like(reader, dst: str | Path, changed: dict[str, np.ndarray]) -> None:
     """dst = the reader's model (metadata, tokenizer, tensor order) with `changed` tensors in F32."""
-    import gguf
+    from liteinfer.quant.gguf import writer_like
 
     with atomic_output(dst) as tmp:
-        w = gguf.GGUFWriter(str(tmp), reader.fields["general.architecture"].contents())
-        for field in reader.fields.values():
-            if field.name == "general.architecture" or field.name.startswith("GGUF."):
-                continue
-            sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
+        w = writer_like(reader, tmp)
         for t in reader.tensors:
             if t.name in changed:
                 data = changed[t.name]

@@ -77,6 +77,20 @@ class TensorInfo:
         return len(self.shape) >= 2 and self.name.endswith("weight") and "_norm" not in self.name
 
 
+def writer_like(reader, path: str | Path):
+    """A gguf.GGUFWriter for `path` that carries all of `reader`'s metadata (architecture,
+    hyperparameters, tokenizer, chat template); the caller adds the tensors."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), reader.fields["general.architecture"].contents())
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue  # the writer sets these itself
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
+    return w
+
+
 def read_tensors(path: str | Path) -> list[TensorInfo]:
     from liteinfer.catalog import check_gguf
 
