@@ -78,21 +78,14 @@ def accumulate(stats: ConvStats | None, x: np.ndarray, node, shape: tuple[int, .
 def collect_conv_stats(model, convs: list[tuple[str, str, tuple[int, ...]]], feeds: list[dict],
                        threads: int | None = None) -> dict[str, ConvStats]:
     """ConvStats by weight name for (node name, weight name, shape) of 4-D Conv weights."""
-    import onnxruntime as ort
-
-    from liteinfer.quant.onnx import add_outputs
+    from liteinfer.quant.onnx import add_outputs, quiet_session
 
     nodes = {n.name: n for n in model.graph.node}
     convs = [c for c in convs if c[0] in nodes and len(c[2]) == 4]
     if not convs or not feeds:
         return {}
     inputs = sorted({nodes[c[0]].input[0] for c in convs})
-    probe = add_outputs(model, inputs)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = quiet_session(add_outputs(model, inputs), threads)
     stats: dict[str, ConvStats] = {}
     for feed in feeds:
         acts = dict(zip(inputs, sess.run(inputs, feed), strict=True))

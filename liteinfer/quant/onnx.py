@@ -188,6 +188,18 @@ def _init_nbytes(init) -> int:
 # ---------------------------------------------------------------- calibration statistics
 
 
+def quiet_session(model, threads: int | None = None):
+    """An in-memory ONNX Runtime CPU session for calibration, trials and checks: warnings off
+    (unused-initializer notices from folded constants), threads as given or ORT's default."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def add_outputs(model, names: list[str]):
     """A copy of the model that also returns the named intermediate tensors."""
     from onnx import helper
@@ -202,17 +214,10 @@ def add_outputs(model, names: list[str]):
 
 def collect_hessians(model, targets: list[Target], feeds: list[dict], threads: int | None = None) -> dict[str, np.ndarray]:
     """X^T X of each MatMul target's input over the calibration feeds (padding rows skipped)."""
-    import onnxruntime as ort
-
     acts = sorted({t.activation for t in targets if t.op == "MatMul" and t.activation})
     if not acts:
         return {}
-    probe = add_outputs(model, acts)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = quiet_session(add_outputs(model, acts), threads)
     hess: dict[str, np.ndarray] = {}
     for feed in feeds:
         outs = sess.run(acts, feed)

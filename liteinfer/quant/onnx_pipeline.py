@@ -205,11 +205,9 @@ def _memo(key: tuple, compute: Callable[[], dict]) -> dict:
 
 
 def _check_loads(model) -> None:
-    import onnxruntime as ort
+    from liteinfer.quant.onnx import quiet_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # unused-initializer notices from folded Clip bounds
     try:
-        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        quiet_session(model)
     except Exception as e:
         raise LiteInferError(f"internal: quantized model does not load in onnxruntime ({str(e)[:200]})") from None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from liteinfer.errors import LiteInferError
-from liteinfer.quant.onnx import Quantizer, Target, type_bytes, weights_bytes
+from liteinfer.quant.onnx import Quantizer, Target, quiet_session, type_bytes, weights_bytes
 
 LOSSLESS = ("fp16", "fp32")  # not measured: their loss is ~0 by construction
 
@@ -37,13 +37,7 @@ class Scorer:
     ref: np.ndarray | None = None
 
     def run(self, model) -> np.ndarray:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = quiet_session(model, self.threads)
         return np.concatenate([sess.run([self.output], f)[0] for f in self.feeds])
 
     def set_reference(self, model) -> None:
@@ -138,18 +132,13 @@ def _overridable_session(q: Quantizer, weights: set[str], threads: int | None):
     """An FP32 session where the named initializers are graph inputs, so a run can replace them."""
     import copy
 
-    import onnxruntime as ort
     from onnx import helper
 
     model = copy.deepcopy(q.model)
     for init in model.graph.initializer:
         if init.name in weights:
             model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return quiet_session(model, threads)
 
 
 def _choices(t: Target, types: list[str]) -> list[str]:
