@@ -23,7 +23,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog while the farmer watches fr
 
 
 def _liteinfer(model: str, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict:
-    from liteinfer.config import EngineSettings
+    from liteinfer.core.config import EngineSettings
     from liteinfer.engines.llama import LlamaEngine, SamplingParams
 
     eng = LlamaEngine(model, EngineSettings(n_threads=threads))
@@ -85,7 +85,7 @@ def main() -> int:
     if args.child:
         child(args)
         return 0
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.core.catalog import resolve_llm
     from liteinfer.hardware.cores import usable_cores
 
     path, threads = str(resolve_llm(args.model)), args.threads or usable_cores()

@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from liteinfer.config import DeviceConfig, OneShotSettings, save_config  # noqa: E402
+from liteinfer.core.config import DeviceConfig, OneShotSettings, save_config  # noqa: E402
 
 FIXED = [(4, 1.0), (8, 2.0), (16, 2.0), (32, 2.0), (32, 10.0)]
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -69,9 +69,9 @@ def load_texts(n: int = 512, seed: int = 0) -> list[str]:
 
 
 def quantized_minilm() -> Path:
-    """all-MiniLM-L6-v2 with every MatMul / Gather in int8 (liteinfer.quant.onnx), cached."""
+    """all-MiniLM-L6-v2 with every MatMul / Gather in int8 (liteinfer.quant.onnx.quantize), cached."""
     from liteinfer.convert.bert import cached_minilm
-    from liteinfer.quant.onnx import Quantizer, load_onnx, save_model
+    from liteinfer.quant.onnx.quantize import Quantizer, load_onnx, save_model
 
     src = cached_minilm()
     out = src.with_name(src.stem + "-int8.onnx")

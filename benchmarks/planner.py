@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from liteinfer.config import DeviceConfig, load_config  # noqa: E402
-from liteinfer.files import atomic_write_text  # noqa: E402
+from liteinfer.core.config import DeviceConfig, load_config  # noqa: E402
+from liteinfer.core.files import atomic_write_text  # noqa: E402
 
 TARGET_PROFILE_S = 30.0
 TARGET_RATIO = 0.90
@@ -117,7 +117,7 @@ def isolated(via: str, model: str, cfg: DeviceConfig, requests, timeout_s: float
     """One trial in a child process (this script with --trial)."""
     from dataclasses import asdict
 
-    from liteinfer.errors import LiteInferError
+    from liteinfer.core.errors import LiteInferError
     from liteinfer.tune.trial import measure_isolated
 
     if via == "engine":
@@ -159,8 +159,8 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
-    from liteinfer.catalog import resolve_llm
-    from liteinfer.errors import LiteInferError
+    from liteinfer.core.catalog import resolve_llm
+    from liteinfer.core.errors import LiteInferError
     from liteinfer.hardware.probe import probe
     from liteinfer.tune.workload import chat_mix
 

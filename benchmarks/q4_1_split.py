@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from liteinfer.catalog import resolve_llm  # noqa: E402
-from liteinfer.config import EngineSettings  # noqa: E402
+from liteinfer.core.catalog import resolve_llm  # noqa: E402
+from liteinfer.core.config import EngineSettings  # noqa: E402
 from liteinfer.engines.llama import LlamaEngine, SamplingParams  # noqa: E402
 from liteinfer.evaluate.llm import kld_top1  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> int:
         rows[name]["logits"] = eng.logits(tokens)
         eng.close()
 
-    from liteinfer.quant.gguf import quantize
+    from liteinfer.quant.gguf.quantize import quantize
 
     with tempfile.TemporaryDirectory() as tmp:
         f32 = Path(tmp) / "f32.gguf"

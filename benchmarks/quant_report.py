@@ -9,7 +9,7 @@ calibration; KLD = mean KL(reference || candidate) per token, top-1 = argmax agr
       liteinfer's sensitivity-driven mixed plans at several budgets. "vs curve" compares a
       row's KLD with llama.cpp's imatrix size-to-KLD curve (q3_k_m..q6_k, log-KLD linearly
       interpolated at the row's bits per weight); the target is <= -20%. "+AWQ" rows: the
-      same type after AWQ-style scales folded into the norms (liteinfer/quant/awq.py);
+      same type after AWQ-style scales folded into the norms (liteinfer/quant/gguf/awq.py);
       `--only tiny-awq` runs just those rows and their baselines.
   SmolLM2-135M: the reference is its shipped Q4_1 weights (no FP32 copy ships), so every row
       is a requantization; its 576-wide rows are not multiples of 256, so llama.cpp swaps
@@ -68,8 +68,8 @@ class LLMCase:
 
 def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
     from liteinfer.evaluate.llm import Reference, read_text
-    from liteinfer.quant.gguf import model_bpw, quantize, read_tensors
-    from liteinfer.quant.mixed import (
+    from liteinfer.quant.gguf.quantize import model_bpw, quantize, read_tensors
+    from liteinfer.quant.gguf.mixed import (
         apply_recipe,
         calibrate,
         measure_sensitivity,
@@ -149,8 +149,8 @@ def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
 
 def awq_variant(case: LLMCase, cal, qtype: str, use_im: bool, gptq: bool, tmp: Path) -> Path:
     """AWQ scales searched for qtype's tensor types, folded, then calibrated and quantized again."""
-    from liteinfer.quant.awq import awq_model, summary, target_types
-    from liteinfer.quant.mixed import calibrate, quantize_refined
+    from liteinfer.quant.gguf.awq import awq_model, summary, target_types
+    from liteinfer.quant.gguf.mixed import calibrate, quantize_refined
 
     im = cal.imatrix if use_im else None
     folded, out = tmp / f"{case.name}-awq-f32.gguf", tmp / f"{case.name}-{qtype}-awq.gguf"
@@ -246,7 +246,7 @@ def fortunes_split(folder: Path) -> Path:
 
 
 def smollm_case(quick: bool) -> LLMCase | None:
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.core.catalog import resolve_llm
 
     tiny = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liteinfer" / "tiny_lm"
     if not (tiny / "calib.txt").is_file():
@@ -329,7 +329,7 @@ def main() -> int:
                 if key == "tiny":
                     print(verdict(rows, rows[0]["mb"]))
     if args.json:
-        from liteinfer.files import atomic_write_text
+        from liteinfer.core.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(out, indent=2, default=str))
     return 0

@@ -61,7 +61,7 @@ def skimage_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
 
 
 def _quantize(src: Path, out: Path, **kw) -> dict:
-    from liteinfer.quant.onnx_pipeline import quantize_onnx
+    from liteinfer.quant.onnx.pipeline import quantize_onnx
 
     t0 = time.time()
     r = quantize_onnx(src, out, **kw)
@@ -118,7 +118,7 @@ def minilm_rows(tmp: Path, quick: bool, say) -> list[dict]:
 
 def efficientnet_rows(tmp: Path, quick: bool, say) -> list[dict]:
     from liteinfer.convert.torch_export import cached_efficientnet_lite0
-    from liteinfer.errors import LiteInferError
+    from liteinfer.core.errors import LiteInferError
     from liteinfer.evaluate.onnx import evaluate
 
     fp32 = cached_efficientnet_lite0()

@@ -145,7 +145,7 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.core.catalog import resolve_llm
     from liteinfer.hardware.cores import usable_cores
 
     model_path = str(resolve_llm(args.model))

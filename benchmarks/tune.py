@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from liteinfer.config import DeviceConfig  # noqa: E402
+from liteinfer.core.config import DeviceConfig  # noqa: E402
 from liteinfer.tune import search  # noqa: E402
 
 # One engine thread: on a 2-core machine shared with other jobs, 2 threads collapse (OpenMP
@@ -56,8 +56,8 @@ def key(params: dict) -> str:
 
 
 def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int, prior: dict | None = None) -> dict:
-    from liteinfer.catalog import resolve_llm
-    from liteinfer.files import atomic_write_text
+    from liteinfer.core.catalog import resolve_llm
+    from liteinfer.core.files import atomic_write_text
     from liteinfer.tune.trial import measure_config
     from liteinfer.tune.workload import chat_mix
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from liteinfer.catalog import resolve_llm  # noqa: E402
-from liteinfer.config import DeviceConfig  # noqa: E402
+from liteinfer.core.catalog import resolve_llm  # noqa: E402
+from liteinfer.core.config import DeviceConfig  # noqa: E402
 from liteinfer.tune.search import apply_params  # noqa: E402
 from liteinfer.tune.trial import measure_isolated  # noqa: E402
 from liteinfer.tune.workload import chat_mix  # noqa: E402

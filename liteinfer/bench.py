@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 HW_EVENTS = ["cycles", "instructions", "cache-references", "cache-misses", "branch-misses"]
 SW_EVENTS = ["task-clock", "context-switches", "cpu-migrations", "page-faults"]
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from liteinfer.config import load_config
+    from liteinfer.core.config import load_config
 
     path = args.config or ("device_config.json" if Path("device_config.json").exists() else None)
     if args.config and not Path(args.config).exists():
@@ -101,7 +101,7 @@ def _perf_region(ctl: str):
 def run_bench(args: argparse.Namespace) -> dict:
     import resource
 
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.core.catalog import resolve_llm
     from liteinfer.tune.trial import measure_config
 
     cfg, cfg_path = _config(args)

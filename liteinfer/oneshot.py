@@ -16,8 +16,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from liteinfer.config import OneShotSettings
-from liteinfer.errors import LiteInferError
+from liteinfer.core.config import OneShotSettings
+from liteinfer.core.errors import LiteInferError
 
 # catalog names that become ONNX files on first use (converted once, cached by source hash)
 BUILTIN = {
@@ -48,7 +48,7 @@ class OneShotService:
 
     def __init__(self, model, settings: OneShotSettings | None = None, name: str | None = None, on_batch=None):
         from liteinfer.scheduler.dynamic import DynamicBatcher
-        from liteinfer.scheduler.oneshot_controller import OneShotController
+        from liteinfer.scheduler.dynamic_policy import OneShotController
 
         self.model = model
         self.settings = settings or OneShotSettings()

@@ -7,14 +7,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def default_model_path():
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.core.catalog import resolve_llm
 
     return resolve_llm("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def engine(default_model_path):
-    from liteinfer.config import EngineSettings
+    from liteinfer.core.config import EngineSettings
     from liteinfer.engines.llama import LlamaEngine
 
     eng = LlamaEngine(default_model_path, EngineSettings(n_ctx=4096, n_seq_max=16))
@@ -25,7 +25,7 @@ def engine(default_model_path):
 @pytest.fixture(scope="session")
 def serving_engine(default_model_path):
     """The engine as the server builds it: Q4_1 run as Q4_0 plus offsets (engines/q4_1_split.py)."""
-    from liteinfer.config import EngineSettings
+    from liteinfer.core.config import EngineSettings
     from liteinfer.engines.llama import LlamaEngine
 
     eng = LlamaEngine(default_model_path, EngineSettings(n_ctx=4096, n_seq_max=16, split_q4_1=True))

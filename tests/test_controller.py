@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from liteinfer.config import SchedulerSettings
-from liteinfer.scheduler.controller import BatchController, Signals
+from liteinfer.core.config import SchedulerSettings
+from liteinfer.scheduler.continuous_policy import BatchController, Signals
 
 
 def _train(ctl: BatchController, cost, steps: int = 200, seed: int = 0) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from _tiny_llama import SAMPLE, make_tiny_llama
 
-from liteinfer.config import EngineSettings
+from liteinfer.core.config import EngineSettings
 from liteinfer.convert.hf import convert_hf
 from liteinfer.convert.reference import ReferenceLlama
 from liteinfer.engines.llama import LlamaEngine
@@ -166,7 +166,7 @@ def test_tiny_lm_example_end_to_end(tmp_path):
     from pathlib import Path
 
     from liteinfer.engines.llama import SamplingParams
-    from liteinfer.generate import generate
+    from liteinfer.engines.generate import generate
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "tiny_lm"

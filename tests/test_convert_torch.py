@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 pytestmark = pytest.mark.torch
 

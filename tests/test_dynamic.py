@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from liteinfer.scheduler.dynamic import BatcherClosed, DynamicBatcher, QueueFull, split_by_length
+from liteinfer.core.errors import QueueFull
+from liteinfer.scheduler.dynamic import BatcherClosed, DynamicBatcher, split_by_length
 
 
 def _cost(lengths, groups, overhead):

@@ -12,7 +12,7 @@ import heapq
 import random
 
 from liteinfer.scheduler.dynamic import BatchRecord, DynamicBatcher
-from liteinfer.scheduler.oneshot_controller import OneShotController
+from liteinfer.scheduler.dynamic_policy import OneShotController
 
 
 def _close_at(deadline, gap, queue):

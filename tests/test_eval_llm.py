@@ -15,7 +15,7 @@ from _tiny_llama import corpus, make_tiny_llama
 from liteinfer.convert.hf import convert_hf
 from liteinfer.convert.reference import ReferenceLlama
 from liteinfer.evaluate.llm import Reference, log_softmax, make_windows, perplexity
-from liteinfer.quant.gguf import quantize
+from liteinfer.quant.gguf.quantize import quantize
 
 CTX = 64
 

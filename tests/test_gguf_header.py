@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from gguf import GGUFReader
 
-from liteinfer.gguf_header import read_header
+from liteinfer.core.gguf_header import read_header
 
 
 def _table(path):
@@ -57,7 +57,7 @@ def test_block_sizes_match_the_gguf_package():
     purpose: ggml's block is 36 bytes, the gguf package says 40; no GGUF file stores it."""
     import gguf
 
-    from liteinfer.gguf_header import TYPE_SIZES
+    from liteinfer.core.gguf_header import TYPE_SIZES
 
     for t, size in gguf.GGML_QUANT_SIZES.items():
         if t.name != "Q8_1":

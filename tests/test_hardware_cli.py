@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from liteinfer.config import load_config
+from liteinfer.core.config import load_config
 
 ROOT = Path(__file__).parent.parent
 HW = Path(__file__).parent / "fixtures" / "hw"
@@ -173,7 +173,7 @@ def _anchors(md: Path) -> set[str]:
 
 def test_doctor_links_point_at_existing_sections():
     from liteinfer.hardware.probe import probe
-    from liteinfer.hardware.profile import SECTIONS, advice
+    from liteinfer.profile.cli import SECTIONS, advice
 
     targets = set(SECTIONS.values())
     for fixture in ("x86-vm", "raspberry-pi-5", "jetson-orin-nano", "orange-pi-5", "container-2cpu-4g", "mac-mini-m2"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware.devices import DEVICES_DIR, load_library, match
 from liteinfer.hardware.probe import probe
 

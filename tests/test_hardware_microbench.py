@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from liteinfer.hardware.microbench import (
+from liteinfer.profile.microbench import (
     measure_engine,
     memory_bandwidth,
     model_facts,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from liteinfer.config import DeviceConfig
+from liteinfer.core.config import DeviceConfig
 from liteinfer.hardware.devices import best_match, get_entry
-from liteinfer.hardware.planner import plan, stale_fields
+from liteinfer.profile.planner import plan, stale_fields
 from liteinfer.hardware.probe import probe
 
 HW = Path(__file__).parent / "fixtures" / "hw"

@@ -72,7 +72,7 @@ def server(tiny):
 @pytest.fixture(scope="module")
 def reference():
     """The same model computed directly: numpy forward over the safetensors, one sentence at a time."""
-    from liteinfer.catalog import pull
+    from liteinfer.core.catalog import pull
     from liteinfer.convert.bert import load_bert, numpy_forward
     from liteinfer.engines.onnx import load_model
 
@@ -218,7 +218,7 @@ def test_full_queue_answers_429_with_retry_after(tiny):
 
 
 def _config(tiny: Path, **oneshot) -> Path:
-    from liteinfer.config import DeviceConfig, save_config
+    from liteinfer.core.config import DeviceConfig, save_config
 
     cfg = DeviceConfig()
     cfg.oneshot = cfg.oneshot.model_copy(update=oneshot)
@@ -290,7 +290,7 @@ def test_known_images_get_their_labels():
     skdata = pytest.importorskip("skimage.data")
     from onnx_models import efficientnet_fp32
 
-    from liteinfer.config import OneShotSettings
+    from liteinfer.core.config import OneShotSettings
     from liteinfer.oneshot import OneShotService
 
     svc = OneShotService.load(str(efficientnet_fp32()), OneShotSettings(max_delay_ms=20))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx_models import SENTENCES, minilm_fp32
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def embedder():
 
 
 def test_matches_numpy_reference(embedder):
-    from liteinfer.catalog import pull
+    from liteinfer.core.catalog import pull
     from liteinfer.convert.bert import load_bert, numpy_forward
 
     cfg, weights = load_bert(pull("minilm-l6-v2"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 from liteinfer.power import cpufreq
 from liteinfer.power.policy import DynamicPolicy, PowerController, load_signal
 

@@ -23,7 +23,7 @@ def test_split_blocks_reconstruct_q4_1_exactly():
 
 
 def test_split_engine_matches_q4_1(default_model_path, engine, tmp_path, monkeypatch):
-    from liteinfer.config import EngineSettings
+    from liteinfer.core.config import EngineSettings
     from liteinfer.engines.llama import LlamaEngine
     from liteinfer.engines.q4_1_split import needs_split, split_model
     from liteinfer.evaluate.llm import kld_top1

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from _tiny_llama import corpus, make_tiny_llama
 
-from liteinfer.config import EngineSettings
+from liteinfer.core.config import EngineSettings
 from liteinfer.convert.hf import convert_hf
 from liteinfer.convert.reference import ReferenceLlama
 from liteinfer.engines.llama import LlamaEngine
-from liteinfer.quant import awq
+from liteinfer.quant.gguf import awq
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cal(work):
-    from liteinfer.quant.mixed import calibrate
+    from liteinfer.quant.gguf.mixed import calibrate
 
     d, src = work
     return calibrate(src, d / "calib.txt", ctx=64, n_windows=4, hessians=True)
@@ -60,7 +60,7 @@ def test_fold_keeps_the_f32_model(work, cal):
     a, b = _logits(src, ids), _logits(out, ids)
     assert np.abs(a - b).max() < 1e-3 * np.abs(a).max()
     # the importance matrix of the folded model is the old one over s^2
-    from liteinfer.quant.imatrix import compute_imatrix
+    from liteinfer.quant.gguf.imatrix import compute_imatrix
 
     new = compute_imatrix(ReferenceLlama.from_gguf(out), cal.windows[:1]).imatrix()
     old = compute_imatrix(cal.ref, cal.windows[:1]).imatrix()
@@ -127,7 +127,7 @@ def test_cli_awq_runs_and_composes(work):
 
 
 def _tensor_bytes(path, name):
-    from liteinfer.gguf_header import read_header
+    from liteinfer.core.gguf_header import read_header
 
     h = read_header(path)
     t = next(t for t in h.tensors if t.name == name)
@@ -167,7 +167,7 @@ def test_bad_inputs(work, capfd):
     import gguf
 
     from liteinfer.cli import main
-    from liteinfer.quant.gguf import quantize
+    from liteinfer.quant.gguf.quantize import quantize
 
     d, src = work
     q4 = d / "already-q4.gguf"

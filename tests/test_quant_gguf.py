@@ -12,12 +12,12 @@ import sys
 import pytest
 from _tiny_llama import corpus, make_tiny_llama
 
-from liteinfer.config import EngineSettings
+from liteinfer.core.config import EngineSettings
 from liteinfer.convert.hf import convert_hf
 from liteinfer.engines.llama import LlamaEngine, SamplingParams
-from liteinfer.generate import generate
-from liteinfer.quant.gguf import model_bpw, read_tensors
-from liteinfer.quant.sensitivity import Option, Sensitivity, allocate
+from liteinfer.engines.generate import generate
+from liteinfer.quant.gguf.quantize import model_bpw, read_tensors
+from liteinfer.quant.gguf.sensitivity import Option, Sensitivity, allocate
 
 FAST = ["--ctx", "64", "--calib-windows", "3"]
 
@@ -71,7 +71,7 @@ def test_imatrix_from_calibration_and_file(work):
     _ok("quantize", src, a, "--type", "iq4_xs", "--calib", d / "calib.txt", "--save-imatrix", im, *FAST)
     _ok("quantize", src, b, "--type", "iq4_xs", "--imatrix", im)
     assert a.read_bytes() == b.read_bytes()  # the saved matrix is the one that was used
-    from liteinfer.quant.imatrix import load_imatrix
+    from liteinfer.quant.gguf.imatrix import load_imatrix
 
     imat = load_imatrix(im)
     assert "blk.1.ffn_down.weight" in imat and imat["blk.1.ffn_down.weight"].shape == (512,)
@@ -183,7 +183,7 @@ def test_gptq_grid_round_trip(work, qtype):
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from liteinfer.quant.gguf import quantize
+    from liteinfer.quant.gguf.quantize import quantize
     from liteinfer.quant.gptq import encode, grid
 
     d, _, src = work
@@ -222,8 +222,8 @@ def test_imatrix_matches_llama_imatrix(work):
 
     import numpy as np
 
-    from liteinfer.quant.imatrix import load_imatrix
-    from liteinfer.quant.mixed import calibrate
+    from liteinfer.quant.gguf.imatrix import load_imatrix
+    from liteinfer.quant.gguf.mixed import calibrate
 
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liteinfer" / "tools"
     tools = sorted(cache.glob("*/bin/llama-imatrix"))

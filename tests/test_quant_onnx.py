@@ -9,7 +9,7 @@ import pytest
 from onnx_models import SENTENCES, minilm_fp32
 
 from liteinfer.cli import main
-from liteinfer.quant import blockwise
+from liteinfer.quant.onnx import blockwise
 
 CALIB = "/usr/share/games/fortunes/computers"
 
@@ -53,7 +53,7 @@ def test_split_int4x8_between_int4_and_int8_and_runs_in_onnxruntime():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from liteinfer.quant.onnx import Quantizer, type_bytes, weights_bytes
+    from liteinfer.quant.onnx.quantize import Quantizer, type_bytes, weights_bytes
 
     rng = np.random.default_rng(2)
     k, n = 256, 64
@@ -90,7 +90,7 @@ def test_split_int4x8_between_int4_and_int8_and_runs_in_onnxruntime():
 def test_sensitivity_inputs_are_held_out(tmp_path):
     """--mixed ranks nodes on the held-out quarter of the calibration data, never on the part
     GPTQ fitted (there the fitted nodes look several times cheaper than they are)."""
-    from liteinfer.quant.onnx_pipeline import _calib_sets
+    from liteinfer.quant.onnx.pipeline import _calib_sets
 
     texts = tmp_path / "calib.txt"
     texts.write_text("\n".join(f"calibration sentence number {i} about computers and disks" for i in range(40)))
@@ -104,8 +104,8 @@ def test_sensitivity_inputs_are_held_out(tmp_path):
 def test_knapsack_beats_greedy_path_at_a_budget():
     """Under a size budget the greedy path (best loss per byte first) buys small upgrades and
     then cannot afford the big one that matters; the knapsack plan within the same budget can."""
-    from liteinfer.quant.onnx import Target, type_bytes
-    from liteinfer.quant.sensitivity_onnx import greedy_path, knapsack_plan
+    from liteinfer.quant.onnx.quantize import Target, type_bytes
+    from liteinfer.quant.onnx.sensitivity import greedy_path, knapsack_plan
 
     types = ["int4-b32", "int4x8-25", "int8w", "fp16"]
     fc = Target("fc", "MatMul", "w", (1280, 1000), "x", ["int4-b32", "int4x8-25", "fp16"])

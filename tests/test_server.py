@@ -278,7 +278,7 @@ def test_penalties_and_tool_messages_are_served(server, model_id):
 def test_serve_warns_when_the_config_was_planned_elsewhere(tmp_path, default_model_path):
     import json
 
-    from liteinfer.config import DeviceConfig, save_config
+    from liteinfer.core.config import DeviceConfig, save_config
 
     cfg = DeviceConfig()
     cfg.engine.n_ctx = 512

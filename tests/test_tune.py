@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from liteinfer.config import DeviceConfig
-from liteinfer.errors import LiteInferError
+from liteinfer.core.config import DeviceConfig
+from liteinfer.core.errors import LiteInferError
 from liteinfer.tune import search
 
 SPACE = [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from liteinfer.config import DeviceConfig
-from liteinfer.errors import LiteInferError
+from liteinfer.core.config import DeviceConfig
+from liteinfer.core.errors import LiteInferError
 from liteinfer.tune.workload import chat_mix, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_output
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_output
 
 OPSET = 17  # LayerNormalization
 CONVERTER_VERSION = "2"
@@ -245,7 +245,7 @@ def convert_bert(folder: Path, out: Path, name: str = "") -> Path:
 
 def cached_minilm() -> Path:
     """all-MiniLM-L6-v2 as FP32 ONNX in the cache, converted once per source hash."""
-    from liteinfer.catalog import cache_dir, pull
+    from liteinfer.core.catalog import cache_dir, pull
 
     folder = pull("minilm-l6-v2")
     out = cache_dir().parent / "onnx" / f"minilm-l6-v2-{source_hash(folder)}.onnx"

@@ -16,7 +16,7 @@ def add_minilm(conv: argparse._SubParsersAction) -> None:
 
 
 def _minilm_main(args: argparse.Namespace) -> int:
-    from liteinfer.catalog import pull
+    from liteinfer.core.catalog import pull
     from liteinfer.convert.bert import convert_bert, verify_against_reference
 
     folder = pull(args.source)
@@ -45,7 +45,7 @@ def add_torch(conv: argparse._SubParsersAction) -> None:
 def _torch_main(args: argparse.Namespace) -> int:
     from liteinfer.convert import torch_export as te
     from liteinfer.engines.onnx_meta import ImagePrep
-    from liteinfer.errors import LiteInferError
+    from liteinfer.core.errors import LiteInferError
 
     if args.model == "efficientnet-lite0":
         out = te.export_efficientnet_lite0(args.out)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_output
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_output
 
 SUPPORTED_ARCHS = {"LlamaForCausalLM", "MistralForCausalLM"}
 OUTTYPES = ("f32", "f16", "bf16")

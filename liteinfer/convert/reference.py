@@ -170,7 +170,7 @@ def read_gguf_llama(path: str | Path) -> tuple[dict, dict]:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from liteinfer.errors import LiteInferError
+    from liteinfer.core.errors import LiteInferError
 
     r = GGUFReader(str(path))
 

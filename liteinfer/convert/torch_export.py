@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 
 from liteinfer.engines.onnx_meta import ImagePrep, ModelMeta, write_meta
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_output
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_output
 
 OPSET = 17
 EXPORTER_VERSION = "2"
@@ -104,7 +104,7 @@ def _file_hash(path: Path) -> str:
 
 def cached_efficientnet_lite0() -> Path:
     """EfficientNet-Lite0 FP32 ONNX in ~/.cache/liteinfer/onnx, exported once per weights hash."""
-    from liteinfer.catalog import cache_dir
+    from liteinfer.core.catalog import cache_dir
 
     out = cache_dir().parent / "onnx" / f"efficientnet-lite0-{_file_hash(efficientnet_lite0_weights())}.onnx"
     if not out.exists():

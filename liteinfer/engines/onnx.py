@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from liteinfer.config import OneShotSettings
+from liteinfer.core.config import OneShotSettings
 from liteinfer.engines.onnx_meta import ModelMeta, meta_from_props
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 
 def open_session(path: str | Path, settings: OneShotSettings | None = None):

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 META_KEY = "liteinfer"
 TOKENIZER_KEY = "liteinfer.tokenizer"

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from liteinfer.files import atomic_output
+from liteinfer.core.files import atomic_output
 
 if TYPE_CHECKING:  # numpy is imported where the split is built: the server imports this module
     import numpy as np  # for prepare() only, and numpy would be ~15 MB of its RSS
@@ -78,7 +78,7 @@ def block_sum_q8_0(n_blocks: int, rank: int) -> np.ndarray:
 
 def _folder(src: Path) -> Path:
     """The cache folder for one source file (its path, size and mtime), beside the models."""
-    from liteinfer.catalog import cache_dir
+    from liteinfer.core.catalog import cache_dir
 
     st = src.stat()
     key = hashlib.sha256(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}:v6".encode()).hexdigest()[:16]
@@ -128,7 +128,7 @@ def split_model(src: str | os.PathLike) -> tuple[Path, Path]:
     import gguf
     import numpy as np
 
-    from liteinfer.quant.gguf import writer_like
+    from liteinfer.quant.gguf.quantize import writer_like
 
     src = Path(src)
     folder = _folder(src)

@@ -13,13 +13,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 
 def eval_settings(ctx: int):
     import os
 
-    from liteinfer.config import EngineSettings
+    from liteinfer.core.config import EngineSettings
     from liteinfer.hardware.cores import usable_cores
 
     # On a machine busier than its cores, llama.cpp's threads wait on each other at every
@@ -31,7 +31,7 @@ def eval_settings(ctx: int):
 
 
 def open_engine(model: str | Path, ctx: int):
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.core.catalog import resolve_llm
     from liteinfer.engines.llama import LlamaEngine
 
     return LlamaEngine(resolve_llm(str(model)), eval_settings(ctx))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 CALIB_TOKENS = 64
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from liteinfer.config import KVType
-from liteinfer.errors import LiteInferError
+from liteinfer.core.config import KVType
+from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware.probe import Probe
 
 DEVICES_DIR = Path(__file__).parent / "devices"

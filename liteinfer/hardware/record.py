@@ -11,7 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
-from liteinfer.files import atomic_write_bytes
+from liteinfer.core.files import atomic_write_bytes
 
 # Globs relative to / ; only small text files.
 FILES = [

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import asdict
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 from liteinfer.power import cpufreq, meters
 
 
@@ -101,7 +101,7 @@ def cmd_set(args: argparse.Namespace) -> int:
         print("dynamic: idle state applied; `liteinfer serve` with power.profile=dynamic "
               "switches to performance under load")
     if args.config:
-        from liteinfer.config import load_config, save_config
+        from liteinfer.core.config import load_config, save_config
 
         cfg = load_config(args.config)
         cfg.power.profile = args.profile

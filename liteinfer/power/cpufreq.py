@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 PROFILES = ("performance", "balanced", "powersave", "dynamic")
 CPUFREQ_DIR = "devices/system/cpu/cpufreq"

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 from liteinfer.power import cpufreq
 
 log = logging.getLogger(__name__)

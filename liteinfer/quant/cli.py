@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from liteinfer.errors import LiteInferError
-from liteinfer.quant.cli_onnx import add_onnx_arguments, is_onnx, run_onnx
+from liteinfer.core.errors import LiteInferError
+from liteinfer.quant.onnx.cli import add_onnx_arguments, is_onnx, run_onnx
 
 if TYPE_CHECKING:
-    from liteinfer.quant.recipe import Recipe
+    from liteinfer.quant.gguf.recipe import Recipe
 
 
 def add_gguf_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def gguf_main(args: argparse.Namespace) -> int:
 
     if os.getloadavg()[0] > (os.cpu_count() or 1):  # BLAS threads spin on a busy machine
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from liteinfer.quant import gguf as q
+    from liteinfer.quant.gguf import quantize as q
 
     src, dst = Path(args.input), Path(args.output)
     if dst.resolve() == src.resolve():
@@ -62,7 +62,7 @@ def gguf_main(args: argparse.Namespace) -> int:
         raise LiteInferError("--mixed needs --target-bpw or --target-size")
     recipe = None
     if args.recipe:  # read once, before any work: a bad recipe is a one-line error
-        from liteinfer.quant.recipe import load_recipe
+        from liteinfer.quant.gguf.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)
     with tempfile.TemporaryDirectory(prefix="liteinfer-q-", dir=dst.parent if dst.parent.exists() else None) as tmp:
@@ -83,7 +83,7 @@ def gguf_main(args: argparse.Namespace) -> int:
         if args.mixed or args.recipe:
             tensors = _mixed(args, src, dst, show, recipe)
         elif args.gptq:
-            from liteinfer.quant.mixed import calibrate, quantize_refined
+            from liteinfer.quant.gguf.mixed import calibrate, quantize_refined
 
             cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, show, hessians=True)
             _save_imatrix(args, cal)
@@ -100,9 +100,9 @@ def gguf_main(args: argparse.Namespace) -> int:
 
 def _awq(args, src: Path, work: Path, show: bool, recipe: Recipe | None = None) -> Path:
     """Scales searched for the target types on --calib activations, folded into work/awq-f32.gguf."""
-    from liteinfer.quant import awq
-    from liteinfer.quant.imatrix import load_imatrix, save_imatrix
-    from liteinfer.quant.mixed import calibrate
+    from liteinfer.quant.gguf import awq
+    from liteinfer.quant.gguf.imatrix import load_imatrix, save_imatrix
+    from liteinfer.quant.gguf.mixed import calibrate
 
     if not args.calib:
         raise LiteInferError("--awq needs calibration text: --calib FILE")
@@ -128,12 +128,12 @@ def _awq(args, src: Path, work: Path, show: bool, recipe: Recipe | None = None) 
 def _imatrix(args, src: Path, show: bool):
     """Importance matrix from --imatrix, else computed from --calib text, else None."""
     if args.imatrix:
-        from liteinfer.quant.imatrix import load_imatrix
+        from liteinfer.quant.gguf.imatrix import load_imatrix
 
         return load_imatrix(args.imatrix)
     if not args.calib:
         return None
-    from liteinfer.quant.mixed import calibrate
+    from liteinfer.quant.gguf.mixed import calibrate
 
     cal = calibrate(src, args.calib, args.ctx, args.calib_windows, progress=show)
     _save_imatrix(args, cal)
@@ -142,14 +142,14 @@ def _imatrix(args, src: Path, show: bool):
 
 def _save_imatrix(args, cal) -> None:
     if args.save_imatrix and cal.counts:
-        from liteinfer.quant.imatrix import save_imatrix
+        from liteinfer.quant.gguf.imatrix import save_imatrix
 
         save_imatrix(args.save_imatrix, cal.sums, cal.counts, str(args.calib), cal.info.windows, cal.info.ctx)
 
 
 def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None):
-    from liteinfer.quant.mixed import apply_recipe, calibrate, plan_mixed
-    from liteinfer.quant.recipe import save_recipe
+    from liteinfer.quant.gguf.mixed import apply_recipe, calibrate, plan_mixed
+    from liteinfer.quant.gguf.recipe import save_recipe
 
     if recipe is not None:
         if recipe.rounding == "gptq" or args.gptq:
@@ -161,9 +161,9 @@ def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None)
         return apply_recipe(src, dst, recipe, imat)
     if not args.calib:
         raise LiteInferError("--mixed needs calibration text: --calib FILE")
-    from liteinfer.quant.gguf import ggml_type
-    from liteinfer.quant.mixed import check_budget
-    from liteinfer.quant.sensitivity import DEFAULT_TYPES
+    from liteinfer.quant.gguf.quantize import ggml_type
+    from liteinfer.quant.gguf.mixed import check_budget
+    from liteinfer.quant.gguf.sensitivity import DEFAULT_TYPES
 
     types = [t.strip() for t in args.candidates.split(",") if t.strip()] if args.candidates else list(DEFAULT_TYPES)
     for t in types:

@@ -18,21 +18,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from liteinfer.config import SchedulerSettings
+from liteinfer.core.config import SchedulerSettings
 from liteinfer.engines.llama import KVCacheFull, LlamaEngine, SamplingParams, Sequence, common_prefix_len
-from liteinfer.errors import LiteInferError
-from liteinfer.generate import TextStream
-from liteinfer.scheduler.controller import BatchController, Signals
+from liteinfer.core.errors import LiteInferError, QueueFull
+from liteinfer.engines.text_stream import TextStream
+from liteinfer.scheduler.continuous_policy import BatchController, Signals
 
 
 def _machine_cores() -> int:
     import os
 
     return os.cpu_count() or 1
-
-
-class QueueFull(LiteInferError):
-    """The waiting queue is at its bound: reject now (HTTP 429) rather than hang."""
 
 
 @dataclass

@@ -27,17 +27,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError, QueueFull
 
 CALL_OVERHEAD_TOKENS = 64  # a model call costs about as much as this many padded tokens
-
-
-class QueueFull(LiteInferError):
-    """The request queue is full; retry after `retry_after_s` seconds (HTTP 429)."""
-
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class BatcherClosed(LiteInferError):

@@ -15,8 +15,8 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from liteinfer.config import DeviceConfig, load_config
-from liteinfer.errors import LiteInferError
+from liteinfer.core.config import DeviceConfig, load_config
+from liteinfer.core.errors import LiteInferError
 
 STATIC = Path(__file__).parent / "static"
 
@@ -38,7 +38,7 @@ class LLMService:
 
     def load(self) -> None:
         try:
-            from liteinfer.catalog import resolve_llm
+            from liteinfer.core.catalog import resolve_llm
             from liteinfer.engines.llama import LlamaEngine
             from liteinfer.scheduler.continuous import ContinuousScheduler
 
@@ -219,7 +219,7 @@ def _warn_if_stale(config: DeviceConfig, path: str | None) -> None:
     serves, but its thread counts and sizes are someone else's: say so, and how to fix it."""
     if not path or not config.device.get("fingerprint"):
         return
-    from liteinfer.hardware.planner import stale_fields
+    from liteinfer.profile.planner import stale_fields
     from liteinfer.hardware.probe import probe
 
     changed = stale_fields(config, probe())
@@ -258,7 +258,7 @@ def serve_main(args) -> int:
     _lean_process()
     import uvicorn
 
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.core.catalog import resolve_llm
     from liteinfer.server.auth import load_api_keys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

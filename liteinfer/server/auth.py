@@ -7,7 +7,7 @@ import hmac
 import os
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 
 def load_api_keys(flags: list[str] | None = None, key_file: str | None = None,

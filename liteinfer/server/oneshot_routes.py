@@ -20,9 +20,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from liteinfer.config import DeviceConfig
-from liteinfer.errors import LiteInferError
-from liteinfer.scheduler.dynamic import BatcherClosed, QueueFull
+from liteinfer.core.config import DeviceConfig
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.errors import QueueFull
+from liteinfer.scheduler.dynamic import BatcherClosed
 from liteinfer.server.openai import error_response
 
 MAX_INPUTS = 2048  # OpenAI's limit for one embeddings request
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from liteinfer.config import load_config
+    from liteinfer.core.config import load_config
 
     ap = argparse.ArgumentParser(description="one-shot models only (no LLM): embeddings / classify server")
     ap.add_argument("--config", default=None)

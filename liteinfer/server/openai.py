@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from liteinfer.engines.llama import SamplingParams
-from liteinfer.scheduler.continuous import Event, GenRequest, QueueFull
+from liteinfer.core.errors import QueueFull
+from liteinfer.scheduler.continuous import Event, GenRequest
 
 router = APIRouter()
 
@@ -272,7 +273,7 @@ class EmbeddingsRequest(_Lenient):
 async def llm_embeddings(body: EmbeddingsRequest, request: Request):
     import base64
 
-    from liteinfer.errors import LiteInferError
+    from liteinfer.core.errors import LiteInferError
 
     svc, err = _ready_service(request, body.model)
     if err is not None:

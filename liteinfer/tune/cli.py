@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def _quality(models: list[str], text_path: str | None) -> dict[str, float]:
     """Perplexity increase (percent) of each model vs the first, measured on held-out text."""
     if not text_path:
         raise LiteInferError("--quants needs --eval-text FILE (held-out text for the quality measurement)")
-    from liteinfer.catalog import resolve_llm
+    from liteinfer.core.catalog import resolve_llm
     from liteinfer.evaluate.llm import Reference, read_text
 
     ref = Reference(resolve_llm(models[0]), read_text(text_path))
@@ -61,8 +61,8 @@ def _quality(models: list[str], text_path: str | None) -> dict[str, float]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from liteinfer.catalog import resolve_llm
-    from liteinfer.config import load_config, save_config
+    from liteinfer.core.catalog import resolve_llm
+    from liteinfer.core.config import load_config, save_config
     from liteinfer.hardware.cores import usable_cores
     from liteinfer.power import cpufreq, meters
     from liteinfer.tune import search

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from liteinfer.files import atomic_output
+from liteinfer.core.files import atomic_output
 from liteinfer.tune.search import Objective, evaluations
 
 

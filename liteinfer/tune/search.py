@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from liteinfer.config import DeviceConfig
-from liteinfer.errors import LiteInferError
+from liteinfer.core.config import DeviceConfig
+from liteinfer.core.errors import LiteInferError
 
 Metrics = dict[str, Any]
 Evaluate = Callable[[dict[str, Any]], Metrics]

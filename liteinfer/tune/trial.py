@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
-from liteinfer.config import DeviceConfig
-from liteinfer.errors import LiteInferError
+from liteinfer.core.config import DeviceConfig
+from liteinfer.core.errors import LiteInferError
 from liteinfer.tune.workload import Request, chat_mix, tokenize_requests
 
 

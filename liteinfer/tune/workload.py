@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 SYSTEM = "You are a helpful assistant. Answer clearly and briefly."
 

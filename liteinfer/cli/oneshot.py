@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 
 def _inputs(values: list[str]) -> list[str]:
@@ -25,7 +25,7 @@ def _inputs(values: list[str]) -> list[str]:
 
 
 def _service(args, kind: str):
-    from liteinfer.config import load_config
+    from liteinfer.core.config import load_config
     from liteinfer.oneshot import OneShotService
 
     config = load_config(args.config)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 TUNING = "docs/tuning.md"
 HARDWARE = "docs/hardware"
@@ -54,8 +54,8 @@ def _print(*a) -> None:
 
 
 def profile_main(args: argparse.Namespace) -> int:
-    from liteinfer.config import DeviceConfig, save_config
-    from liteinfer.hardware.planner import profile
+    from liteinfer.core.config import DeviceConfig, save_config
+    from liteinfer.profile.planner import profile
     from liteinfer.hardware.probe import summary
 
     t0 = time.perf_counter()
@@ -190,9 +190,9 @@ def _load_avg() -> float | None:
 
 
 def doctor_main(args: argparse.Namespace) -> int:
-    from liteinfer.config import load_config
+    from liteinfer.core.config import load_config
     from liteinfer.hardware.devices import best_match
-    from liteinfer.hardware.planner import stale_fields
+    from liteinfer.profile.planner import stale_fields
     from liteinfer.hardware.probe import probe, summary
 
     p = probe(args.root)

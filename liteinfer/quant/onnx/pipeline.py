@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 CALIB_LIMIT = {"embedding": 160, "classifier": 160}  # inputs for GPTQ statistics and the floor
 SENS_LIMIT = {"embedding": 32, "classifier": 100}  # held-out inputs for each per-node trial
@@ -69,8 +69,8 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
                   calib_limit: int | None = None, accuracy_level: int = 4, gptq: bool = True,
                   progress: Callable[[str], None] | None = None, sensitivity: dict | None = None) -> OnnxQuantReport:
     from liteinfer.engines.onnx_meta import read_meta, write_meta
-    from liteinfer.quant.conv_gptq import collect_conv_stats
-    from liteinfer.quant.onnx import (
+    from liteinfer.quant.onnx.conv_gptq import collect_conv_stats
+    from liteinfer.quant.onnx.quantize import (
         QTYPES,
         Quantizer,
         collect_hessians,
@@ -80,7 +80,7 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
         save_model,
         weights_bytes,
     )
-    from liteinfer.quant.sensitivity_onnx import MixedResult, Scorer, format_plan, search
+    from liteinfer.quant.onnx.sensitivity import MixedResult, Scorer, format_plan, search
 
     t0 = time.time()
     src, out = Path(src), Path(out)
@@ -205,7 +205,7 @@ def _memo(key: tuple, compute: Callable[[], dict]) -> dict:
 
 
 def _check_loads(model) -> None:
-    from liteinfer.quant.onnx import quiet_session
+    from liteinfer.quant.onnx.quantize import quiet_session
 
     try:
         quiet_session(model)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from liteinfer.errors import LiteInferError
-from liteinfer.quant import blockwise
+from liteinfer.core.errors import LiteInferError
+from liteinfer.quant.onnx import blockwise
 
 MS_DOMAIN = "com.microsoft"
 ACCURACY_LEVEL = 4  # int8 activations x low-bit weights: the fast CPU path
@@ -283,7 +283,7 @@ class Quantizer:
         GPTQ + bias correction when the calibration statistics cover it, else symmetric RTN.
         """
         if t.node not in self._conv_cache:
-            from liteinfer.quant import conv_gptq
+            from liteinfer.quant.onnx import conv_gptq
 
             node = next(n for n in self.model.graph.node if n.name == t.node)
             bias = self.biases.get(node.input[2]) if len(node.input) > 2 else None
@@ -483,7 +483,7 @@ def save_model(model, out: str | Path) -> int:
     """Write atomically; returns the file size."""
     import onnx
 
-    from liteinfer.files import atomic_output
+    from liteinfer.core.files import atomic_output
 
     with atomic_output(out) as tmp:
         onnx.save(model, str(tmp))

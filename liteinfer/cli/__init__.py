@@ -12,17 +12,17 @@ import importlib
 import os
 import sys
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 COMMAND_MODULES = [
-    "liteinfer.catalog",  # pull, models
-    "liteinfer.generate",  # generate, chat
+    "liteinfer.core.catalog",  # pull, models
+    "liteinfer.cli.generate",  # generate, chat
     "liteinfer.server.app",  # serve
-    "liteinfer.hardware.profile",  # profile, doctor
+    "liteinfer.profile.cli",  # profile, doctor
     "liteinfer.quant.cli",  # quantize
     "liteinfer.convert.cli",  # convert
     "liteinfer.evaluate.cli",  # eval
-    "liteinfer.oneshot_cli",  # embed, classify
+    "liteinfer.cli.oneshot",  # embed, classify
     "liteinfer.tune.cli",  # tune
     "liteinfer.bench",  # bench
     "liteinfer.power.cli",  # power

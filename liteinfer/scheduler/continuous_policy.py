@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from liteinfer.config import SchedulerSettings
+from liteinfer.core.config import SchedulerSettings
 
 
 @dataclass

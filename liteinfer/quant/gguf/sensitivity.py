@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liteinfer.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError
 
 DEFAULT_TYPES = ("q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
 
@@ -72,7 +72,7 @@ def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndar
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from liteinfer.quant.gguf import quantize, read_tensors
+    from liteinfer.quant.gguf.quantize import quantize, read_tensors
 
     tensors = read_tensors(src)
     quant = [t for t in tensors if t.quantizable]
@@ -139,7 +139,7 @@ def _proxy_cost(w: np.ndarray, deq: np.ndarray, imat: np.ndarray | None) -> floa
 
 def smallest_bpw(tensors, types) -> float:
     """A lower bound on any plan's bits per weight (nominal type sizes, before fallbacks)."""
-    from liteinfer.quant.gguf import bits_per_weight
+    from liteinfer.quant.gguf.quantize import bits_per_weight
 
     low = min(bits_per_weight(t) for t in types)
     bits = sum(t.n_elements * low if t.quantizable else 8 * t.n_bytes for t in tensors)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_output
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_output
 
 if TYPE_CHECKING:
-    from liteinfer.gguf_header import GGUFHeader
+    from liteinfer.core.gguf_header import GGUFHeader
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def load_catalog() -> dict[str, CatalogEntry]:
 def check_gguf(path: Path) -> GGUFHeader:
     """Cheap validity check before llama.cpp sees the file: magic, header parses, data all there.
     Returns the parsed header (tensor table, metadata scalars)."""
-    from liteinfer.gguf_header import NotGGUFError, read_header
+    from liteinfer.core.gguf_header import NotGGUFError, read_header
 
     if not path.is_file():
         raise LiteInferError(f"model file not found: {path}")

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from liteinfer.config import DeviceConfig
-from liteinfer.errors import LiteInferError
+from liteinfer.core.config import DeviceConfig
+from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware.devices import DeviceEntry, Match, best_match
 from liteinfer.hardware.probe import Probe
 
@@ -281,10 +281,10 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
     included); full: adds a thread sweep and batch 32, within ~20 s. A single engine step
     cannot be cut short, so a badly overloaded machine can overrun a little.
     """
-    from liteinfer.catalog import pull
-    from liteinfer.config import EngineSettings
+    from liteinfer.core.catalog import pull
+    from liteinfer.core.config import EngineSettings
     from liteinfer.engines.llama import LlamaEngine
-    from liteinfer.hardware.microbench import (
+    from liteinfer.profile.microbench import (
         measure_engine,
         memory_bandwidth,
         model_facts,

@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_output
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_output
 
 # user-facing file types -> gguf.LlamaFileType member names (llama.cpp's `--type` names)
 FTYPES = {
@@ -92,7 +92,7 @@ def writer_like(reader, path: str | Path):
 
 
 def read_tensors(path: str | Path) -> list[TensorInfo]:
-    from liteinfer.catalog import check_gguf
+    from liteinfer.core.catalog import check_gguf
 
     header = check_gguf(Path(path))  # validated and parsed once: its tensor table is what we need
     return [TensorInfo(t.name, t.shape, ggml_type_name(t.ggml_type), math.prod(t.shape), t.n_bytes)

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from liteinfer.config import OneShotSettings
+from liteinfer.core.config import OneShotSettings
 from liteinfer.scheduler.dynamic import BatchRecord
 
 MIN_DELAY_S = 5e-5  # below this a delay is noise: use 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_output
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_output
 
 
 def calibration_windows(tokens: list[int], ctx: int, max_windows: int) -> list[list[int]]:

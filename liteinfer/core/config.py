@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_write_text
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_write_text
 
 SCHEMA_VERSION = 1
 KVType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]

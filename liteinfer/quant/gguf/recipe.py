@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_write_text
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_write_text
 
 
 class TensorPlan(BaseModel):

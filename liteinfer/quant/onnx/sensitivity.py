@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from liteinfer.errors import LiteInferError
-from liteinfer.quant.onnx import Quantizer, Target, quiet_session, type_bytes, weights_bytes
+from liteinfer.core.errors import LiteInferError
+from liteinfer.quant.onnx.quantize import Quantizer, Target, quiet_session, type_bytes, weights_bytes
 
 LOSSLESS = ("fp16", "fp32")  # not measured: their loss is ~0 by construction
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from liteinfer.errors import LiteInferError
-from liteinfer.files import atomic_output
+from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_output
 
 ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 FLOAT = {"F32", "F16", "BF16"}
@@ -209,7 +209,7 @@ def read_float_gguf(path: str | Path):
 
 def write_like(reader, dst: str | Path, changed: dict[str, np.ndarray]) -> None:
     """dst = the reader's model (metadata, tokenizer, tensor order) with `changed` tensors in F32."""
-    from liteinfer.quant.gguf import writer_like
+    from liteinfer.quant.gguf.quantize import writer_like
 
     with atomic_output(dst) as tmp:
         w = writer_like(reader, tmp)
@@ -231,7 +231,7 @@ def write_like(reader, dst: str | Path, changed: dict[str, np.ndarray]) -> None:
 
 def target_types(src: Path, ftype: str, imatrix: dict | None, work: Path, threads: int | None = None) -> dict:
     """Each tensor's type under llama.cpp's ftype mixture (read off a trial quantization)."""
-    from liteinfer.quant.gguf import quantize
+    from liteinfer.quant.gguf.quantize import quantize
 
     trial = work / "awq-trial.gguf"
     tensors = quantize(src, trial, ftype, imatrix=imatrix, threads=threads)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liteinfer.quant import blockwise
+from liteinfer.quant.onnx import blockwise
 
 SUBSAMPLE = 4  # every 4th output position of each image feeds the statistics
 
@@ -78,7 +78,7 @@ def accumulate(stats: ConvStats | None, x: np.ndarray, node, shape: tuple[int, .
 def collect_conv_stats(model, convs: list[tuple[str, str, tuple[int, ...]]], feeds: list[dict],
                        threads: int | None = None) -> dict[str, ConvStats]:
     """ConvStats by weight name for (node name, weight name, shape) of 4-D Conv weights."""
-    from liteinfer.quant.onnx import add_outputs, quiet_session
+    from liteinfer.quant.onnx.quantize import add_outputs, quiet_session
 
     nodes = {n.name: n for n in model.graph.node}
     convs = [c for c in convs if c[0] in nodes and len(c[2]) == 4]
