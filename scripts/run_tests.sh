@@ -4,6 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check . || exit 1
+.venv/bin/lint-imports || exit 1  # the layer contracts in pyproject.toml
 .venv/bin/python -m pytest -q -ra "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi

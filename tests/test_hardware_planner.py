@@ -10,7 +10,8 @@ from pathlib import Path
 
 from liteinfer.core.config import DeviceConfig
 from liteinfer.hardware.devices import best_match, get_entry
-from liteinfer.profile.planner import plan, stale_fields
+from liteinfer.hardware.fingerprint import stale_fields
+from liteinfer.profile.planner import plan
 from liteinfer.hardware.probe import probe
 
 HW = Path(__file__).parent / "fixtures" / "hw"

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
 from liteinfer.hardware.sysfs import read
-
-if TYPE_CHECKING:
-    from liteinfer.hardware.probe import Probe
 
 # DRM kernel drivers -> (vendor, kind, name). "display" drivers do no compute.
 DRM_DRIVERS = {
@@ -61,7 +58,7 @@ class Accelerator(BaseModel):
     usable: bool = False  # a driver is bound and the node exists
 
 
-def _probe_nvml(p: Probe) -> bool:
+def _probe_nvml(acc: list[Accelerator], notes: list[str]) -> bool:
     try:
         import pynvml  # nvidia-ml-py; optional
     except ImportError:
@@ -69,37 +66,42 @@ def _probe_nvml(p: Probe) -> bool:
     try:
         pynvml.nvmlInit()
     except Exception as e:  # no driver, no device: NVML raises its own error types
-        p.notes.append(f"NVML present but not usable: {type(e).__name__}")
+        notes.append(f"NVML present but not usable: {type(e).__name__}")
         return False
     try:
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(h)
             mem = pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20
-            p.accelerators.append(Accelerator(kind="gpu", vendor="NVIDIA", name=str(name), memory_mb=mem,
-                                              node=f"/dev/nvidia{i}", driver="nvidia", api="cuda", usable=True))
+            acc.append(Accelerator(kind="gpu", vendor="NVIDIA", name=str(name), memory_mb=mem,
+                                   node=f"/dev/nvidia{i}", driver="nvidia", api="cuda", usable=True))
     finally:
         pynvml.nvmlShutdown()
     return True
 
 
-def probe_accelerators(root: Path, p: Probe) -> None:
+def probe_accelerators(root: Path, compatible: list[str], memory_mb: int | None
+                       ) -> tuple[list[Accelerator], list[str]]:
+    """The accelerators found under `root`, and notes on what could not be read. `compatible` is
+    the device tree's compatible list (Jetson and Rockchip SoCs); `memory_mb` the system memory
+    that an integrated GPU shares."""
     live = str(root) == "/"
-    acc = p.accelerators
-    if not (live and _probe_nvml(p)):
+    acc: list[Accelerator] = []
+    notes: list[str] = []
+    if not (live and _probe_nvml(acc, notes)):
         for info in sorted((root / "proc/driver/nvidia/gpus").glob("*/information")):
             kv = dict(line.split(":", 1) for line in (read(info) or "").splitlines() if ":" in line)
             acc.append(Accelerator(kind="gpu", vendor="NVIDIA", name=kv.get("Model", "NVIDIA GPU").strip(),
                                    node=str(info.parent), driver="nvidia", api="cuda",
                                    usable=(root / "dev/nvidia0").exists()))
     # Jetson: integrated GPU sharing system memory, found by the SoC's device-tree name.
-    soc = next((JETSON_SOCS[s.split(",")[1]] for s in p.compatible
+    soc = next((JETSON_SOCS[s.split(",")[1]] for s in compatible
                 if s.startswith("nvidia,") and s.split(",")[1] in JETSON_SOCS), None)
     if soc:
         node = next((n for n in ("dev/nvgpu/igpu0/ctrl", "dev/nvhost-ctrl-gpu", "dev/dri/renderD128")
                      if (root / n).exists()), "")
         acc.append(Accelerator(kind="igpu", vendor="NVIDIA", name=f"Jetson {soc}", node=f"/{node}" if node else "",
-                               driver="nvgpu", api="cuda", usable=bool(node), memory_mb=p.memory.total_mb))
+                               driver="nvgpu", api="cuda", usable=bool(node), memory_mb=memory_mb))
     have_nvidia = any(a.vendor == "NVIDIA" for a in acc)
 
     # DRM: /sys/class/drm/cardN (connectors are cardN-XXX, skipped).
@@ -127,7 +129,7 @@ def probe_accelerators(root: Path, p: Probe) -> None:
     rk_nodes = [n for n in ("dev/rknpu", "sys/class/misc/rknpu", "sys/module/rknpu") if (root / n).exists()]
     rk_drm = any("driver=rknpu" in (read(c / "device/uevent") or "").lower()
                  for c in (root / "sys/class/drm").glob("card*"))
-    rk_soc = next((s.split(",")[1] for s in p.compatible if re.fullmatch(r"rockchip,rk35\d\ds?", s)), "")
+    rk_soc = next((s.split(",")[1] for s in compatible if re.fullmatch(r"rockchip,rk35\d\ds?", s)), "")
     if rk_nodes or rk_drm or rk_soc in ("rk3588", "rk3588s", "rk3576", "rk3568", "rk3566"):
         tops = {"rk3588": 6, "rk3588s": 6, "rk3576": 6, "rk3568": 1, "rk3566": 1}.get(rk_soc)
         name = f"Rockchip {rk_soc.upper()} NPU" if rk_soc else "Rockchip NPU"
@@ -167,3 +169,4 @@ def probe_accelerators(root: Path, p: Probe) -> None:
         if ids in USB_ACCELERATORS:
             acc.append(Accelerator(kind="tpu", vendor="Google", name=USB_ACCELERATORS[ids],
                                    node=str(dev)[len(str(root)):], api="edgetpu", usable=ids == ("18d1", "9302")))
+    return acc, notes

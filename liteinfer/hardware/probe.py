@@ -459,6 +459,12 @@ def _probe_power(root: Path, p: Probe) -> None:
 # --- entry point --------------------------------------------------------------------------
 
 
+def _add_accelerators(root: Path, p: Probe) -> None:
+    found, notes = probe_accelerators(root, p.compatible, p.memory.total_mb)
+    p.accelerators.extend(found)
+    p.notes.extend(notes)
+
+
 def probe(root: str | os.PathLike = "/", os_name: str | None = None) -> Probe:
     """Probe the machine at `root` (a recorded tree in tests). Never raises."""
     t0 = time.perf_counter()
@@ -483,7 +489,7 @@ def probe(root: str | os.PathLike = "/", os_name: str | None = None) -> Probe:
         step("cpu", lambda: _probe_cpu(root, p))
         step("memory", lambda: _probe_memory(root, p))
         step("container", lambda: _probe_container(root, p))
-        step("accelerators", lambda: probe_accelerators(root, p))
+        step("accelerators", lambda: _add_accelerators(root, p))
         step("power", lambda: _probe_power(root, p))
         if not (root / "proc/cpuinfo").exists():
             p.notes.append("no /proc/cpuinfo: CPU details unknown")

@@ -192,7 +192,7 @@ def _load_avg() -> float | None:
 def doctor_main(args: argparse.Namespace) -> int:
     from liteinfer.core.config import load_config
     from liteinfer.hardware.devices import best_match
-    from liteinfer.profile.planner import stale_fields
+    from liteinfer.hardware.fingerprint import stale_fields
     from liteinfer.hardware.probe import probe, summary
 
     p = probe(args.root)

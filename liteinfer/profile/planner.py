@@ -16,6 +16,7 @@ from typing import Any
 from liteinfer.core.config import DeviceConfig
 from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware.devices import DeviceEntry, Match, best_match
+from liteinfer.hardware.fingerprint import fingerprint
 from liteinfer.hardware.probe import Probe
 
 MB = 2**20
@@ -255,20 +256,6 @@ def plan(p: Probe, entry: DeviceEntry | None = None, measurements: dict[str, Any
         "reasons": reasons,
     }
     return Plan(config=cfg, reasons=reasons)
-
-
-def fingerprint(p: Probe) -> dict[str, Any]:
-    """What makes a config stale when it changes: CPU, core count, memory, limits."""
-    return {"cpu": p.cpu.model_name, "arch": p.cpu.arch, "logical_cores": p.cpu.logical_cores,
-            "memory_gb": round(p.memory.total_mb / 1024), "usable_cores": p.usable_cores,
-            "memory_limit_mb": p.container.memory_limit_mb}
-
-
-def stale_fields(config: DeviceConfig, p: Probe) -> list[str]:
-    """Fingerprint fields of `config` that differ from this machine."""
-    old = config.device.get("fingerprint") or {}
-    new = fingerprint(p)
-    return [f"device.fingerprint.{k}: {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]]
 
 
 # --- the measuring wrapper ----------------------------------------------------------------

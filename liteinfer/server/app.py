@@ -219,7 +219,7 @@ def _warn_if_stale(config: DeviceConfig, path: str | None) -> None:
     serves, but its thread counts and sizes are someone else's: say so, and how to fix it."""
     if not path or not config.device.get("fingerprint"):
         return
-    from liteinfer.profile.planner import stale_fields
+    from liteinfer.hardware.fingerprint import stale_fields
     from liteinfer.hardware.probe import probe
 
     changed = stale_fields(config, probe())
