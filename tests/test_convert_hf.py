@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from _tiny_llama import SAMPLE, make_tiny_llama
 
-from liteinfer.core.config import EngineSettings
 from liteinfer.convert.hf import convert_hf
 from liteinfer.convert.reference import ReferenceLlama
+from liteinfer.core.config import EngineSettings
 from liteinfer.engines.llama import LlamaEngine
 
 
@@ -165,8 +165,8 @@ def test_tiny_lm_example_end_to_end(tmp_path):
     pytest.importorskip("torch")
     from pathlib import Path
 
-    from liteinfer.engines.llama import SamplingParams
     from liteinfer.engines.generate import generate
+    from liteinfer.engines.llama import SamplingParams
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "tiny_lm"

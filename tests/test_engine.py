@@ -6,8 +6,8 @@ import subprocess
 import sys
 import textwrap
 
-from liteinfer.engines.llama import SamplingParams
 from liteinfer.engines.generate import generate
+from liteinfer.engines.llama import SamplingParams
 from liteinfer.engines.text_stream import TextStream
 
 PROMPTS = [

@@ -11,8 +11,8 @@ from pathlib import Path
 from liteinfer.core.config import DeviceConfig
 from liteinfer.hardware.devices import best_match, get_entry
 from liteinfer.hardware.fingerprint import stale_fields
-from liteinfer.profile.planner import plan
 from liteinfer.hardware.probe import probe
+from liteinfer.profile.planner import plan
 
 HW = Path(__file__).parent / "fixtures" / "hw"
 SMOLLM = {"model_bytes": 98362432, "kv_bytes_per_token_f16": 23040, "n_ctx_train": 8192}

@@ -16,8 +16,8 @@ def add_minilm(conv: argparse._SubParsersAction) -> None:
 
 
 def _minilm_main(args: argparse.Namespace) -> int:
-    from liteinfer.core.catalog import pull
     from liteinfer.convert.bert import convert_bert, verify_against_reference
+    from liteinfer.core.catalog import pull
 
     folder = pull(args.source)
     out = convert_bert(folder, args.out, name=args.source if not Path(args.source).exists() else "")
@@ -44,8 +44,8 @@ def add_torch(conv: argparse._SubParsersAction) -> None:
 
 def _torch_main(args: argparse.Namespace) -> int:
     from liteinfer.convert import torch_export as te
-    from liteinfer.engines.onnx_meta import ImagePrep
     from liteinfer.core.errors import LiteInferError
+    from liteinfer.engines.onnx_meta import ImagePrep
 
     if args.model == "efficientnet-lite0":
         out = te.export_efficientnet_lite0(args.out)

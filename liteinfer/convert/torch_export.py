@@ -16,9 +16,9 @@ import importlib
 import warnings
 from pathlib import Path
 
-from liteinfer.engines.onnx_meta import ImagePrep, ModelMeta, write_meta
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
+from liteinfer.engines.onnx_meta import ImagePrep, ModelMeta, write_meta
 
 OPSET = 17
 EXPORTER_VERSION = "2"

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from liteinfer.core.config import OneShotSettings
-from liteinfer.engines.onnx_meta import ModelMeta, meta_from_props
 from liteinfer.core.errors import LiteInferError
+from liteinfer.engines.onnx_meta import ModelMeta, meta_from_props
 
 
 def open_session(path: str | Path, settings: OneShotSettings | None = None):

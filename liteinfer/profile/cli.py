@@ -55,8 +55,8 @@ def _print(*a) -> None:
 
 def profile_main(args: argparse.Namespace) -> int:
     from liteinfer.core.config import DeviceConfig, save_config
-    from liteinfer.profile.planner import profile
     from liteinfer.hardware.probe import summary
+    from liteinfer.profile.planner import profile
 
     t0 = time.perf_counter()
     out = Path(args.output)
