@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_write_text
@@ -81,6 +81,17 @@ class ServerSettings(_Section):
     default_max_tokens: int = Field(256, ge=1)
     api_keys: list[str] = Field(default_factory=list)
     cors_origins: list[str] = Field(default_factory=list)
+    # more names the LLM answers to (/v1/models and /api/tags list them), for clients that
+    # hard-code a model name such as "gpt-4o-mini" or "llama3.2"
+    aliases: list[str] = Field(default_factory=list)
+
+    @field_validator("aliases")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip() or name != name.strip():
+                raise ValueError(f"alias {name!r} is empty or has surrounding spaces")
+        return v
 
 
 class PowerSettings(_Section):
