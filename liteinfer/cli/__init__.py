@@ -65,11 +65,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as e:  # never a traceback for users; LITEINFER_DEBUG=1 shows it
-        if os.environ.get("LITEINFER_DEBUG"):
-            raise
-        print(f"error: internal: {type(e).__name__}: {e} (LITEINFER_DEBUG=1 for details)", file=sys.stderr)
+    except OSError as e:  # a full disk or a read-only folder names the path, not "internal"
+        from liteinfer.core.files import disk_error
+
+        err = disk_error(e, e.filename or "the output")
+        if err is None:
+            return _internal_error(e)
+        print(f"error: {err}", file=sys.stderr)
         return 1
+    except Exception as e:
+        return _internal_error(e)
+
+
+def _internal_error(e: Exception) -> int:
+    """Never a traceback for users; LITEINFER_DEBUG=1 shows it."""
+    if os.environ.get("LITEINFER_DEBUG"):
+        raise e
+    print(f"error: internal: {type(e).__name__}: {e} (LITEINFER_DEBUG=1 for details)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

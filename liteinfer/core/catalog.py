@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liteinfer.core.errors import LiteInferError
-from liteinfer.core.files import atomic_output
+from liteinfer.core.files import atomic_dir, atomic_output
 
 if TYPE_CHECKING:
     from liteinfer.core.gguf_header import GGUFHeader
@@ -91,14 +91,21 @@ def _package_path(entry: CatalogEntry, install: bool) -> Path | None:
 
 
 def _copy_into_cache(src: Path, dest: Path) -> Path:
+    """Copy a packaged model into the cache; a killed or failed copy leaves nothing half-written
+    (and the next pull removes what a killed one left)."""
     if src.is_dir():
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        need = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+        with atomic_dir(dest, need_bytes=need) as tmp:
+            tmp.mkdir()
+            for f in sorted(src.rglob("*")):  # not copytree: it folds a full disk into shutil.Error
+                out = tmp / f.relative_to(src)
+                if f.is_dir():
+                    out.mkdir(parents=True, exist_ok=True)
+                elif f.is_file():
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(f, out)
     else:
-        with atomic_output(dest) as tmp:
+        with atomic_output(dest, need_bytes=src.stat().st_size) as tmp:
             shutil.copyfile(src, tmp)
     return dest
 

@@ -45,6 +45,9 @@ class EngineSettings(_Section):
     use_extra_bufts: bool | None = Field(
         None, description="weight repacking buffers; None = off on CPUs with AMX (crash), on elsewhere"
     )
+    chat_template_file: str | None = Field(
+        None, description="Jinja chat template (or a tokenizer_config.json holding one) used instead of the GGUF's"
+    )
     split_q4_1: bool | None = Field(
         None, description="run Q4_1 weights as Q4_0 plus their exact offset term (llama.cpp's batched Q4_0 "
         "kernels); None = on in the server, off for single-stream commands"
@@ -84,6 +87,10 @@ class ServerSettings(_Section):
     # more names the LLM answers to (/v1/models and /api/tags list them), for clients that
     # hard-code a model name such as "gpt-4o-mini" or "llama3.2"
     aliases: list[str] = Field(default_factory=list)
+    drain_s: float = Field(10.0, ge=0, description="on SIGTERM/SIGINT: how long open requests may finish "
+                           "before they are ended with finish_reason \"abort\"")
+    protect_docs: bool | None = Field(None, description="/metrics, /docs, /redoc, /openapi.json need the API "
+                                      "key; None = yes when keys are set (/health and / stay open)")
 
     @field_validator("aliases")
     @classmethod
@@ -92,6 +99,22 @@ class ServerSettings(_Section):
             if not name.strip() or name != name.strip():
                 raise ValueError(f"alias {name!r} is empty or has surrounding spaces")
         return v
+
+
+class LimitsSettings(_Section):
+    """What one request may ask of the server; past a limit it gets a 4xx JSON error before the
+    work (413 for sizes, 400 for counts, 408 for a client too slow to send its request)."""
+
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="request body, JSON routes (413 past it)")
+    max_upload_bytes: int = Field(32 << 20, ge=1024, description="request body of /v1/classify (images)")
+    max_header_bytes: int = Field(64 << 10, ge=4096, description="request line + headers (431 past it)")
+    header_timeout_s: float = Field(10.0, gt=0, description="from connect (or the last response) to the "
+                                    "end of the request headers")
+    body_timeout_s: float = Field(30.0, gt=0, description="from the headers to the end of the body")
+    max_prompt_chars: int = Field(1_000_000, ge=1, description="prompt text (all messages) before tokenizing")
+    max_stop_strings: int = Field(16, ge=0, description="entries in `stop`")
+    max_stop_chars: int = Field(256, ge=1, description="length of one stop string")
+    max_embedding_inputs: int = Field(2048, ge=1, description="strings in one embeddings request")
 
 
 class PowerSettings(_Section):
@@ -107,6 +130,7 @@ class DeviceConfig(_Section):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     oneshot: OneShotSettings = Field(default_factory=OneShotSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     power: PowerSettings = Field(default_factory=PowerSettings)
     # What the profiler saw and which library entry matched: informational, free-form.
     device: dict[str, Any] = Field(default_factory=dict)
@@ -116,12 +140,17 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(root)"
 
 
-def load_config(path: str | os.PathLike | None) -> DeviceConfig:
-    """Read and validate a device_config.json; None or a missing file gives the defaults."""
+def load_config(path: str | os.PathLike | None, must_exist: bool = False) -> DeviceConfig:
+    """Read and validate a device_config.json; None gives the defaults, and so does a missing
+    file unless `must_exist` (a server given --config must not serve on defaults in silence:
+    the file may have held its API keys)."""
     if path is None:
         return DeviceConfig()
     p = Path(path)
     if not p.exists():
+        if must_exist:
+            raise LiteInferError(f"config file {p} not found: write one with `python hw_profiler.py -o {p}`, "
+                                 "or leave out --config to serve on the defaults")
         return DeviceConfig()
     try:
         data = json.loads(p.read_text())

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from liteinfer.core.config import SchedulerSettings
-from liteinfer.engines.llama import KVCacheFull, LlamaEngine, SamplingParams, Sequence, common_prefix_len
 from liteinfer.core.errors import LiteInferError, QueueFull
+from liteinfer.engines.llama import KVCacheFull, LlamaEngine, SamplingParams, Sequence, common_prefix_len
 from liteinfer.engines.text_stream import TextStream
 from liteinfer.scheduler.continuous_policy import BatchController, Signals
 
@@ -79,18 +79,46 @@ class ContinuousScheduler:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
+        self._abort_message = ""  # set by abort_all: end every request
         self._thread: threading.Thread | None = None
         self.steps = 0
 
     # ---- API for the server (any thread) ---------------------------------------------------
+    @property
+    def batch_capacity(self) -> int:
+        """Sequences the batch can hold: the configured max_batch, within the KV cache's slots."""
+        return min(self.settings.max_batch, self.engine.settings.n_seq_max)
+
     def submit(self, req: GenRequest) -> None:
+        """Queue a request; QueueFull only when the batch is full and max_queue more wait beyond
+        it. Requests the batch can still take count as free slots, not as queue: right after a
+        burst arrives the engine loop has not admitted any of them yet."""
         with self._lock:
-            if len(self.waiting) >= self.max_queue:
+            free = max(0, self.batch_capacity - len(self.running))
+            if len(self.waiting) >= self.max_queue + free:
                 if self.metrics:
                     self.metrics.rejected.labels(reason="queue_full").inc()
-                raise QueueFull(f"queue full ({self.max_queue} waiting)")
+                raise QueueFull(f"queue full ({len(self.running)} running, {self.max_queue} waiting)")
             self.waiting.append(req)
         self._wake.set()
+
+    def abort_all(self, message: str) -> int:
+        """End every running and waiting request at the next step (the server's drain time is
+        over), and any submitted after: each gets its final "done" event with finish_reason
+        "abort" and `message` as its text. Returns how many there were."""
+        self._abort_message = message
+        n = len(self.waiting) + len(self.running)
+        self._wake.set()
+        if self._thread is None or not self._thread.is_alive():
+            self._abort_running()
+        return n
+
+    def _abort_running(self) -> None:
+        with self._lock:
+            waiting = list(self.waiting)
+            self.waiting.clear()
+        for req in [*waiting, *self.running]:
+            self._finish(req, reason="abort")
 
     def cancel(self, req: GenRequest) -> None:
         req.cancelled = True
@@ -112,6 +140,8 @@ class ContinuousScheduler:
 
     def _loop(self) -> None:
         while not self._stop:
+            if self._abort_message and (self.waiting or self.running):
+                self._abort_running()
             if not self.waiting and not self.running:
                 self._wake.wait(0.5)
                 self._wake.clear()
@@ -275,7 +305,8 @@ class ContinuousScheduler:
             self.metrics.request_latency.observe(time.monotonic() - req.arrived)
             self.metrics.prompt_tokens.inc(req.n_prompt)
             self.metrics.reused_tokens.inc(req.reused_tokens)
-        req.emit(Event("done", finish_reason=reason, usage=usage))
+        req.emit(Event("done", text=self._abort_message if reason == "abort" else "", finish_reason=reason,
+                       usage=usage))
 
     def _preempt_newest(self) -> None:
         """KV full: push the newest running request back to the queue front; it resumes later
