@@ -32,6 +32,7 @@ from liteinfer.engines.llama import SamplingParams
 from liteinfer.scheduler.continuous import Event, GenRequest
 from liteinfer.server import names
 from liteinfer.server.fields import Checked, first_error
+from liteinfer.server.limits import RequestRejected, check_prompt_chars, check_stop, tokenize_bounded
 
 router = APIRouter()
 
@@ -142,9 +143,9 @@ class ShowBody(Checked):
 
 
 async def _parse(request: Request, cls):
-    raw = await request.body()
-    try:
-        return cls.model_validate_json(raw or b"{}")
+    raw = await request.body() or b"{}"
+    try:  # a large body is parsed in a worker thread: the other requests keep being served
+        return cls.model_validate_json(raw) if len(raw) < 65536 else await asyncio.to_thread(cls.model_validate_json, raw)
     except ValidationError as e:
         raise _Refusal(400, first_error(e)) from None
 
@@ -212,16 +213,18 @@ def _sampling(opts: Options, max_tokens: int) -> SamplingParams:
                           presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty, stop=stop)
 
 
-def _budget(svc, n_prompt: int, opts: Options) -> int:
-    """Tokens this request may generate; raises _Refusal when the prompt does not fit."""
+def _context(svc, opts: Options) -> int:
+    """The context this request may fill: the server's, or a smaller `options.num_ctx`."""
     limit = svc.max_seq_len
     if opts.num_ctx is not None:
         if opts.num_ctx > limit:
             raise _Refusal(400, f"options.num_ctx: {opts.num_ctx} is more than this server's context per "
                            f"request ({limit}); start the server with a larger --ctx")
         limit = opts.num_ctx
-    if n_prompt >= limit:
-        raise _Refusal(400, f"prompt is {n_prompt} tokens; the context holds {limit}")
+    return limit
+
+
+def _max_tokens(n_prompt: int, limit: int, opts: Options) -> int:
     room = limit - n_prompt
     n = opts.num_predict
     if n is None or n < 0:  # -1: until the model stops, -2: until the context is full
@@ -231,11 +234,32 @@ def _budget(svc, n_prompt: int, opts: Options) -> int:
     return min(n, room)
 
 
-async def _generate(request: Request, svc, model: str, prompt: str, opts: Options, stream: bool, chat: bool):
-    tokens = svc.tokenize(prompt)
+def _template(svc, messages: list[dict]) -> str:
+    try:
+        return svc.apply_chat_template(messages)
+    except Exception as e:  # the template's complaint is about the request (e.g. role order)
+        raise _Refusal(400, f"chat template: {e}") from None
+
+
+async def _prompt_tokens(request: Request, svc, render, n_chars: int, opts: Options) -> tuple[list[int], int]:
+    """(prompt tokens, context limit): the size limits first, then the template and the
+    tokenizer in a worker thread (CPU work), stopping early on a prompt far too long."""
+    limits = request.app.state.config.limits
+    limit = _context(svc, opts)
+    try:
+        check_prompt_chars(n_chars, limits)
+        check_stop(opts.stop, limits)
+        tokens = await asyncio.to_thread(lambda: tokenize_bounded(svc.tokenize, render(), limit))
+    except RequestRejected as e:
+        raise _Refusal(e.status, str(e)) from None
     if not tokens:
         raise _Refusal(400, "prompt is empty")
-    params = _sampling(opts, _budget(svc, len(tokens), opts))
+    return tokens, limit
+
+
+async def _generate(request: Request, svc, model: str, tokens: list[int], limit: int, opts: Options, stream: bool,
+                    chat: bool):
+    params = _sampling(opts, _max_tokens(len(tokens), limit, opts))
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -343,11 +367,9 @@ async def chat(request: Request):
         if m.tool_name:
             msg["name"] = m.tool_name
         messages.append(msg)
-    try:
-        prompt = svc.apply_chat_template(messages)
-    except Exception as e:  # the template's complaint is about the request (e.g. role order)
-        raise _Refusal(400, f"chat template: {e}") from None
-    return await _generate(request, svc, body.model, prompt, opts, body.stream, chat=True)
+    n_chars = sum(len(m.content) for m in body.messages)
+    tokens, limit = await _prompt_tokens(request, svc, lambda: _template(svc, messages), n_chars, opts)
+    return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=True)
 
 
 @router.post("/api/generate")
@@ -364,15 +386,18 @@ async def generate(request: Request):
     if body.raw:
         if body.system:
             raise _Refusal(400, "system: not used with raw: true (the prompt is sent as it is)")
-        prompt = body.prompt
+
+        def render() -> str:
+            return body.prompt
     else:
         messages = ([{"role": "system", "content": body.system}] if body.system else [])
         messages.append({"role": "user", "content": body.prompt})
-        try:
-            prompt = svc.apply_chat_template(messages)
-        except Exception as e:
-            raise _Refusal(400, f"chat template: {e}") from None
-    return await _generate(request, svc, body.model, prompt, opts, body.stream, chat=False)
+
+        def render() -> str:
+            return _template(svc, messages)
+    n_chars = len(body.prompt) + len(body.system or "")
+    tokens, limit = await _prompt_tokens(request, svc, render, n_chars, opts)
+    return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=False)
 
 
 # ---- embeddings ----------------------------------------------------------------------------
@@ -415,6 +440,14 @@ async def embed(request: Request):
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         return {"model": body.model, "embeddings": []}
+    limits = request.app.state.config.limits
+    if len(texts) > limits.max_embedding_inputs:
+        raise _Refusal(400, f"input: {len(texts)} texts; at most {limits.max_embedding_inputs} "
+                       "(limits.max_embedding_inputs)")
+    try:
+        check_prompt_chars(sum(len(t) for t in texts), limits)
+    except RequestRejected as e:
+        raise _Refusal(e.status, str(e)) from None
     vectors, n_tokens, secs = await _embed(request, svc, texts, body.dimensions)
     return {"model": body.model, "embeddings": vectors, "total_duration": _ns(secs), "load_duration": 0,
             "prompt_eval_count": n_tokens}
@@ -497,14 +530,28 @@ def _entry(name: str, svc) -> dict:
             "details": c["details"]}
 
 
+def _all_ready(request: Request) -> None:
+    """The listings wait for the loads: while a model loads, 503 with Retry-After (not a
+    list without it, which a client would take for "not installed")."""
+    for svc in request.app.state.services.values():
+        if not svc.ready:
+            if svc.error:
+                raise _Refusal(500, f"model failed to load: {svc.error}")
+            raise _Refusal(503, "model is loading; retry shortly", {"Retry-After": "2"})
+
+
 @router.get("/api/tags")
+@_refusals
 async def tags(request: Request):
+    _all_ready(request)
     listed = names.listed(request.app.state.services, request.app.state.config)
     return {"models": [_entry(n, svc) for n, svc in listed]}
 
 
 @router.get("/api/ps")
+@_refusals
 async def ps(request: Request):
+    _all_ready(request)
     listed = names.listed(request.app.state.services, request.app.state.config)
     out = []
     for n, svc in listed:
