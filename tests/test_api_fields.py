@@ -72,3 +72,18 @@ def test_config_aliases_are_checked(tmp_path):
     path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "server": {"aliases": [" padded"]}}))
     with pytest.raises(LiteInferError, match="field server.aliases: .*surrounding spaces"):
         load_config(path)
+
+
+class Msg(Checked):
+    content: str | list[Part] | None = None
+
+
+def test_a_union_reports_the_member_that_was_meant():
+    """pydantic reports one error per union member it tried ("Input should be a valid string"
+    for the list the client sent): the refusal inside the list is what the client needs."""
+    with pytest.raises(ValidationError) as e:
+        Msg.model_validate({"content": [{"type": "text", "text": "a", "cache_control": {}}]})
+    assert first_error(e.value) == "content.0: unsupported field: cache_control"
+    with pytest.raises(ValidationError) as e:
+        Msg.model_validate({"content": [{"type": "text", "text": 5}]})
+    assert first_error(e.value) == "content.0.text: Input should be a valid string"

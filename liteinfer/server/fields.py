@@ -58,14 +58,30 @@ def _same(value: Any, neutral: Any) -> bool:
 
 
 def first_error(exc: ValidationError) -> str:
-    """One line for the first problem: `where: what`, where is the field's dotted path."""
-    errors = exc.errors()
+    """One line for a pydantic ValidationError: `where: what`, where is the field's dotted path."""
+    return describe(exc.errors())
+
+
+# loc entries pydantic adds for the member of a union it tried ("str", "list[...]"): not fields
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none", "bytes"})
+
+
+def _field_path(loc) -> str:
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+    return ".".join(parts)
+
+
+def describe(errors: list[dict]) -> str:
+    """The most telling of pydantic's (or FastAPI's) errors as one line naming the field: a
+    refused field over a type mismatch (a union reports one error per member it tried), the
+    deepest path otherwise."""
     if not errors:
         return "invalid request"
-    err = errors[0]
-    if err.get("type") == "json_invalid":
+    if any(e.get("type") == "json_invalid" for e in errors):
         return "request body is not valid JSON"
-    where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+    ours = [e for e in errors if str(e.get("type", "")).startswith("unsupported")]
+    err = ours[0] if ours else max(errors, key=lambda e: len(_field_path(e.get("loc", ())).split(".")))
+    where = _field_path(err.get("loc", ()))
     msg = err.get("msg", "invalid request")
     if err.get("type") == "model_type" and not where:
         msg = "request body must be a JSON object"
