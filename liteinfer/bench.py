@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.core.config import load_config
 
     path = args.config or ("device_config.json" if Path("device_config.json").exists() else None)
@@ -64,6 +66,7 @@ def _config(args: argparse.Namespace):
 
 
 def _requests(args: argparse.Namespace):
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.tune.workload import chat_mix, load_workload
 
     if args.requests < 1:
@@ -99,9 +102,10 @@ def _perf_region(ctl: str):
 
 
 def run_bench(args: argparse.Namespace) -> dict:
-    import resource
-
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.core.catalog import resolve_llm
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.tune.trial import measure_config
 
     cfg, cfg_path = _config(args)
@@ -273,6 +277,7 @@ def _print_perf(p: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python inference_benchmark.py [options]` = `liteinfer bench [options]`."""
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.cli import main as cli_main
 
     return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from math import erf
 from pathlib import Path
 
+from liteinfer.core.catalog import cache_dir, pull
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
+from liteinfer.engines.onnx import Embedder
+from liteinfer.engines.onnx_meta import ModelMeta, TextPrep, write_meta
 
 OPSET = 17  # LayerNormalization
 CONVERTER_VERSION = "2"
@@ -26,6 +30,7 @@ CONVERTER_VERSION = "2"
 
 def load_bert(folder: Path) -> tuple[dict, dict]:
     """(config.json, weights as float32 numpy arrays) of a sentence-transformers BERT folder."""
+    # on use: safetensors is heavy (start-up, memory)
     from safetensors.numpy import load_file
 
     folder = Path(folder)
@@ -59,12 +64,14 @@ class _Graph:
         self.nodes, self.inits, self._n = [], [], 0
 
     def const(self, name: str, array) -> str:
+        # on use: onnx is heavy (start-up, memory)
         from onnx import numpy_helper
 
         self.inits.append(numpy_helper.from_array(array, name))
         return name
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, name: str | None = None, **attrs) -> str:
+        # on use: onnx is heavy (start-up, memory)
         from onnx import helper
 
         self._n += 1
@@ -75,6 +82,7 @@ class _Graph:
 
     def linear(self, x: str, w, b, name: str) -> str:
         """y = x @ W.T + b with the weight stored transposed ([in, out]) for MatMul."""
+        # on use: numpy is heavy (start-up, memory)
         import numpy as np
 
         wt = self.const(f"{name}.weight", np.ascontiguousarray(w.T))
@@ -84,7 +92,10 @@ class _Graph:
 
 def build_graph(cfg: dict, w: dict):
     """The onnx.ModelProto of a BERT encoder with mean pooling, from config + weights."""
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
+
+    # on use: onnx is heavy (start-up, memory)
     from onnx import TensorProto, helper
 
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -167,8 +178,8 @@ def build_graph(cfg: dict, w: dict):
 
 def numpy_forward(cfg: dict, w: dict, input_ids, attention_mask) -> tuple:
     """Reference forward pass in float64 numpy: (last_hidden_state, sentence_embedding)."""
-    from math import erf
 
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
 
     verf = np.vectorize(erf)
@@ -222,9 +233,9 @@ def source_hash(folder: Path) -> str:
 
 def convert_bert(folder: Path, out: Path, name: str = "") -> Path:
     """Write a self-contained embedding .onnx (graph, weights, tokenizer, metadata) atomically."""
+    # on use: onnx is heavy (start-up, memory)
     import onnx
 
-    from liteinfer.engines.onnx_meta import ModelMeta, TextPrep, write_meta
 
     folder = Path(folder)
     cfg, weights = load_bert(folder)
@@ -245,7 +256,6 @@ def convert_bert(folder: Path, out: Path, name: str = "") -> Path:
 
 def cached_minilm() -> Path:
     """all-MiniLM-L6-v2 as FP32 ONNX in the cache, converted once per source hash."""
-    from liteinfer.core.catalog import cache_dir, pull
 
     folder = pull("minilm-l6-v2")
     out = cache_dir().parent / "onnx" / f"minilm-l6-v2-{source_hash(folder)}.onnx"
@@ -258,9 +268,9 @@ def verify_against_reference(folder: Path, onnx_path: Path, texts: tuple[str, ..
     "The quick brown fox jumps over the lazy dog.", "Embeddings map sentences to vectors.",
 )) -> float:
     """Lowest cosine between the ONNX model's and the numpy reference's embeddings."""
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
 
-    from liteinfer.engines.onnx import Embedder
 
     emb = Embedder(onnx_path)
     cfg, weights = load_bert(folder)

@@ -24,6 +24,7 @@ def add_hf(conv: argparse._SubParsersAction) -> None:
 
 
 def _hf_main(args: argparse.Namespace) -> int:
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.convert.hf import convert_hf
 
     out = convert_hf(args.src, args.out, outtype=args.outtype, pre=args.pre, progress=sys.stderr.isatty())

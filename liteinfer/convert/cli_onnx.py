@@ -16,7 +16,10 @@ def add_minilm(conv: argparse._SubParsersAction) -> None:
 
 
 def _minilm_main(args: argparse.Namespace) -> int:
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.convert.bert import convert_bert, verify_against_reference
+
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.core.catalog import pull
 
     folder = pull(args.source)
@@ -43,8 +46,13 @@ def add_torch(conv: argparse._SubParsersAction) -> None:
 
 
 def _torch_main(args: argparse.Namespace) -> int:
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.convert import torch_export as te
+
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.core.errors import LiteInferError
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.engines.onnx_meta import ImagePrep
 
     if args.model == "efficientnet-lite0":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from liteinfer.convert.safetensors_io import read_folder
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
 
@@ -92,10 +93,12 @@ def load_config(folder: Path) -> dict:
 def convert_hf(folder: str | Path, out: str | Path, outtype: str = "f32", pre: str | None = None,
                progress: bool = True) -> Path:
     """Write OUT.gguf from a llama-family HF folder; returns the output path."""
+    # on use: gguf is heavy (start-up, memory)
     import gguf
+
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
 
-    from liteinfer.convert.safetensors_io import read_folder
 
     folder, out = Path(folder), Path(out)
     if outtype not in OUTTYPES:
@@ -164,6 +167,7 @@ def convert_hf(folder: str | Path, out: str | Path, outtype: str = "f32", pre: s
 
 
 def _add_tokenizer(w, folder: Path, tok: dict, n_vocab: int, pre: str) -> None:
+    # on use: gguf is heavy (start-up, memory)
     import gguf
 
     vocab: dict[str, int] = dict(tok["model"]["vocab"])

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from liteinfer.convert.hf import _permute, load_config, tensor_map
+from liteinfer.convert.safetensors_io import read_folder
+from liteinfer.core.errors import LiteInferError
+
 Hook = Callable[[str, np.ndarray], None]
 
 
@@ -23,8 +27,6 @@ class ReferenceLlama:
     def __init__(self, folder: str | Path | None = None, cfg: dict | None = None, weights: dict | None = None):
         """From a HF folder, or from an HF-style config dict and HF-named float32 weights."""
         if folder is not None:
-            from liteinfer.convert.hf import load_config
-            from liteinfer.convert.safetensors_io import read_folder
 
             cfg = load_config(Path(folder))
             weights = read_folder(Path(folder))
@@ -43,7 +45,6 @@ class ReferenceLlama:
 
     def hf_names(self, gguf_name: str) -> list[str]:
         """The HF weight(s) behind a GGUF tensor name (a tied embedding is two)."""
-        from liteinfer.convert.hf import tensor_map
 
         names = [hf for hf, gg in tensor_map(self.n_layer).items() if gg == gguf_name]
         if gguf_name == "token_embd.weight" and self.tied:
@@ -52,7 +53,6 @@ class ReferenceLlama:
 
     def gguf_weight(self, gguf_name: str) -> np.ndarray:
         """A weight in llama.cpp's layout (Q/K rows permuted back to interleaved)."""
-        from liteinfer.convert.hf import _permute
 
         w = self.w[self.hf_names(gguf_name)[0]]
         if gguf_name.endswith("attn_q.weight"):
@@ -73,7 +73,6 @@ class ReferenceLlama:
     @classmethod
     def from_gguf(cls, path: str | Path) -> ReferenceLlama:
         """Any llama GGUF (quantized tensors dequantized); Q/K rows un-permuted to HF's layout."""
-        from liteinfer.convert.hf import tensor_map
 
         cfg, tensors = read_gguf_llama(path)
         names = {gg: hf for hf, gg in tensor_map(cfg["num_hidden_layers"]).items()}
@@ -167,10 +166,12 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def read_gguf_llama(path: str | Path) -> tuple[dict, dict]:
     """(HF-style config, GGUF-named float32 weights) of a llama-architecture GGUF."""
+    # on use: gguf is heavy (start-up, memory)
     from gguf import GGUFReader
+
+    # on use: gguf is heavy (start-up, memory)
     from gguf.quants import dequantize
 
-    from liteinfer.core.errors import LiteInferError
 
     r = GGUFReader(str(path))
 

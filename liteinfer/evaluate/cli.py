@@ -35,6 +35,7 @@ def add_kld(ev: argparse._SubParsersAction) -> None:
 
 
 def _ppl_main(args: argparse.Namespace) -> int:
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.evaluate.llm import perplexity, read_text
 
     r = perplexity(args.model, read_text(args.text), args.ctx, args.max_tokens, progress=sys.stderr.isatty())
@@ -46,6 +47,7 @@ def _ppl_main(args: argparse.Namespace) -> int:
 
 
 def _kld_main(args: argparse.Namespace) -> int:
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.evaluate.llm import kl_divergence, read_text
 
     r = kl_divergence(args.model, args.ref, read_text(args.text), args.ctx, args.max_tokens,

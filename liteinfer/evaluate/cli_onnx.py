@@ -27,6 +27,7 @@ def add_embed(ev: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    # on use: pulls in numpy (start-up, memory)
     from liteinfer.evaluate.onnx import evaluate
 
     r = evaluate(args.model, args.data, args.ref, limit=args.limit)

@@ -10,18 +10,18 @@ computed once and kept (float16) so one reference serves many candidates.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from liteinfer.core.catalog import resolve_llm
+from liteinfer.core.config import EngineSettings
 from liteinfer.core.errors import LiteInferError
+from liteinfer.engines.llama import LlamaEngine
+from liteinfer.hardware.cores import usable_cores
 
 
 def eval_settings(ctx: int):
-    import os
-
-    from liteinfer.core.config import EngineSettings
-    from liteinfer.hardware.cores import usable_cores
-
     # On a machine busier than its cores, llama.cpp's threads wait on each other at every
     # barrier; one thread finishes sooner there (the numbers do not depend on the count).
     threads = 1 if os.getloadavg()[0] > usable_cores() else None
@@ -31,9 +31,6 @@ def eval_settings(ctx: int):
 
 
 def open_engine(model: str | Path, ctx: int):
-    from liteinfer.core.catalog import resolve_llm
-    from liteinfer.engines.llama import LlamaEngine
-
     return LlamaEngine(resolve_llm(str(model)), eval_settings(ctx))
 
 
@@ -59,6 +56,7 @@ def make_windows(tokens: list[int], ctx: int, max_tokens: int | None = None) -> 
 
 
 def log_softmax(x):
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
 
     x = x.astype(np.float64)
@@ -68,6 +66,7 @@ def log_softmax(x):
 
 def kld_top1(ref_logits, logits) -> tuple[float, float]:
     """Mean KL(ref || model) and top-1 agreement of two [tokens, vocab] logit arrays."""
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
 
     lp, lq = log_softmax(ref_logits), log_softmax(logits)
@@ -95,6 +94,7 @@ class PerplexityResult:
 def _progress(it, desc: str, show: bool):
     if not show:
         return it
+    # on use: tqdm is heavy (start-up, memory)
     from tqdm import tqdm
 
     return tqdm(it, desc=desc, unit="win", leave=False)
@@ -102,6 +102,7 @@ def _progress(it, desc: str, show: bool):
 
 def perplexity(model: str | Path, text: str, ctx: int = 256, max_tokens: int | None = None,
                progress: bool = False) -> PerplexityResult:
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
 
     eng = open_engine(model, ctx)
@@ -123,6 +124,7 @@ class Reference:
 
     def __init__(self, ref: str | Path, text: str, ctx: int = 256, max_tokens: int | None = None,
                  progress: bool = False):
+        # on use: numpy is heavy (start-up, memory)
         import numpy as np
 
         self.ctx, self.path = ctx, str(ref)
@@ -142,6 +144,7 @@ class Reference:
 
     def compare(self, model: str | Path, progress: bool = False) -> dict:
         """KLD(ref || model) mean / p99 / max, top-1 agreement, both perplexities and their ratio."""
+        # on use: numpy is heavy (start-up, memory)
         import numpy as np
 
         eng = open_engine(model, self.ctx)

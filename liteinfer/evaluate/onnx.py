@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from liteinfer.core.errors import LiteInferError
+from liteinfer.engines.onnx import load_model
 
 CALIB_TOKENS = 64
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -196,7 +197,6 @@ def compare_logits(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None)
 def evaluate(model_path: str | Path, data: str | Path, ref_path: str | Path | None = None,
              limit: int | None = None) -> dict:
     """Metrics of one model on data, compared with a reference model when given."""
-    from liteinfer.engines.onnx import load_model
 
     model = load_model(model_path)
     evalset = load_eval_set(model, data, limit=limit)

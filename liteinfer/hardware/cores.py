@@ -29,6 +29,7 @@ def usable_cores(root: str = "/sys/fs/cgroup") -> int:
     Hyperthreads share the FPUs the kernels saturate, so physical cores is the right default.
     """
     try:
+        # on use: psutil is heavy (start-up, memory)
         import psutil
 
         physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform as _platform
 import re
+import resource
 import shutil
 import sys
 import time
@@ -501,8 +502,6 @@ def probe(root: str | os.PathLike = "/", os_name: str | None = None) -> Probe:
 
 
 def _memlock(p: Probe) -> None:
-    import resource
-
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     p.memory.memlock_limit_mb = None if soft == resource.RLIM_INFINITY else soft // 2**20
 

@@ -101,6 +101,7 @@ def cmd_set(args: argparse.Namespace) -> int:
         print("dynamic: idle state applied; `liteinfer serve` with power.profile=dynamic "
               "switches to performance under load")
     if args.config:
+        # on use: pulls in pydantic (start-up, memory)
         from liteinfer.core.config import load_config, save_config
 
         cfg = load_config(args.config)

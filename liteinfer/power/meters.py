@@ -206,6 +206,7 @@ class NvmlMeter(Meter):
 
     def __init__(self, index: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
+        # on use: pynvml is optional
         import pynvml
 
         self._nvml = pynvml

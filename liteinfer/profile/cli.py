@@ -54,8 +54,13 @@ def _print(*a) -> None:
 
 
 def profile_main(args: argparse.Namespace) -> int:
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.core.config import DeviceConfig, save_config
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.hardware.probe import summary
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.profile.planner import profile
 
     t0 = time.perf_counter()
@@ -63,6 +68,7 @@ def profile_main(args: argparse.Namespace) -> int:
     if out.exists() and out.is_dir():
         raise LiteInferError(f"{out} is a folder; give a file name for the config")
     if args.record:
+        # on use: keeps `liteinfer --help` fast
         from liteinfer.hardware.record import record
 
         n = record(args.record)
@@ -190,9 +196,16 @@ def _load_avg() -> float | None:
 
 
 def doctor_main(args: argparse.Namespace) -> int:
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.core.config import load_config
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.hardware.devices import best_match
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.hardware.fingerprint import stale_fields
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.hardware.probe import probe, summary
 
     p = probe(args.root)

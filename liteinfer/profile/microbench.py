@@ -24,6 +24,7 @@ def memory_bandwidth(size_mb: int = 64, seconds: float = 0.4) -> dict[str, float
     The buffers are larger than any last-level cache we expect on small machines, so this is
     DRAM bandwidth as one thread sees it, the number that bounds LLM decode speed.
     """
+    # on use: numpy is heavy (start-up, memory)
     import numpy as np
 
     n = max(1, size_mb) * 2**20 // 8
@@ -57,6 +58,7 @@ def set_threads(engine, n: int) -> None:
 
 def probe_step_seconds(engine) -> float:
     """Seconds of one small engine step (a 4-token prompt): a cheap first look at a setting."""
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.engines.llama import SamplingParams
 
     old_prefix = engine.prefix_cache
@@ -100,6 +102,7 @@ def _measure_engine(engine, batches: tuple[int, ...] = (1, 4, 16), prompt_len: i
     keeps its best: a point disturbed by other work counts less, and drift over the run
     does not tilt the curve.
     """
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.engines.llama import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=1 << 20)

@@ -13,11 +13,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from liteinfer.core.config import DeviceConfig
+from liteinfer.core.catalog import pull
+from liteinfer.core.config import DeviceConfig, EngineSettings
 from liteinfer.core.errors import LiteInferError
+from liteinfer.engines.llama import LlamaEngine
 from liteinfer.hardware.devices import DeviceEntry, Match, best_match
 from liteinfer.hardware.fingerprint import fingerprint
-from liteinfer.hardware.probe import Probe
+from liteinfer.hardware.probe import Probe, probe
+from liteinfer.profile.microbench import (
+    measure_engine,
+    memory_bandwidth,
+    model_facts,
+    probe_step_seconds,
+    set_threads,
+)
 
 MB = 2**20
 RUNTIME_OVERHEAD_MB = 300  # Python + llama.cpp + FastAPI resident set besides weights and KV
@@ -268,16 +277,6 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
     included); full: adds a thread sweep and batch 32, within ~20 s. A single engine step
     cannot be cut short, so a badly overloaded machine can overrun a little.
     """
-    from liteinfer.core.catalog import pull
-    from liteinfer.core.config import EngineSettings
-    from liteinfer.engines.llama import LlamaEngine
-    from liteinfer.profile.microbench import (
-        measure_engine,
-        memory_bandwidth,
-        model_facts,
-        probe_step_seconds,
-        set_threads,
-    )
 
     t0 = time.perf_counter()
     # Everything below shares one deadline, so a slow or busy machine still finishes in time:
@@ -351,7 +350,6 @@ def measure(p: Probe, model: str = "smollm2-135m", quick: bool = False, log=prin
 
 def profile(model: str = "smollm2-135m", quick: bool = False, measure_engine: bool = True, root: str = "/",
             log=print) -> tuple[Probe, Match | None, dict[str, Any], Plan]:
-    from liteinfer.hardware.probe import probe
 
     p = probe(root)
     best = best_match(p)

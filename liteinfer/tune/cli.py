@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def _quality(models: list[str], text_path: str | None) -> dict[str, float]:
     """Perplexity increase (percent) of each model vs the first, measured on held-out text."""
     if not text_path:
         raise LiteInferError("--quants needs --eval-text FILE (held-out text for the quality measurement)")
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.core.catalog import resolve_llm
+
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.evaluate.llm import Reference, read_text
 
     ref = Reference(resolve_llm(models[0]), read_text(text_path))
@@ -61,12 +65,25 @@ def _quality(models: list[str], text_path: str | None) -> dict[str, float]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.core.catalog import resolve_llm
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.core.config import load_config, save_config
+
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.hardware.cores import usable_cores
+
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.power import cpufreq, meters
+
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.tune import search
+
+    # on use: pulls in pydantic (start-up, memory)
     from liteinfer.tune.trial import measure_isolated
+
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.tune.workload import chat_mix, load_workload
 
     out = Path(args.output)
@@ -138,6 +155,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     prefix = args.plots or str(out)
     try:
+        # on use: pulls in pydantic (start-up, memory)
         from liteinfer.tune.plots import plot_convergence, plot_front
 
         p1 = plot_front(study, objectives, front, chosen, prefix + ".front.png")
@@ -161,8 +179,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _can_set_power() -> bool:
-    import os
-
+    # on use: keeps `liteinfer --help` fast
     from liteinfer.power import cpufreq
 
     pols = cpufreq.read_policies()

@@ -10,9 +10,11 @@ from liteinfer.tune.search import Objective, evaluations
 
 
 def _pyplot():
+    # on use: matplotlib is optional
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers
+    # on use: matplotlib is optional
     import matplotlib.pyplot as plt
 
     return plt

@@ -140,6 +140,7 @@ def open_study(objectives: list[Objective], storage: str | None = None, name: st
     Constraints reach the sampler through trial.set_constraint (constrained domination:
     a feasible trial always ranks ahead of an infeasible one).
     """
+    # on use: optuna is heavy (start-up, memory)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -160,6 +161,7 @@ def open_study(objectives: list[Objective], storage: str | None = None, name: st
 
 
 def completed(study) -> list:
+    # on use: optuna is heavy (start-up, memory)
     import optuna
 
     return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -187,6 +189,7 @@ def run_search(study, space: list[Knob], evaluate: Evaluate, objectives: list[Ob
     A config whose evaluation raises LiteInferError (llama.cpp refuses or crashes on it) is
     recorded as failed, never retried, and the search goes on. Returns evaluations run.
     """
+    # on use: optuna is heavy (start-up, memory)
     import optuna
 
     constraints = constraints or Constraints()
@@ -236,6 +239,7 @@ def run_search(study, space: list[Knob], evaluate: Evaluate, objectives: list[Ob
     todo = None if n_trials is None else min(n_trials, size) - have
     bar = None
     if progress:
+        # on use: tqdm is heavy (start-up, memory)
         from tqdm import tqdm
 
         bar = tqdm(total=todo, desc="tune", unit="eval", dynamic_ncols=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -23,6 +24,9 @@ from pathlib import Path
 
 from liteinfer.core.config import DeviceConfig
 from liteinfer.core.errors import LiteInferError
+from liteinfer.engines.llama import LlamaEngine, SamplingParams
+from liteinfer.power import cpufreq, meters
+from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
 from liteinfer.tune.workload import Request, chat_mix, tokenize_requests
 
 
@@ -38,7 +42,6 @@ def percentile(values: list[float], q: float) -> float:
 def run_workload(engine, prompts: list[list[int]], max_tokens: list[int], max_batch: int,
                  prefill_chunk: int, on_step=None) -> dict:
     """Run all prompts to exactly max_tokens each (greedy, EOS ignored); return timings."""
-    from liteinfer.engines.llama import SamplingParams
 
     queue = deque(range(len(prompts)))
     active: dict[int, object] = {}  # request index -> engine Sequence
@@ -130,8 +133,6 @@ def run_scheduler_workload(engine, prompts: list[list[int]], max_tokens: list[in
     """The same workload through the serving path: liteinfer's ContinuousScheduler (admission,
     chunked prefill, the adaptive controller), stepped on this thread. Requests stop at
     end-of-text as in serving, so the work can differ a little between configs."""
-    from liteinfer.engines.llama import SamplingParams
-    from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
 
     sched = ContinuousScheduler(engine, settings, max_queue=len(prompts) + 1)
     t0 = time.perf_counter()
@@ -165,14 +166,13 @@ RUNNERS = ("engine", "scheduler")
 
 
 def _rss_mb() -> float:
+    # on use: psutil is heavy (start-up, memory)
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
 
 
 def _peak_rss_mb() -> float:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -188,8 +188,6 @@ def measure_config(model: str | os.PathLike, cfg: DeviceConfig, requests: list[R
     """
     if runner not in RUNNERS:
         raise LiteInferError(f"unknown runner {runner!r}; choose {' or '.join(RUNNERS)}")
-    from liteinfer.engines.llama import LlamaEngine, SamplingParams
-    from liteinfer.power import cpufreq, meters
 
     requests = requests or chat_mix()
     power_note = None
