@@ -7,7 +7,7 @@ What runs, all in this one invocation, over the same model file and the same tex
   peers    plain onnxruntime, in this process: tokenizers + session.run, one text per call
            (and 8 or 32 texts per call over the length-sorted corpus: what batching can gain
            at best in the kernel, with no serving around it)
-  servers  the real HTTP server (`python -m liteinfer.server.oneshot_routes`, uvicorn on
+  servers  the real HTTP server (`liteinfer serve --no-llm`, uvicorn on
            127.0.0.1), one per setting, all started up front: no batching (max_batch 1),
            fixed (max_batch, delay) settings, and the adaptive controller; a closed-loop load
            client with raw HTTP/1.1 keep-alive connections (asyncio, base64 embeddings like
@@ -140,7 +140,7 @@ class Server:
             cfg = DeviceConfig(embedding_model=str(model), oneshot=settings)
             cfg_path = Path(tempfile.mkdtemp(prefix="liteinfer-bench-")) / "config.json"
             save_config(cfg, cfg_path)
-            cmd = [sys.executable, "-m", "liteinfer.server.oneshot_routes", "--config", str(cfg_path), "--port",
+            cmd = [sys.executable, "-m", "liteinfer", "serve", "--no-llm", "--config", str(cfg_path), "--port",
                    str(port)]
         self.naive = settings is None
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -51,10 +51,10 @@ def png(value: int, size: int = 20) -> bytes:
 
 
 class OneShotServer(ServerProcess):
-    """The one-shot-only server (`python -m liteinfer.server.oneshot_routes`), or another module's."""
+    """`liteinfer serve --no-llm ...`: one-shot models only; with llm=True, next to the chat model."""
 
-    def __init__(self, *args: str, module: tuple[str, ...] = ("liteinfer.server.oneshot_routes",)):
-        super().__init__(*args, module=module)
+    def __init__(self, *args: str, llm: bool = False):
+        super().__init__(*args) if llm else super().__init__("--no-llm", *args)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,8 @@ def server(tiny):
 @pytest.fixture(scope="module")
 def reference():
     """The same model computed directly: numpy forward over the safetensors, one sentence at a time."""
-    from liteinfer.core.catalog import pull
     from liteinfer.convert.bert import load_bert, numpy_forward
+    from liteinfer.core.catalog import pull
     from liteinfer.engines.onnx import load_model
 
     cfg, weights = load_bert(pull("minilm-l6-v2"))
@@ -230,7 +230,7 @@ def _config(tiny: Path, **oneshot) -> Path:
 def test_routes_join_the_llm_server(tiny, default_model_path):
     """`liteinfer serve --embedding-model --classifier-model`: one server, chat and one-shot models."""
     srv = OneShotServer("-m", str(default_model_path), "--ctx", "1024", "--embedding-model", str(minilm_fp32()),
-                        "--classifier-model", str(tiny), module=("liteinfer", "serve"))
+                        "--classifier-model", str(tiny), llm=True)
     try:
         ids = [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
         assert len(ids) == 3 and "tiny" in ids
@@ -291,9 +291,9 @@ def test_known_images_get_their_labels():
     from onnx_models import efficientnet_fp32
 
     from liteinfer.core.config import OneShotSettings
-    from liteinfer.oneshot import OneShotService
+    from liteinfer.services import OneShotService
 
-    svc = OneShotService.load(str(efficientnet_fp32()), OneShotSettings(max_delay_ms=20))
+    svc = OneShotService.open(str(efficientnet_fp32()), OneShotSettings(max_delay_ms=20))
     try:
         images = [skdata.chelsea(), skdata.coffee(), skdata.rocket()]
         batched = svc.classify(images, top_k=5)

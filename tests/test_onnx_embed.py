@@ -17,8 +17,8 @@ def embedder():
 
 
 def test_matches_numpy_reference(embedder):
-    from liteinfer.core.catalog import pull
     from liteinfer.convert.bert import load_bert, numpy_forward
+    from liteinfer.core.catalog import pull
 
     cfg, weights = load_bert(pull("minilm-l6-v2"))
     texts = SENTENCES[:4]

@@ -2,9 +2,10 @@
 
     python examples/inspection/serve.py --model OUT/fashion_cnn.int8.onnx [--config device_config.json] [--port 8000]
 
-A server with only the one-shot routes (no LLM loaded), so it stays small. The batching
-settings (oneshot.max_batch, max_delay_ms, adaptive, target_p95_ms) come from the device
-config that `liteinfer profile` wrote; without one, the defaults. To serve it next to a chat
+`liteinfer serve --no-llm --classifier-model MODEL`: one-shot models only (no LLM loaded),
+so it stays small. The batching settings (oneshot.max_batch, max_delay_ms, adaptive,
+target_p95_ms) come from the device config that `liteinfer profile` wrote; without one, the
+defaults. To serve it next to a chat
 model instead: `liteinfer serve --classifier-model OUT/fashion_cnn.int8.onnx`.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from liteinfer.server.oneshot_routes import main as serve_oneshot
+from liteinfer.cli import main as liteinfer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args(argv)
-    forward = ["--classifier-model", args.model, "--host", args.host, "--port", str(args.port)]
+    forward = ["serve", "--no-llm", "--classifier-model", args.model, "--host", args.host, "--port", str(args.port)]
     if args.config:
         forward += ["--config", args.config]
-    return serve_oneshot(forward)
+    return liteinfer(forward)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 
 Both run through the same service (engine + dynamic batcher) as the server, so a list of
 inputs is batched the same way. `-` reads one input per line from stdin (texts) or the paths.
+This module also gives the one-shot services the built-in model names (minilm-l6-v2,
+efficientnet-lite0), converted on first use by convert/: tooling that only the CLI may import.
 """
 
 from __future__ import annotations
@@ -24,15 +26,38 @@ def _inputs(values: list[str]) -> list[str]:
     return out
 
 
+# the converters (safetensors, onnx, torch) load when a built-in model is first named: start-up time
+def _minilm() -> Path:
+    from liteinfer.convert.bert import cached_minilm
+
+    return cached_minilm()
+
+
+def _efficientnet_lite0() -> Path:
+    from liteinfer.convert.torch_export import cached_efficientnet_lite0
+
+    return cached_efficientnet_lite0()
+
+
+BUILTIN_MODELS = {"minilm-l6-v2": _minilm, "efficientnet-lite0": _efficientnet_lite0}
+
+
+def register_builtin_models() -> None:
+    """Let `liteinfer serve --embedding-model minilm-l6-v2` (and embed / classify) name them."""
+    from liteinfer.services import ONESHOT_SOURCES
+
+    ONESHOT_SOURCES.update(BUILTIN_MODELS)
+
+
 def _service(args, kind: str):
     from liteinfer.core.config import load_config
-    from liteinfer.oneshot import OneShotService
+    from liteinfer.services import OneShotService  # onnxruntime & co. load with the command, not with --help
 
     config = load_config(args.config)
     default = {"embedding": config.embedding_model or "minilm-l6-v2",
                "classifier": config.classifier_model or "efficientnet-lite0"}[kind]
     settings = config.oneshot.model_copy(update={"adaptive": False})  # a CLI call is one burst
-    return OneShotService.load(args.model or default, settings, kind=kind)
+    return OneShotService.open(args.model or default, settings, kind=kind)
 
 
 def embed_main(args: argparse.Namespace) -> int:
@@ -89,6 +114,7 @@ def classify_main(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    register_builtin_models()
     p = sub.add_parser("embed", help="sentence embeddings (ONNX, e.g. all-MiniLM-L6-v2)")
     p.add_argument("text", nargs="*", help="texts to embed; - reads one per line from stdin")
     p.add_argument("-m", "--model", default=None, help="minilm-l6-v2 (default) or a liteinfer .onnx file")

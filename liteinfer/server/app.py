@@ -1,8 +1,11 @@
-"""The HTTP service: FastAPI app factory, model loading, health, metrics, auth, and `liteinfer serve`.
+"""The HTTP server: the app factory (services, /health, /metrics, the chat page, API keys,
+OpenAI-shaped errors) and the `liteinfer serve` command.
 
-The model loads in a background thread, so /health answers "loading" at once and "ready"
-when the engine and its scheduler thread are up. Everything under /v1 needs an API key when
-keys are configured; /, /health and /metrics stay open (a local page and a scraper).
+The LLM loads in a background thread, so /health answers "loading" at once and "ready" when
+the engine and its scheduler thread are up; one-shot models (embeddings, classifier) load
+before the port is bound. Everything under /v1 needs an API key when keys are configured;
+/, /health and /metrics stay open (a local page and a scraper). `liteinfer serve --no-llm
+--embedding-model M` is the small embeddings service: one-shot models only.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import argparse
 import logging
 import os
 import threading
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,89 +23,49 @@ from liteinfer.core.errors import LiteInferError
 STATIC = Path(__file__).parent / "static"
 
 
-class LLMService:
-    """The loaded LLM: engine + continuous-batching scheduler, created off the event loop."""
-
-    def __init__(self, config: DeviceConfig, model: str, metrics):
-        self.config, self.model, self.metrics = config, model, metrics
-        self.model_id = Path(model).stem if model.endswith(".gguf") else model
-        self.model_names = {self.model_id, model}
-        self.created = int(time.time())
-        self.engine = self.scheduler = None
-        self.ready = False
-        self.error: str | None = None
-        import asyncio
-
-        self.embed_lock = asyncio.Lock()
-
-    def load(self) -> None:
-        try:
-            from liteinfer.core.catalog import resolve_llm
-            from liteinfer.engines.llama import LlamaEngine
-            from liteinfer.scheduler.continuous import ContinuousScheduler
-
-            path = resolve_llm(self.model)
-            self.model_names.add(path.stem)
-            settings = self.config.engine
-            if settings.split_q4_1 is None:  # batched serving is where the split pays (see q4_1_split)
-                settings = settings.model_copy(update={"split_q4_1": True})
-            self.engine = LlamaEngine(path, settings)
-            self.scheduler = ContinuousScheduler(self.engine, self.config.scheduler, self.config.server.max_queue,
-                                                 self.metrics)
-            self.scheduler.start()
-            _release_free_heap()
-            self.ready = True
-            logging.getLogger("liteinfer.server").info(
-                "loaded %s: %d threads, %d KV cells (%s), up to %d sequences%s", path.name, self.engine.n_threads,
-                self.engine.n_ctx, self.config.engine.type_k, self.config.scheduler.max_batch,
-                ", Q4_1 run as Q4_0 + offsets" if self.engine.q4_1_split else "")
-        except LiteInferError as e:
-            self.error = str(e)
-        except Exception as e:  # surfaced through /health, not a traceback
-            self.error = f"{type(e).__name__}: {e}"
-
-    def close(self) -> None:
-        if self.scheduler:
-            self.scheduler.stop()
-        if self.engine:
-            self.engine.close()
-
-
 def create_app(config: DeviceConfig | None = None, model: str | None = None, api_keys: list[str] | None = None,
-               load_in_background: bool = True):
+               load_in_background: bool = True, llm: bool = True):
+    """The app for `config`: its LLM (`model` or config.model; none when `llm` is False) and
+    its one-shot models. Raises LiteInferError when a one-shot model cannot be loaded."""
+    # FastAPI, the routes and the engines load when a server is built, not for `liteinfer --help`
+    # (the CLI imports this module to register `serve`): start-up time
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from liteinfer.server import classify, embeddings, openai
     from liteinfer.server.auth import check_bearer
     from liteinfer.server.metrics import Metrics
-    from liteinfer.server.openai import embeddings_router, error_response, router
+    from liteinfer.server.openai import error_response
+    from liteinfer.services import load_services
 
     config = config or DeviceConfig()
     keys = list(api_keys if api_keys is not None else config.server.api_keys)
     metrics = Metrics()
-    service = LLMService(config, model or config.model, metrics)
+    services = load_services(config, model, observer=metrics, llm=llm)
+    for svc in services.values():
+        if svc.kind != "llm":
+            metrics.watch_oneshot(svc)
+    llm_service = services.get("llm")
 
     @asynccontextmanager
     async def lifespan(app):
-        if load_in_background:
-            threading.Thread(target=service.load, name="liteinfer-load", daemon=True).start()
-        else:
-            service.load()
+        for svc in services.values():
+            if not svc.ready:
+                if load_in_background:
+                    threading.Thread(target=svc.load, name=f"liteinfer-load-{svc.kind}", daemon=True).start()
+                else:
+                    svc.load()
         yield
-        service.close()
-        if getattr(app.state, "oneshot", None):
-            from liteinfer.server.oneshot_routes import close_services
-
-            close_services(app)
+        for svc in services.values():
+            svc.close()
 
     app = FastAPI(title="liteinfer", version="0.1.0", lifespan=lifespan)
-    app.state.llm = service
+    app.state.services = services
     app.state.metrics = metrics
     app.state.config = config
-    app.state.extra_models = []
     if config.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
@@ -136,37 +98,31 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
 
     @app.get("/health")
     async def health():
-        if service.ready:
-            return {"status": "ready", "model": service.model_id}
-        if service.error:
-            return JSONResponse({"status": "error", "error": service.error}, status_code=500)
-        return JSONResponse({"status": "loading"}, status_code=503)
+        if llm_service is not None and not llm_service.ready:
+            if llm_service.error:
+                return JSONResponse({"status": "error", "error": llm_service.error}, status_code=500)
+            return JSONResponse({"status": "loading"}, status_code=503)
+        body: dict = {"status": "ready"}
+        if llm_service is not None:
+            body["model"] = llm_service.name
+        oneshot = {kind: svc.name for kind, svc in services.items() if kind != "llm"}
+        if oneshot:
+            body["models"] = oneshot
+        return body
 
     @app.get("/metrics")
     async def prometheus():
-        body = metrics.render(service.scheduler)
+        body = metrics.render(llm_service.scheduler if llm_service is not None else None)
         return Response(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "index.html")
 
-    app.include_router(router)
-    _include_oneshot(app, config)
-    if not config.embedding_model:  # the GGUF embeds when no dedicated embedding model is set
-        app.include_router(embeddings_router)
+    app.include_router(openai.router)
+    app.include_router(embeddings.router)
+    app.include_router(classify.router)
     return app
-
-
-def _include_oneshot(app, config: DeviceConfig) -> None:
-    """Embedding / classifier routes, when such models are configured (issue 5's router)."""
-    if not (config.embedding_model or config.classifier_model):
-        return
-    try:
-        from liteinfer.server.oneshot_routes import attach
-    except ImportError:
-        return
-    attach(app, config)
 
 
 # ---- CLI ---------------------------------------------------------------------------------
@@ -187,6 +143,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixed-batch", action="store_true", help="turn the adaptive controller off")
     p.add_argument("--embedding-model", default=None)
     p.add_argument("--classifier-model", default=None)
+    p.add_argument("--no-llm", action="store_true",
+                   help="serve only the one-shot models (--embedding-model / --classifier-model), no chat model")
 
 
 def config_from_args(args) -> DeviceConfig:
@@ -229,17 +187,6 @@ def _warn_if_stale(config: DeviceConfig, path: str | None) -> None:
             path, "; ".join(changed))
 
 
-def _release_free_heap() -> None:
-    """Give the heap that model loading freed (GGUF parsing, repack and adapter buffers) back
-    to the OS: glibc keeps it otherwise, and it counts in the service's RSS."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc
-
-
 def _lean_process() -> None:
     """Before any thread starts: numpy's OpenBLAS threads (numpy loads with the first embeddings
     request) spin after each call and steal the cores llama.cpp's threads wait for at their
@@ -263,11 +210,17 @@ def serve_main(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
-    resolve_llm(config.model)  # fail fast, one line, before binding the port
+    llm = not args.no_llm
+    if llm:
+        resolve_llm(config.model)  # fail fast, one line, before binding the port
+    elif not (config.embedding_model or config.classifier_model):
+        raise LiteInferError("--no-llm: give --embedding-model and/or --classifier-model (or set them in the config)")
     _warn_if_stale(config, args.config)
     keys = load_api_keys(args.api_key, args.api_key_file, config.server.api_keys)
-    app = create_app(config, api_keys=keys)
-    print(f"liteinfer serving {config.model} on http://{config.server.host}:{config.server.port}"
+    app = create_app(config, api_keys=keys, llm=llm)
+    what = [config.model] if llm else []
+    what += [m for m in (config.embedding_model, config.classifier_model) if m]
+    print(f"liteinfer serving {', '.join(what)} on http://{config.server.host}:{config.server.port}"
           f"{' (API key required)' if keys else ''}", flush=True)
     # access logs cost CPU that the engine's threads need on small machines
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level="warning", access_log=False,

@@ -1,7 +1,8 @@
-"""Prometheus metrics for the server, and the live machine signals the controller reads.
+"""Every Prometheus metric the server exports, and the live machine signals the controller reads.
 
-One registry per app (tests start several). The scheduler calls `observe_step` after every
+One registry per app (tests start several). The LLM scheduler calls `observe_step` after every
 engine step; memory and outside-CPU-load readings are refreshed at most every half second.
+`watch_oneshot(svc)` adds a one-shot model's batcher (labelled by model name).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+ONESHOT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ONESHOT_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class Metrics:
@@ -42,6 +45,14 @@ class Metrics:
         self.prefill_chunk = Gauge("liteinfer_controller_prefill_chunk", "controller: prompt tokens per step",
                                    registry=r)
         self.threads = Gauge("liteinfer_engine_threads", "llama.cpp compute threads in use", registry=r)
+        per_model = {"registry": r, "labelnames": ["model"]}
+        self.oneshot_batch = Histogram("liteinfer_oneshot_batch_size", "inputs per one-shot batch",
+                                       buckets=ONESHOT_BATCH_BUCKETS, **per_model)
+        self.oneshot_seconds = Histogram("liteinfer_oneshot_batch_seconds", "model time per one-shot batch",
+                                         buckets=ONESHOT_SECONDS_BUCKETS, **per_model)
+        self.oneshot_queue = Gauge("liteinfer_oneshot_queue_depth", "inputs waiting", **per_model)
+        self.oneshot_max_batch = Gauge("liteinfer_oneshot_max_batch", "current batch limit", **per_model)
+        self.oneshot_delay = Gauge("liteinfer_oneshot_max_delay_seconds", "current batch hold limit", **per_model)
         self._proc = psutil.Process(os.getpid())
         self._last_sample = 0.0
         self.free_memory_fraction = 1.0
@@ -79,6 +90,20 @@ class Metrics:
         self.prefill_chunk.set(d.prefill_chunk)
         self.threads.set(scheduler.engine.n_threads)
         self.sample_machine()
+
+    def watch_oneshot(self, svc) -> None:
+        """Batch size / time histograms and live queue and controller gauges for a one-shot model."""
+        b = svc.batcher
+        self.oneshot_queue.labels(svc.name).set_function(lambda: b.queue_depth)
+        self.oneshot_max_batch.labels(svc.name).set_function(lambda: b.max_batch)
+        self.oneshot_delay.labels(svc.name).set_function(lambda: b.max_delay_s)
+        hist_n, hist_s = self.oneshot_batch.labels(svc.name), self.oneshot_seconds.labels(svc.name)
+
+        def on_batch(rec) -> None:
+            hist_n.observe(rec.size)
+            hist_s.observe(rec.run_s)
+
+        b.on_batch = on_batch
 
     def render(self, scheduler=None) -> bytes:
         self.sample_machine(force=True)

@@ -1,4 +1,5 @@
-"""OpenAI-compatible wire protocol: request schemas and the /v1 completion routes.
+"""OpenAI-compatible wire protocol: the error shape, the service lookup every route uses, and
+the /v1 chat, completions and models routes (request schemas included).
 
 Errors are OpenAI-shaped JSON: {"error": {"message", "type", "code"}}. Streaming is SSE in
 the chunk format ending with `data: [DONE]`; each write carries every event that is ready,
@@ -17,9 +18,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from liteinfer.core.errors import LiteInferError, QueueFull
 from liteinfer.engines.llama import SamplingParams
-from liteinfer.core.errors import QueueFull
 from liteinfer.scheduler.continuous import Event, GenRequest
+from liteinfer.scheduler.dynamic import BatcherClosed
 
 router = APIRouter()
 
@@ -87,46 +89,62 @@ class CompletionRequest(_SamplingFields):
     prompt: str | list[str]
 
 
-# ---- routes ------------------------------------------------------------------------------
+# ---- which service a request names -----------------------------------------------------
+
+_WHAT = {"llm": ("chat", "without --no-llm"), "embedding": ("embedding", "with --embedding-model"),
+         "classifier": ("image classifier", "with --classifier-model")}
 
 
-def _service(request: Request):
-    svc = getattr(request.app.state, "llm", None)
-    if svc is None or not svc.ready:
-        return None
-    return svc
-
-
-def _ready_service(request: Request, model: str | None):
-    """(service, None) when the LLM is loaded and `model` names it, else (None, error response)."""
-    svc = _service(request)
+def find_service(request: Request, kind: str, model: str | None = None):
+    """(service, None) when the app runs a ready `kind` service that `model` (if given) names,
+    else (None, an error response): 404 none of that kind or another name, 503 still loading."""
+    svc = request.app.state.services.get(kind)
     if svc is None:
+        what, how = _WHAT[kind]
+        return None, error_response(404, f"this server has no {what} model (serve {how})", code="model_not_found")
+    if not svc.ready:
         return None, error_response(503, "model is loading", "server_error", "loading", {"Retry-After": "2"})
-    if model and model not in svc.model_names:
-        return None, error_response(404, f"model {model!r} not found; available: {svc.model_id}",
+    if model and model not in svc.aliases:
+        return None, error_response(404, f"model {model!r} not found; available: {svc.name}",
                                     "invalid_request_error", "model_not_found")
     return svc, None
 
 
+async def run_batched(coro, timeout_s: float):
+    """Await a batched service call: (result, None), or (None, an error response) for its
+    failures: bad input 400, queue full 429 with Retry-After, shutting down 503, timeout 504."""
+    try:
+        return await asyncio.wait_for(coro, timeout_s), None
+    except QueueFull as e:
+        retry = str(int(e.retry_after_s))
+        return None, error_response(429, f"server busy: {e}; retry after {retry} s", "rate_limit_error",
+                                    "queue_full", {"Retry-After": retry})
+    except BatcherClosed as e:
+        return None, error_response(503, str(e), "server_error", "shutting_down")
+    except LiteInferError as e:
+        return None, error_response(400, str(e), code="invalid_input")
+    except asyncio.TimeoutError:
+        return None, error_response(504, f"no result within {timeout_s:g} s", "server_error", "timeout")
+
+
+# ---- routes ------------------------------------------------------------------------------
+
+
 @router.get("/v1/models")
 async def list_models(request: Request):
-    data = []
-    svc = _service(request)
-    if svc is not None:
-        data.append({"id": svc.model_id, "object": "model", "created": svc.created, "owned_by": "liteinfer"})
-    for extra in getattr(request.app.state, "extra_models", []):
-        data.append({"id": extra, "object": "model", "created": 0, "owned_by": "liteinfer"})
+    data = [{"id": svc.name, "object": "model", "created": svc.created, "owned_by": "liteinfer"}
+            for svc in request.app.state.services.values() if svc.ready]
     return {"object": "list", "data": data}
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    svc, err = _ready_service(request, body.model)
+    svc, err = find_service(request, "llm", body.model)
     if err is not None:
         return err
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     try:
-        prompt = svc.engine.apply_chat_template(messages)
+        prompt = svc.apply_chat_template(messages)
     except Exception as e:  # template errors are the request's fault (e.g. role order)
         return error_response(400, f"chat template: {e}")
     if body.max_completion_tokens and not body.max_tokens:
@@ -136,7 +154,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    svc, err = _ready_service(request, body.model)
+    svc, err = find_service(request, "llm", body.model)
     if err is not None:
         return err
     prompt = body.prompt
@@ -148,10 +166,10 @@ async def completions(body: CompletionRequest, request: Request):
 
 
 async def _generate(request: Request, svc, prompt: str, body: _SamplingFields, chat: bool):
-    tokens = svc.engine.tokenize(prompt)
+    tokens = svc.tokenize(prompt)
     if not tokens:
         return error_response(400, "prompt is empty")
-    limit = svc.engine.max_seq_len
+    limit = svc.max_seq_len
     if len(tokens) >= limit:
         return error_response(400, f"prompt is {len(tokens)} tokens; this model's context holds {limit}",
                               code="context_length_exceeded")
@@ -165,12 +183,12 @@ async def _generate(request: Request, svc, prompt: str, body: _SamplingFields, c
 
     gen = GenRequest(tokens, params, emit, timeout_s=svc.config.server.request_timeout_s)
     try:
-        svc.scheduler.submit(gen)
+        svc.submit(gen)
     except QueueFull as e:
         return error_response(429, f"server busy: {e}; retry later", "rate_limit_error", "queue_full",
                               {"Retry-After": "1"})
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    meta = {"id": rid, "created": int(time.time()), "model": svc.model_id}
+    meta = {"id": rid, "created": int(time.time()), "model": svc.name}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_sse(svc, gen, queue, meta, chat, include_usage), media_type="text/event-stream",
@@ -189,7 +207,7 @@ async def _collect(request: Request, svc, gen: GenRequest, queue: asyncio.Queue,
             ev = await asyncio.wait_for(queue.get(), timeout=1.0)
         except asyncio.TimeoutError:
             if await request.is_disconnected():
-                svc.scheduler.cancel(gen)
+                svc.cancel(gen)
                 return Response(status_code=499)
             continue
         if ev.kind == "text":
@@ -255,40 +273,4 @@ async def _sse(svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, chat: boo
             yield "".join(out)
     finally:
         if not done:  # client went away mid-stream: free its slot and KV at the next step
-            svc.scheduler.cancel(gen)
-
-
-# ---- embeddings from the GGUF itself (when no ONNX embedding model is configured) --------
-
-embeddings_router = APIRouter()
-
-
-class EmbeddingsRequest(_Lenient):
-    input: str | list[str] = Field(min_length=1)
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-
-
-@embeddings_router.post("/v1/embeddings")
-async def llm_embeddings(body: EmbeddingsRequest, request: Request):
-    import base64
-
-    from liteinfer.core.errors import LiteInferError
-
-    svc, err = _ready_service(request, body.model)
-    if err is not None:
-        return err
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if any(not t for t in texts):
-        return error_response(400, "input contains an empty string")
-    try:
-        async with svc.embed_lock:  # one embedding batch at a time; generation goes on beside it
-            vectors = await asyncio.to_thread(svc.engine.embed, texts)
-    except LiteInferError as e:
-        return error_response(400, str(e))
-    data = []
-    for i, v in enumerate(vectors):
-        emb = base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()
-        data.append({"object": "embedding", "index": i, "embedding": emb})
-    n = sum(len(svc.engine.tokenize(t)) for t in texts)
-    return {"object": "list", "data": data, "model": svc.model_id, "usage": {"prompt_tokens": n, "total_tokens": n}}
+            svc.cancel(gen)

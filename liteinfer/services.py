@@ -1,0 +1,326 @@
+"""The services the server runs: the LLM (llama.cpp + continuous batching) and the one-shot
+models (ONNX Runtime + dynamic batching), each behind the same small interface.
+
+    llm = LLMService(config, "smollm2-135m", observer=metrics)   # observer: Metrics-like, optional
+    llm.load()                                                   # blocking; errors land in .error
+    emb = OneShotService.open("minilm.onnx", config.oneshot, kind="embedding")
+    vectors, n_tokens = await emb.embed_async(["a text"])        # either service embeds
+    services = load_services(config)                             # {"llm": ..., "embedding": ..., ...}
+
+Every service has `kind` ("llm", "embedding", "classifier"), `name` (the id /v1/models lists),
+`aliases` (the names a request may use), `created`, `ready`, `error`, `load()`, `close()` and
+`stats()`. Inputs are validated and prepared (tokenized / decoded) before they are queued, so
+bad input fails at once with a LiteInferError (HTTP 400) and never takes a queue slot.
+
+Nothing here knows HTTP: the server passes its Prometheus metrics in as the LLM scheduler's
+observer and reads the one-shot batchers itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from liteinfer.core.catalog import resolve_llm
+from liteinfer.core.config import DeviceConfig, OneShotSettings
+from liteinfer.core.errors import LiteInferError
+from liteinfer.engines.llama import LlamaEngine
+from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
+from liteinfer.scheduler.dynamic import DynamicBatcher
+from liteinfer.scheduler.dynamic_policy import OneShotController
+
+log = logging.getLogger("liteinfer.server")
+
+# Built-in one-shot model names -> a function that returns the model's .onnx (converting it on
+# first use). The converters are tooling, which the serving stack never imports: the `liteinfer`
+# command registers them (cli/oneshot.py); without it, models are given as .onnx paths.
+ONESHOT_SOURCES: dict[str, Callable[[], Path]] = {}
+
+
+# ---------------------------------------------------------------- the LLM
+
+
+class LLMService:
+    """A GGUF model: engine + continuous-batching scheduler. `load()` is meant for a thread
+    (the server answers /health "loading" meanwhile); its failure is kept in `error`."""
+
+    kind = "llm"
+
+    def __init__(self, config: DeviceConfig, model: str, observer=None):
+        self.config, self.model, self.observer = config, model, observer
+        self.name = Path(model).stem if model.endswith(".gguf") else model
+        self.aliases = {self.name, model}
+        self.created = int(time.time())
+        self.engine: LlamaEngine | None = None
+        self.scheduler: ContinuousScheduler | None = None
+        self.ready = False
+        self.error: str | None = None
+        # one embedding batch at a time, generation goes on beside it: the asyncio lock keeps
+        # waiters off the thread pool, the thread lock holds even when a waiter timed out
+        self._embed_lock = asyncio.Lock()
+        self._embed_thread_lock = threading.Lock()
+
+    def load(self) -> None:
+        try:
+            path = resolve_llm(self.model)
+            self.aliases.add(path.stem)
+            settings = self.config.engine
+            if settings.split_q4_1 is None:  # batched serving is where the split pays (see q4_1_split)
+                settings = settings.model_copy(update={"split_q4_1": True})
+            self.engine = LlamaEngine(path, settings)
+            self.scheduler = ContinuousScheduler(self.engine, self.config.scheduler, self.config.server.max_queue,
+                                                 self.observer)
+            self.scheduler.start()
+            _release_free_heap()
+            self.ready = True
+            log.info("loaded %s: %d threads, %d KV cells (%s), up to %d sequences%s", path.name,
+                     self.engine.n_threads, self.engine.n_ctx, self.config.engine.type_k,
+                     self.config.scheduler.max_batch, ", Q4_1 run as Q4_0 + offsets" if self.engine.q4_1_split else "")
+        except LiteInferError as e:
+            self.error = str(e)
+        except Exception as e:  # surfaced through /health, not a traceback
+            self.error = f"{type(e).__name__}: {e}"
+
+    # ---- generation: the routes tokenize and template, the scheduler runs the batch
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.engine.tokenize(text)
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        return self.engine.apply_chat_template(messages)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.engine.max_seq_len
+
+    def submit(self, request: GenRequest) -> None:
+        """Queue a generation; raises QueueFull when the queue is full."""
+        self.scheduler.submit(request)
+
+    def cancel(self, request: GenRequest) -> None:
+        self.scheduler.cancel(request)
+
+    # ---- embeddings (pooled from the GGUF)
+
+    async def embed_async(self, texts: list[str], dimensions: int | None = None) -> tuple[list, int]:
+        """(L2-normalized vectors, prompt tokens); raises LiteInferError for bad input.
+        `dimensions` is not checked: the GGUF's width is what it is (as before)."""
+        if any(not t for t in texts):
+            raise LiteInferError("input contains an empty string")
+        async with self._embed_lock:
+            vectors = await asyncio.to_thread(self._embed, texts)
+        return list(vectors), sum(len(self.engine.tokenize(t)) for t in texts)
+
+    def _embed(self, texts: list[str]):
+        with self._embed_thread_lock:
+            return self.engine.embed(texts)
+
+    # ---- lifecycle
+
+    def stats(self) -> dict:
+        s = self.scheduler
+        return {"model": self.name, "kind": self.kind, "ready": self.ready,
+                "queue_depth": s.queue_depth if s else 0, "active": len(s.running) if s else 0}
+
+    def close(self) -> None:
+        if self.scheduler:
+            self.scheduler.stop()
+        if self.engine:
+            self.engine.close()
+
+
+def _release_free_heap() -> None:
+    """Give the heap that model loading freed (GGUF parsing, repack and adapter buffers) back
+    to the OS: glibc keeps it otherwise, and it counts in the service's RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+# ---------------------------------------------------------------- one-shot models
+
+
+def resolve_oneshot(name: str) -> Path:
+    """A liteinfer .onnx path for a file path or a built-in name (converted on first use)."""
+    p = Path(name).expanduser()
+    if p.exists():
+        if p.is_dir() or p.suffix != ".onnx":
+            raise LiteInferError(f"{p}: expected a .onnx file (convert models with `liteinfer convert`)")
+        return p
+    if name in ONESHOT_SOURCES:
+        return ONESHOT_SOURCES[name]()
+    if p.suffix == ".onnx" or "/" in name:
+        raise LiteInferError(f"model file not found: {name}")
+    known = f"known: {', '.join(ONESHOT_SOURCES)}; " if ONESHOT_SOURCES else ""
+    raise LiteInferError(f"unknown one-shot model {name!r} ({known}or a path to a .onnx file)")
+
+
+class OneShotService:
+    """A loaded Embedder or ImageClassifier and the dynamic batcher that feeds it.
+
+        svc = OneShotService.open("model.onnx", settings)     # a liteinfer .onnx, or a built-in name
+        vecs = svc.embed(["a text", "another"])                # sync (CLI, benchmarks)
+        preds = svc.classify([jpeg_bytes], top_k=5)            # ImageClassifier models
+    """
+
+    ready = True  # loaded when constructed
+    error = None
+
+    def __init__(self, model, settings: OneShotSettings | None = None, name: str | None = None, on_batch=None):
+        self.model = model
+        self.settings = settings or OneShotSettings()
+        self.kind = model.kind
+        self.name = name or model.meta.name or model.path.stem
+        self.aliases = {self.name, model.meta.name, model.path.stem, model.path.name} - {None, ""}
+        self.created = int(time.time())
+        s = self.settings
+        controller = OneShotController.from_settings(s) if s.adaptive else None
+        if self.kind == "embedding":
+            run, length = self._run_embed, len
+        else:
+            run, length = self._run_classify, None
+        self.batcher = DynamicBatcher(run, max_batch=s.max_batch, max_delay_ms=s.max_delay_ms, max_queue=s.max_queue,
+                                      length=length, controller=controller, on_batch=on_batch, name=self.name)
+
+    @classmethod
+    def open(cls, name: str, settings: OneShotSettings | None = None, kind: str | None = None, **kw) -> OneShotService:
+        # onnxruntime and numpy load only when a one-shot model is configured (server memory)
+        from liteinfer.engines.onnx import load_model
+
+        model = load_model(resolve_oneshot(name), settings)
+        if kind is not None and model.kind != kind:
+            want = "an embedding" if kind == "embedding" else "an image classifier"
+            raise LiteInferError(f"{name}: a {model.kind} model, not {want} model")
+        svc = cls(model, settings, name=Path(name).stem if name.endswith(".onnx") else name, **kw)
+        svc.aliases.add(name)
+        return svc
+
+    def load(self) -> None:
+        """Nothing to do: `open` loads (the interface's step, for the server's loader)."""
+
+    # ---- batched calls (worker thread)
+
+    def _run_embed(self, items: list[list[int]]) -> list:
+        return list(self.model.run(items, max_batch=len(items)))
+
+    def _run_classify(self, items: list) -> list:
+        import numpy as np  # loaded with onnxruntime already; local like the rest of the numpy use here
+
+        from liteinfer.engines.onnx import softmax
+
+        return list(softmax(self.model.logits(np.stack(items).astype(np.float32))))
+
+    # ---- embeddings
+
+    @property
+    def dim(self) -> int | None:
+        return getattr(self.model, "dim", None)
+
+    def prepare_texts(self, texts: list[str]) -> list[list[int]]:
+        self._need("embedding")
+        if not texts:
+            raise LiteInferError("input is empty")
+        items = []
+        for i, t in enumerate(texts):
+            try:
+                items.append(self.model.prepare(t))
+            except LiteInferError as e:
+                raise LiteInferError(f"input[{i}]: {e}" if len(texts) > 1 else str(e)) from None
+        return items
+
+    def embed(self, texts: list[str]):
+        """[n, dim] float32, L2-normalized."""
+        import numpy as np
+
+        return np.stack(self.batcher.map(self.prepare_texts(texts)))
+
+    async def embed_async(self, texts: list[str], dimensions: int | None = None) -> tuple[list, int]:
+        """(L2-normalized vectors, prompt tokens) through the batcher; raises LiteInferError for
+        bad input (before it takes a queue slot), QueueFull / BatcherClosed from the batcher."""
+        self._need("embedding")
+        limit = self.batcher.max_queue
+        if len(texts) > limit:  # could never be queued: a client error, not "retry later"
+            raise LiteInferError(f"{len(texts)} inputs; at most {limit} per request (server queue size)")
+        if dimensions is not None and dimensions != self.dim:
+            raise LiteInferError(f"dimensions={dimensions}: this model gives {self.dim}")
+        # tokenizing is cheap per text; a long list goes off the event loop
+        items = self.prepare_texts(texts) if len(texts) <= 32 else await asyncio.to_thread(self.prepare_texts, texts)
+        vectors = await self.batcher.submit_many(items)
+        return list(vectors), sum(len(x) for x in items)
+
+    # ---- classification
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.model.labels)
+
+    def prepare_images(self, images: list[Any]) -> list:
+        self._need("classifier")
+        if not images:
+            raise LiteInferError("no input images")
+        items = []
+        for i, im in enumerate(images):
+            try:
+                items.append(self.model.prepare(im))
+            except LiteInferError as e:
+                raise LiteInferError(f"image[{i}]: {e}" if len(images) > 1 else str(e)) from None
+        return items
+
+    def top_k(self, probs, k: int) -> list:
+        import numpy as np
+
+        from liteinfer.engines.onnx import Prediction
+
+        top = np.argsort(-probs)[: max(1, k)]
+        return [Prediction(self.model.label(int(i)), int(i), float(probs[i])) for i in top]
+
+    def classify(self, images: list[Any], top_k: int = 5) -> list[list]:
+        return [self.top_k(p, top_k) for p in self.batcher.map(self.prepare_images(images))]
+
+    async def classify_async(self, images: list[Any], top_k: int = 5) -> list[list]:
+        items = await asyncio.to_thread(self.prepare_images, images)  # image decoding is not free
+        return [self.top_k(p, top_k) for p in await self.batcher.submit_many(items)]
+
+    # ---- lifecycle
+
+    def _need(self, kind: str) -> None:
+        if self.kind != kind:
+            raise LiteInferError(f"{self.name} is a {self.kind} model, not {kind}")
+
+    def stats(self) -> dict:
+        return {"model": self.name, "kind": self.kind, **self.batcher.stats()}
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.model.close()
+
+
+# ---------------------------------------------------------------- what a server runs
+
+
+def load_services(config: DeviceConfig, model: str | None = None, observer=None, llm: bool = True) -> dict:
+    """{kind: service} for a config: the LLM (not loaded yet: `load()` it, e.g. in a thread)
+    unless `llm` is False, then the configured one-shot models (loaded now, so a bad path
+    fails before the server binds its port)."""
+    services: dict[str, Any] = {}
+    if llm:
+        services["llm"] = LLMService(config, model or config.model, observer)
+    opened = []
+    try:
+        for kind, name in (("embedding", config.embedding_model), ("classifier", config.classifier_model)):
+            if name:
+                opened.append(OneShotService.open(name, config.oneshot, kind=kind))
+                services[kind] = opened[-1]
+    except BaseException:
+        for svc in opened:
+            svc.close()
+        raise
+    return services
