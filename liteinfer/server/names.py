@@ -12,19 +12,22 @@ from collections.abc import Iterable
 
 from liteinfer.core.config import DeviceConfig
 
-LISTED_KINDS = ("llm", "embedding")  # the classifier has no route in either protocol's listing
+LISTED_KINDS = ("llm", "embedding")  # Ollama's listings: the classifier has no /api route
+ALL_KINDS = ("llm", "embedding", "classifier")
 
 
 def _bare(name: str) -> str:
     return name[: -len(":latest")] if name.endswith(":latest") else name
 
 
-def listed(services: dict, config: DeviceConfig) -> list[tuple[str, object]]:
-    """(name, service) for each ready model and each of the LLM's aliases, served name first."""
+def listed(services: dict, config: DeviceConfig, kinds: Iterable[str] = LISTED_KINDS,
+           ready_only: bool = True) -> list[tuple[str, object]]:
+    """(name, service) for each model of `kinds` (ready ones) and each of the LLM's aliases,
+    the served name first."""
     out: list[tuple[str, object]] = []
-    for kind in LISTED_KINDS:
+    for kind in kinds:
         svc = services.get(kind)
-        if svc is None or not svc.ready:
+        if svc is None or (ready_only and not svc.ready):
             continue
         out.append((svc.name, svc))
         if kind == "llm":
@@ -32,8 +35,8 @@ def listed(services: dict, config: DeviceConfig) -> list[tuple[str, object]]:
     return out
 
 
-def names(services: dict, config: DeviceConfig) -> list[str]:
-    return [n for n, _ in listed(services, config)]
+def names(services: dict, config: DeviceConfig, kinds: Iterable[str] = ALL_KINDS, ready_only: bool = True) -> list[str]:
+    return [n for n, _ in listed(services, config, kinds, ready_only)]
 
 
 def answers_to(svc, name: str, config: DeviceConfig) -> bool:
@@ -53,5 +56,5 @@ def find(services: dict, config: DeviceConfig, name: str, kinds: Iterable[str]):
 
 
 def not_found_message(name: str, services: dict, config: DeviceConfig) -> str:
-    avail = names(services, config)
-    return f"model {name!r} not found; available: {', '.join(avail) if avail else '(none loaded yet)'}"
+    avail = names(services, config, ready_only=False)
+    return f"model {name!r} not found; available: {', '.join(avail) if avail else '(none)'}"
