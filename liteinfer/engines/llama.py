@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import importlib
-import importlib.util
+import math
 import os
-import sys
 import time
-import types
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +26,6 @@ from liteinfer.engines.llama_cpp_lazy import c_api
 from liteinfer.hardware.cores import usable_cores
 
 GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
-DEFAULT_CHAT_TEMPLATE = (  # ChatML, for GGUFs that carry no template
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def common_prefix_len(a: Seq[int], b: Seq[int]) -> int:
@@ -61,10 +54,28 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)
+    grammar: str | None = None  # GBNF (engines/grammar.py builds it from a JSON schema)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token -> added logit; <= -100 bans
+    logprobs: bool = False  # record each sampled token's logprob (from the raw logits row)
+    top_logprobs: int = 0  # ... and this many most likely alternatives, sorted
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return self.repeat_penalty != 1.0 or bool(self.frequency_penalty) or bool(self.presence_penalty)
+
+
+@dataclass
+class TokenLogprob:
+    """One sampled token's log-probability under the model (log-softmax of the raw logits,
+    before temperature, bias and grammar, as OpenAI reports it), and the top alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -80,6 +91,11 @@ class Sequence:
     n_reused: int = 0  # prompt tokens whose KV came from the prefix cache
     record_margins: bool = False
     margins: list[float] = field(default_factory=list)  # top1 - top2 logit at each sample
+    # grammar-constrained sequences: `sampler` runs without the grammar (cheap), `constrained`
+    # is the same chain behind the grammar sampler `grammar`, used when the cheap pick breaks it
+    constrained: object = None
+    grammar: object = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def n_pending(self) -> int:
@@ -220,6 +236,9 @@ class LlamaEngine:
         self.prefix_cache = True
         self.stats = EngineStats()
         self._template = None
+        self._specials: dict[str, int] | None = None
+        self._one_token = (llama_cpp.llama_token_data * 1)()
+        self._one_array = llama_cpp.llama_token_data_array(self._one_token, 1, -1, False)
 
     @property
     def q4_1_split(self) -> bool:
@@ -281,30 +300,81 @@ class LlamaEngine:
             self._ll.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render messages with the GGUF's own Jinja chat template (ChatML if it has none)."""
+    @property
+    def chat_template(self):
+        """The chat template: settings.chat_template_file, else the GGUF's, else ChatML."""
         if self._template is None:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
+            from liteinfer.engines.chat_template import CHATML, ChatTemplate
 
-            def raise_exception(msg: str) -> None:
-                raise LiteInferError(f"chat template: {msg}")
+            special = {"bos_token": self._token_text(self._ll.llama_vocab_bos(self.vocab)),
+                       "eos_token": self._token_text(self._ll.llama_vocab_eos(self.vocab))}
+            if self.settings.chat_template_file:
+                self._template = ChatTemplate.from_file(self.settings.chat_template_file, **special)
+            else:
+                self._template = ChatTemplate(self.metadata("tokenizer.chat_template") or CHATML, **special)
+        return self._template
 
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = raise_exception
-            env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-            source = self.metadata("tokenizer.chat_template") or DEFAULT_CHAT_TEMPLATE
-            self._template = env.from_string(source)
-        bos = self.token_bytes(self._ll.llama_vocab_bos(self.vocab)).decode(errors="replace")
-        eos = self.token_bytes(self._ll.llama_vocab_eos(self.vocab)).decode(errors="replace")
-        return self._template.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
-        )
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return (self._ll.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", errors="replace")
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Control tokens by their text (what parse_special would turn into ids)."""
+        if self._specials is None:
+            ll, v = self._ll, self.vocab
+            wanted = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_UNKNOWN
+            specials: dict[str, int] = {}
+            for tok in range(self.n_vocab):
+                if ll.llama_vocab_get_attr(v, tok) & wanted:
+                    text = self._token_text(tok)
+                    if text:
+                        specials.setdefault(text, tok)
+            self._specials = specials
+        return self._specials
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        """Render messages with the chat template (as text: tokenize it with chat_tokens's
+        care, or user text may turn into control tokens)."""
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+
+    def chat_tokens(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True,
+                    **kwargs) -> list[int]:
+        """The prompt tokens of a conversation. Control tokens come only from the template's
+        own markup; message contents are tokenized as text (a user typing `<|im_end|>` gets
+        those characters, not the turn marker). Text runs between control tokens are
+        tokenized whole, as llama.cpp does when it splits a prompt at special tokens, so a
+        conversation without such strings gets exactly the tokens of its rendered text."""
+        from liteinfer.engines.chat_template import split_special
+
+        parts = self.chat_template.render_parts(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                                **kwargs)
+        tokens: list[int] = []
+        for piece in split_special(parts, self.special_tokens):
+            if isinstance(piece, int):
+                tokens.append(piece)
+            else:
+                tokens += self.tokenize(piece, add_special=False, parse_special=False)
+        bos = self._ll.llama_vocab_bos(self.vocab)
+        if self._ll.llama_vocab_get_add_bos(self.vocab) and bos >= 0 and tokens[:1] != [bos]:
+            tokens.insert(0, bos)
+        return tokens
 
     # ---- sequences ----------------------------------------------------------------------
-    def _new_sampler(self, p: SamplingParams):
+    def _chain(self, p: SamplingParams, grammar=None):
+        """One llama.cpp sampler chain for `p`, behind `grammar` (a grammar sampler) if given."""
         ll = self._ll
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+        if grammar is not None:
+            ll.llama_sampler_chain_add(chain, grammar)
+        if p.logit_bias:
+            biases = (ll.llama_logit_bias * len(p.logit_bias))()
+            for i, (tok, bias) in enumerate(p.logit_bias.items()):
+                biases[i].token = tok
+                biases[i].bias = -math.inf if bias <= -100 else bias  # OpenAI: -100 bans the token
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
+        if p.penalized:
             ll.llama_sampler_chain_add(
                 chain, ll.llama_sampler_init_penalties(self.n_vocab, 64, p.repeat_penalty, p.frequency_penalty,
                                                   p.presence_penalty)
@@ -322,6 +392,68 @@ class LlamaEngine:
         seed = 0xFFFFFFFF if p.seed is None else p.seed & 0xFFFFFFFF  # LLAMA_DEFAULT_SEED = random
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
         return chain
+
+    def _new_sampler(self, p: SamplingParams):
+        return self._chain(p)
+
+    def _grammar_sampler(self, gbnf: str):
+        g = self._ll.llama_sampler_init_grammar(self.vocab, gbnf.encode(), b"root")
+        if not g:
+            raise LiteInferError("the grammar does not parse (GBNF with a `root` rule expected)")
+        return g
+
+    def check_grammar(self, gbnf: str) -> None:
+        """Raise LiteInferError if llama.cpp cannot parse `gbnf` (callers check before queuing)."""
+        self._ll.llama_sampler_free(self._grammar_sampler(gbnf))
+
+    def _attach_samplers(self, seq: Sequence) -> None:
+        """Samplers for a new sequence. With a grammar: the plain chain samples first and the
+        grammar only checks that one token; the grammar runs over the whole vocabulary only
+        when it rejects the pick (llama-server's rejection sampling: the grammar sampler costs
+        ~a millisecond per call on a 49k vocabulary). A penalty sampler remembers every token
+        its chain accepts, so penalized requests take the grammar-first chain alone."""
+        p = seq.params
+        if not p.grammar:
+            seq.sampler = self._chain(p)
+            return
+        seq.grammar = self._grammar_sampler(p.grammar)
+        seq.constrained = self._chain(p, seq.grammar)
+        seq.sampler = None if p.penalized else self._chain(p)
+
+    def _free_samplers(self, seq: Sequence) -> None:
+        for name in ("sampler", "constrained"):
+            chain = getattr(seq, name)
+            if chain is not None:
+                self._ll.llama_sampler_free(chain)  # a chain frees its members (the grammar too)
+                setattr(seq, name, None)
+        seq.grammar = None
+
+    def _grammar_allows(self, grammar, token: int) -> bool:
+        one = self._one_token
+        one[0].id, one[0].logit, one[0].p = token, 1.0, 0.0
+        arr = self._one_array
+        arr.size, arr.selected, arr.sorted = 1, -1, False
+        self._ll.llama_sampler_apply(grammar, ctypes.byref(arr))
+        return one[0].logit != -math.inf
+
+    def _sample(self, seq: Sequence, idx: int) -> int:
+        ll = self._ll
+        if seq.grammar is None:
+            return int(ll.llama_sampler_sample(seq.sampler, self.ctx, idx))
+        if seq.sampler is not None:
+            tok = int(ll.llama_sampler_sample(seq.sampler, self.ctx, idx))
+            if self._grammar_allows(seq.grammar, tok):
+                ll.llama_sampler_accept(seq.constrained, tok)  # advances the grammar
+                return tok
+        return int(ll.llama_sampler_sample(seq.constrained, self.ctx, idx))
+
+    def _replay(self, seq: Sequence, tokens: Seq[int]) -> None:
+        """Feed already generated tokens to a resumed sequence's samplers (grammar state,
+        penalty history), as if they had just sampled them."""
+        for tok in tokens:
+            for chain in (seq.sampler, seq.constrained):
+                if chain is not None:
+                    self._ll.llama_sampler_accept(chain, tok)
 
     @property
     def free_slots(self) -> int:
@@ -361,8 +493,10 @@ class LlamaEngine:
         return True
 
     def start(self, prompt_tokens: list[int], params: SamplingParams | None = None,
-              record_margins: bool = False) -> Sequence:
-        """Take a KV slot for a new sequence, reusing the longest cached prefix of its prompt."""
+              record_margins: bool = False, replay: int = 0) -> Sequence:
+        """Take a KV slot for a new sequence, reusing the longest cached prefix of its prompt.
+        `replay`: the prompt's last tokens were generated by this request before it was
+        preempted; its samplers (grammar, penalties) see them again."""
         params = params or SamplingParams()
         if not prompt_tokens:
             raise LiteInferError("empty prompt")
@@ -385,8 +519,16 @@ class LlamaEngine:
             if reuse > 0 and src is not None:
                 self._ll.llama_memory_seq_cp(self.mem, src, slot, 0, reuse)
         seq = Sequence(slot=slot, tokens=list(prompt_tokens), n_prompt=len(prompt_tokens), n_cached=reuse,
-                       params=params, sampler=self._new_sampler(params), n_reused=reuse,
-                       record_margins=record_margins)
+                       params=params, sampler=None, n_reused=reuse, record_margins=record_margins)
+        try:
+            self._attach_samplers(seq)
+            if replay:
+                self._replay(seq, prompt_tokens[len(prompt_tokens) - replay :])
+        except BaseException:
+            self._free_samplers(seq)
+            self._ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
+            self._free_slots.append(slot)
+            raise
         self._active[slot] = seq
         self.stats.reused_tokens += reuse
         return seq
@@ -396,9 +538,7 @@ class LlamaEngine:
         if self._active.get(seq.slot) is not seq:
             return
         del self._active[seq.slot]
-        if seq.sampler is not None:
-            self._ll.llama_sampler_free(seq.sampler)
-            seq.sampler = None
+        self._free_samplers(seq)
         if keep_prefix and self.prefix_cache and seq.n_cached > 0:
             self._cached[seq.slot] = _CachedPrefix(seq.tokens[: seq.n_cached], time.monotonic())
         else:
@@ -456,9 +596,11 @@ class LlamaEngine:
         for seq, idx in outputs:
             if seq.record_margins:
                 seq.margins.append(self._top2_margin(idx))
-            tok = self._ll.llama_sampler_sample(seq.sampler, self.ctx, idx)
-            seq.tokens.append(int(tok))
-            results.append((seq, int(tok)))
+            tok = self._sample(seq, idx)
+            if seq.params.logprobs:
+                seq.logprobs.append(self._logprob(idx, tok, seq.params.top_logprobs))
+            seq.tokens.append(tok)
+            results.append((seq, tok))
         self.stats.steps += 1
         self.stats.decode_seconds += time.perf_counter() - t0
         return results
@@ -468,6 +610,22 @@ class LlamaEngine:
 
         ptr = self._ll.llama_get_logits_ith(self.ctx, idx)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def _logprob(self, idx: int, token: int, n_top: int) -> TokenLogprob:
+        """log-softmax of the logits row the sampler saw. numpy only here: requests that
+        ask for no logprobs never import it (the serving path stays numpy-free)."""
+        import numpy as np
+
+        row = self._logits_row(idx)
+        m = float(row.max())
+        lse = m + math.log(float(np.exp(row - m, dtype=np.float64).sum()))
+        top: list[tuple[int, float]] = []
+        if n_top > 0:
+            n_top = min(n_top, self.n_vocab)
+            best = np.argpartition(row, -n_top)[-n_top:]
+            best = best[np.argsort(-row[best], kind="stable")]
+            top = [(int(t), float(row[t]) - lse) for t in best]
+        return TokenLogprob(token, float(row[token]) - lse, top)
 
     def _top2_margin(self, idx: int) -> float:
         import numpy as np
