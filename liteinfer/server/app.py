@@ -3,9 +3,12 @@ OpenAI-shaped errors) and the `liteinfer serve` command.
 
 The LLM loads in a background thread, so /health answers "loading" at once and "ready" when
 the engine and its scheduler thread are up; one-shot models (embeddings, classifier) load
-before the port is bound. Everything under /v1 needs an API key when keys are configured;
-/, /health and /metrics stay open (a local page and a scraper). `liteinfer serve --no-llm
---embedding-model M` is the small embeddings service: one-shot models only.
+before the port is bound. The model routes (/v1, Ollama's /api, /tokenize, /detokenize) need
+an API key when keys are configured, and so do /metrics and the docs unless
+server.protect_docs is false; / and /health stay open. `liteinfer serve --no-llm
+--embedding-model M` is the small embeddings service: one-shot models only. Request limits,
+header and body read times and the drain on SIGTERM are server/limits.py and
+server/lifecycle.py (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from liteinfer.core.config import DeviceConfig, load_config
 from liteinfer.core.errors import LiteInferError
 
 STATIC = Path(__file__).parent / "static"
+# the model routes of every protocol (OpenAI's, Ollama's, llama-server's) need the API key
+KEYED_PATHS = ("/v1", "/api/", "/tokenize", "/detokenize")
 
 
 def create_app(config: DeviceConfig | None = None, model: str | None = None, api_keys: list[str] | None = None,
@@ -35,8 +40,10 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from liteinfer.server import classify, embeddings, openai
+    from liteinfer.server import classify, embeddings, ollama, openai, tokenize
     from liteinfer.server.auth import check_bearer
+    from liteinfer.server.fields import describe
+    from liteinfer.server.limits import Lifecycle, LimitsMiddleware
     from liteinfer.server.metrics import Metrics
     from liteinfer.server.openai import error_response
     from liteinfer.services import load_services
@@ -66,13 +73,16 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     app.state.services = services
     app.state.metrics = metrics
     app.state.config = config
+    lifecycle = app.state.lifecycle = Lifecycle()
+    if llm_service is not None:  # the drain's end: open generations stop with finish_reason "abort"
+        lifecycle.on_abort.append(lambda msg: llm_service.scheduler.abort_all(msg) if llm_service.scheduler else 0)
     if config.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if keys and request.url.path.startswith("/v1") and request.method != "OPTIONS":
+        if keys and request.url.path.startswith(KEYED_PATHS) and request.method != "OPTIONS":
             if not check_bearer(request.headers.get("authorization"), keys):
                 metrics.rejected.labels(reason="unauthorized").inc()
                 return error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
@@ -81,12 +91,7 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        msg = err.get("msg", "invalid request")
-        if err.get("type") == "json_invalid":
-            where, msg = "", "request body is not valid JSON"
-        return error_response(400, f"{where}: {msg}" if where else msg, code="invalid_request")
+        return error_response(400, describe(exc.errors()), code="invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -98,6 +103,8 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
 
     @app.get("/health")
     async def health():
+        if lifecycle.draining:
+            return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "5"})
         if llm_service is not None and not llm_service.ready:
             if llm_service.error:
                 return JSONResponse({"status": "error", "error": llm_service.error}, status_code=500)
@@ -122,6 +129,11 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     app.include_router(openai.router)
     app.include_router(embeddings.router)
     app.include_router(classify.router)
+    app.include_router(ollama.router)
+    app.include_router(tokenize.router)
+    protect = config.server.protect_docs if config.server.protect_docs is not None else bool(keys)
+    # outermost: sizes and read times before any other work, the drain's count around everything
+    app.add_middleware(LimitsMiddleware, limits=config.limits, lifecycle=lifecycle, keys=keys, protect_docs=protect)
     return app
 
 
@@ -130,12 +142,14 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="catalog name or .gguf path (default: config's model)")
-    p.add_argument("--config", default=None, help="device_config.json (missing file = defaults)")
+    p.add_argument("--config", default=None, help="device_config.json (must exist; leave out for the defaults)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--api-key", action="append", default=[], help="require this key (repeatable)")
     p.add_argument("--api-key-file", default=None, help="file with one API key a line")
     p.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
+    p.add_argument("--alias", action="append", default=[], metavar="NAME",
+                   help="another name the chat model answers to, e.g. gpt-4o-mini or llama3.2 (repeatable)")
     p.add_argument("--max-batch", type=int, default=None, help="max sequences decoded together")
     p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 429")
     p.add_argument("--threads", type=int, default=None)
@@ -148,13 +162,17 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> DeviceConfig:
-    config = load_config(args.config)
+    config = load_config(args.config, must_exist=True)
     if args.model:
         config.model = args.model
     s = config.server
     s.host = args.host or s.host
     s.port = args.port if args.port is not None else s.port
     s.cors_origins = args.cors_origin or s.cors_origins
+    for name in args.alias:
+        if not name.strip() or name != name.strip():
+            raise LiteInferError(f"--alias {name!r}: empty or has surrounding spaces")
+    s.aliases = list(dict.fromkeys([*s.aliases, *args.alias]))  # the config's, then the command line's
     if args.max_queue:
         s.max_queue = args.max_queue
     if args.max_batch:
@@ -203,8 +221,6 @@ def _lean_process() -> None:
 
 def serve_main(args) -> int:
     _lean_process()
-    import uvicorn
-
     from liteinfer.core.catalog import resolve_llm
     from liteinfer.server.auth import load_api_keys
 
@@ -222,9 +238,9 @@ def serve_main(args) -> int:
     what += [m for m in (config.embedding_model, config.classifier_model) if m]
     print(f"liteinfer serving {', '.join(what)} on http://{config.server.host}:{config.server.port}"
           f"{' (API key required)' if keys else ''}", flush=True)
-    # access logs cost CPU that the engine's threads need on small machines
-    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+    from liteinfer.server.lifecycle import run
+
+    run(app, config, app.state.lifecycle)  # returns after the drain (SIGTERM / SIGINT)
     return 0
 
 

@@ -7,17 +7,16 @@ import base64
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
 
+from liteinfer.server.fields import Checked
+from liteinfer.server.limits import RequestRejected, check_prompt_chars, off_loop_json_route
 from liteinfer.server.openai import error_response, find_service, run_batched
 
-MAX_INPUTS = 2048  # OpenAI's limit for one embeddings request
-
-router = APIRouter()
+router = APIRouter(route_class=off_loop_json_route())
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # `user` and friends are accepted and ignored
+class EmbeddingRequest(Checked):
+    IGNORED = frozenset({"user"})  # a label: other fields are refused by name (server/fields.py)
     input: Any
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
@@ -37,8 +36,14 @@ async def embeddings(body: EmbeddingRequest, request: Request):
                               code="invalid_input")
     if not texts:
         return error_response(400, "input is empty", code="invalid_input")
-    if len(texts) > MAX_INPUTS:
-        return error_response(400, f"{len(texts)} inputs; at most {MAX_INPUTS} per request", code="invalid_input")
+    limits = request.app.state.config.limits  # limits.max_embedding_inputs: OpenAI's 2048 by default
+    if len(texts) > limits.max_embedding_inputs:
+        return error_response(400, f"{len(texts)} inputs; at most {limits.max_embedding_inputs} per request "
+                              "(limits.max_embedding_inputs)", code="invalid_input")
+    try:
+        check_prompt_chars(sum(len(t) for t in texts), limits)
+    except RequestRejected as e:
+        return error_response(e.status, str(e), code=e.code)
     result, err = await run_batched(svc.embed_async(texts, body.dimensions),
                                     request.app.state.config.server.request_timeout_s)
     if err:

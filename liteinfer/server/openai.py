@@ -16,14 +16,24 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from liteinfer.core.errors import LiteInferError, QueueFull
 from liteinfer.engines.llama import SamplingParams
 from liteinfer.scheduler.continuous import Event, GenRequest
 from liteinfer.scheduler.dynamic import BatcherClosed
+from liteinfer.server import names
+from liteinfer.server.fields import Checked
+from liteinfer.server.limits import (
+    RequestRejected,
+    check_prompt_chars,
+    check_stop,
+    off_loop_json_route,
+    tokenize_bounded,
+)
 
-router = APIRouter()
+router = APIRouter(route_class=off_loop_json_route())
 
 
 def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
@@ -35,16 +45,35 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 # ---- schemas -----------------------------------------------------------------------------
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")  # clients send fields we don't use (user, logit_bias...)
+class _Lenient(Checked):
+    """A request object: a field it does not declare is a 400 naming it, unless it is in
+    IGNORED (labels such as `user`), null, or its NEUTRAL value (server/fields.py). Types are
+    strict: `"stream": "yes"` or `"max_tokens": "5"` is a 400, not a guess (an int is a float)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+_TEXT_ONLY = "this model takes text only"
+# labels: they describe the request to the caller's own bookkeeping, the answer is the same
+_LABELS = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
 
 
 class ContentPart(_Lenient):
+    REASONS = {"image_url": _TEXT_ONLY, "input_audio": _TEXT_ONLY, "file": _TEXT_ONLY}
     type: str
     text: str | None = None
 
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, v: str) -> str:
+        if v != "text":
+            raise PydanticCustomError("unsupported_content", "'{kind}' content is not supported ({why})",
+                                      {"kind": v, "why": _TEXT_ONLY})
+        return v
+
 
 class ChatMessage(_Lenient):
+    IGNORED = frozenset({"name"})  # a participant's name: the chat template has no place for it
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
 
@@ -55,17 +84,20 @@ class ChatMessage(_Lenient):
 
 
 class StreamOptions(_Lenient):
+    IGNORED = frozenset({"include_obfuscation"})  # padding against length side channels: none is added
     include_usage: bool = False
 
 
 class _SamplingFields(_Lenient):
+    IGNORED = _LABELS
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="liteinfer extension: 0 = off")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="liteinfer extension")
-    seed: int | None = None
+    # llama.cpp's sampler seed is 32-bit and 0xFFFFFFFF means "random": a larger seed would wrap
+    seed: int | None = Field(None, ge=0, le=0xFFFFFFFE)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -86,6 +118,9 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
+    NEUTRAL = {"echo": False, "best_of": 1, "suffix": ""}
+    REASONS = {"suffix": "fill-in-the-middle is not supported", "echo": "the prompt is not echoed",
+               "best_of": "one completion is sampled per request"}
     prompt: str | list[str]
 
 
@@ -102,11 +137,12 @@ def find_service(request: Request, kind: str, model: str | None = None):
     if svc is None:
         what, how = _WHAT[kind]
         return None, error_response(404, f"this server has no {what} model (serve {how})", code="model_not_found")
+    state = request.app.state
+    if model and not names.answers_to(svc, model, state.config):
+        return None, error_response(404, names.not_found_message(model, state.services, state.config),
+                                    "invalid_request_error", "model_not_found")
     if not svc.ready:
         return None, error_response(503, "model is loading", "server_error", "loading", {"Retry-After": "2"})
-    if model and model not in svc.aliases:
-        return None, error_response(404, f"model {model!r} not found; available: {svc.name}",
-                                    "invalid_request_error", "model_not_found")
     return svc, None
 
 
@@ -132,8 +168,16 @@ async def run_batched(coro, timeout_s: float):
 
 @router.get("/v1/models")
 async def list_models(request: Request):
-    data = [{"id": svc.name, "object": "model", "created": svc.created, "owned_by": "liteinfer"}
-            for svc in request.app.state.services.values() if svc.ready]
+    """The served models and the chat model's aliases; 503 + Retry-After while one loads (an
+    empty list would read as "no such model" to a client that checks before it asks)."""
+    state = request.app.state
+    for svc in state.services.values():
+        if not svc.ready:
+            if svc.error:
+                return error_response(500, f"model failed to load: {svc.error}", "server_error", "load_failed")
+            return error_response(503, "model is loading", "server_error", "loading", {"Retry-After": "2"})
+    data = [{"id": name, "object": "model", "created": svc.created, "owned_by": "liteinfer"}
+            for name, svc in names.listed(state.services, state.config, names.ALL_KINDS)]
     return {"object": "list", "data": data}
 
 
@@ -143,8 +187,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if err is not None:
         return err
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-    try:
-        prompt = svc.apply_chat_template(messages)
+    limits = request.app.state.config.limits
+    try:  # sizes first; rendering a long conversation is CPU work: off the event loop
+        check_prompt_chars(sum(len(m["content"]) for m in messages), limits)
+        check_stop(body.stop, limits)
+        prompt = await asyncio.to_thread(svc.apply_chat_template, messages)
+    except RequestRejected as e:
+        return error_response(e.status, str(e), code=e.code)
     except Exception as e:  # template errors are the request's fault (e.g. role order)
         return error_response(400, f"chat template: {e}")
     if body.max_completion_tokens and not body.max_tokens:
@@ -162,17 +211,22 @@ async def completions(body: CompletionRequest, request: Request):
         if len(prompt) != 1:
             return error_response(400, "only one prompt per request is supported")
         prompt = prompt[0]
+    try:
+        check_prompt_chars(len(prompt), request.app.state.config.limits)
+        check_stop(body.stop, request.app.state.config.limits)
+    except RequestRejected as e:
+        return error_response(e.status, str(e), code=e.code)
     return await _generate(request, svc, prompt, body, chat=False)
 
 
 async def _generate(request: Request, svc, prompt: str, body: _SamplingFields, chat: bool):
-    tokens = svc.tokenize(prompt)
+    limit = svc.max_seq_len
+    try:  # CPU work in a worker thread; a huge prompt is refused from a prefix (server/limits.py)
+        tokens = await asyncio.to_thread(tokenize_bounded, svc.tokenize, prompt, limit)
+    except RequestRejected as e:
+        return error_response(e.status, str(e), code=e.code)
     if not tokens:
         return error_response(400, "prompt is empty")
-    limit = svc.max_seq_len
-    if len(tokens) >= limit:
-        return error_response(400, f"prompt is {len(tokens)} tokens; this model's context holds {limit}",
-                              code="context_length_exceeded")
     params = body.sampling(svc.config.server.default_max_tokens)
     params.max_tokens = min(params.max_tokens, limit - len(tokens))
     loop = asyncio.get_running_loop()
@@ -214,6 +268,8 @@ async def _collect(request: Request, svc, gen: GenRequest, queue: asyncio.Queue,
             parts.append(ev.text)
         elif ev.kind == "error":
             return error_response(_error_status(ev.text), ev.text, "server_error")
+        elif ev.finish_reason == "abort":  # the server's drain time ran out (server/lifecycle.py)
+            return error_response(503, ev.text, "server_error", "shutting_down", {"Retry-After": "5"})
         else:
             text = "".join(parts)
             usage = _usage(ev.usage)
@@ -263,6 +319,9 @@ async def _sse(svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, chat: boo
                     break
                 else:
                     out.append(_chunk(meta, chat, None, ev.finish_reason))
+                    if ev.finish_reason == "abort":  # cut at the end of the server's drain time
+                        err = {"message": ev.text, "type": "server_error", "code": "shutting_down"}
+                        out.append(f"data: {json.dumps({'error': err})}\n\n")
                     if include_usage:
                         usage_obj = {**meta, "object": "chat.completion.chunk" if chat else "text_completion",
                                      "choices": [], "usage": _usage(ev.usage)}
