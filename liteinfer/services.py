@@ -108,12 +108,14 @@ class LLMService:
     # ---- embeddings (pooled from the GGUF)
 
     async def embed_async(self, texts: list[str], dimensions: int | None = None) -> tuple[list, int]:
-        """(L2-normalized vectors, prompt tokens); raises LiteInferError for bad input.
-        `dimensions` is not checked: the GGUF's width is what it is (as before)."""
+        """(L2-normalized vectors, prompt tokens); raises LiteInferError for bad input, and for
+        a `dimensions` other than the model's width (the vectors are not cut in silence)."""
         if any(not t for t in texts):
             raise LiteInferError("input contains an empty string")
         async with self._embed_lock:
             vectors = await asyncio.to_thread(self._embed, texts)
+        if dimensions is not None and dimensions != vectors.shape[1]:
+            raise LiteInferError(f"dimensions={dimensions}: this model gives {vectors.shape[1]}")
         return list(vectors), sum(len(self.engine.tokenize(t)) for t in texts)
 
     def _embed(self, texts: list[str]):

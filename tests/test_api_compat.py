@@ -66,6 +66,7 @@ def test_tokenize_errors(server, route, body, status, words):
     ("/v1/completions", {"prompt": "hi", "suffix": "and then"}, ["unsupported field: suffix"]),
     ("/v1/completions", {"prompt": "hi", "best_of": 3}, ["unsupported field: best_of"]),
     ("/v1/embeddings", {"input": "hi", "frobnicate": True}, ["unsupported field: frobnicate"]),
+    ("/v1/embeddings", {"input": "hi", "dimensions": 12}, ["dimensions=12", "576"]),  # not cut in silence
 ])
 def test_openai_routes_refuse_what_they_do_not_do(server, route, body, words):
     err = _post(server, route, body, 400)["error"]
