@@ -37,6 +37,7 @@ class Event:
     text: str = ""
     finish_reason: str | None = None
     usage: dict | None = None
+    logprobs: list | None = None  # TokenLogprob of the token(s) behind this text, when asked for
 
 
 _ids = itertools.count()
@@ -221,7 +222,10 @@ class ContinuousScheduler:
                     return
                 self.waiting.popleft()
             try:
-                req.seq = self.engine.start(req.prompt_tokens, req.params)
+                # a preempted request resumes from prompt + what it generated: its samplers
+                # (grammar state, penalty history) replay those tokens
+                req.seq = self.engine.start(req.prompt_tokens, req.params,
+                                            replay=len(req.prompt_tokens) - req.n_prompt)
             except Exception as e:  # this request's failure only: it is out of the queue, tell it
                 req.emit(Event("error", text=str(e) if isinstance(e, LiteInferError) else f"engine error: {e}"))
                 continue
@@ -272,7 +276,9 @@ class ContinuousScheduler:
         if self.metrics:
             self.metrics.generated_tokens.inc()
         piece = req.stream.push(token)
-        if piece:
+        if req.params.logprobs:  # one event per token, its text possibly held back (stop strings)
+            req.emit(Event("text", text=piece, logprobs=req.seq.logprobs[-1:]))
+        elif piece:
             req.emit(Event("text", text=piece))
         if req.stream.stopped:
             self._finish(req, reason="stop")
