@@ -55,6 +55,9 @@ class ServerProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        keys = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--api-key"]
+        # /metrics needs the key when keys are set (server.protect_docs)
+        self.auth = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *module, "--port", str(self.port), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
@@ -75,7 +78,7 @@ class ServerProcess:
     def metric(self, name: str) -> float:
         import httpx
 
-        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
+        for line in httpx.get(self.url + "/metrics", headers=self.auth, timeout=10).text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         raise KeyError(name)

@@ -73,7 +73,8 @@ class OneShotSettings(_Section):
     adaptive: bool = True
     target_p95_ms: float = Field(200.0, gt=0)
     intra_op_threads: int | None = Field(None, ge=1)
-    max_queue: int = Field(1024, ge=1, description="inputs waiting (all requests) before 429")
+    # 2048: one embeddings request of limits.max_embedding_inputs (OpenAI's 2048) must fit
+    max_queue: int = Field(2048, ge=1, description="inputs waiting (all requests) before 429")
 
 
 class ServerSettings(_Section):
