@@ -107,6 +107,25 @@ def test_embed(client):
     assert np.allclose(short, e[0, :64] / np.linalg.norm(e[0, :64]), atol=1e-5)
 
 
+PERSON = {"type": "object", "properties": {"age": {"type": "integer"}, "available": {"type": "boolean"}},
+          "required": ["age", "available"]}
+
+
+def test_format_json_and_schema(client):
+    import jsonschema
+
+    ask = 'Return a JSON object with the keys "name" and "color" for a cat.'
+    r = client.chat(model="llama3.2", messages=[{"role": "user", "content": ask}], format="json",
+                    options={"temperature": 0, "num_predict": 300})
+    assert r.done_reason == "stop" and isinstance(json.loads(r.message.content), dict)
+    prompt = "Ollama is 22 years old and is busy saving the world. Respond using JSON."
+    r = client.generate(model="llama3.2", prompt=prompt, format=PERSON, options={"temperature": 0, "num_predict": 100})
+    jsonschema.validate(json.loads(r.response), PERSON)
+    streamed = list(client.generate(model="llama3.2", prompt=prompt, format=PERSON, stream=True,
+                                    options={"temperature": 0.8, "seed": 3, "num_predict": 100}))
+    jsonschema.validate(json.loads("".join(p.response for p in streamed)), PERSON)
+
+
 def test_list_show_ps_version(client, srv, default_model_path):
     served = default_model_path.stem
     listed = client.list().models
@@ -159,6 +178,9 @@ def test_stream_disconnect_frees_the_slot(srv):
      ["unsupported field: temperature"]),  # a sampling field outside `options` would be ignored by Ollama
     ("/api/generate", {"model": "llama3.2", "prompt": "hi", "options": {"temperature": "hot"}}, 400,
      ["options.temperature"]),
+    ("/api/generate", {"model": "llama3.2", "prompt": "hi", "format": "yaml"}, 400, ["format", "yaml"]),
+    ("/api/generate", {"model": "llama3.2", "prompt": "hi", "format": {"type": "string", "format": "email"}}, 400,
+     ["format", "email"]),
     ("/api/embed", {"model": "llama3.2", "input": ["a", ""]}, 400, ["empty"]),
     ("/api/embed", {"model": "llama3.2", "input": "a", "dimensions": 4096}, 400, ["dimensions", "576"]),
     ("/api/show", {"model": "nope"}, 404, ["not found"]),

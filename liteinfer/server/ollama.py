@@ -197,20 +197,33 @@ def _refusals(handler):
 # ---- generation --------------------------------------------------------------------------------
 
 
-def _check_format(fmt) -> None:
+def _grammar(fmt) -> str | None:
+    """GBNF for Ollama's `format`: "json" (any JSON object) or a JSON schema; 400 for a schema
+    that constrained decoding cannot enforce (engines/grammar.py names the keywords)."""
     if fmt in (None, ""):
-        return
+        return None
     if fmt != "json" and not isinstance(fmt, dict):
         raise _Refusal(400, f"format: expected \"json\" or a JSON schema object, got {fmt!r}")
-    raise _Refusal(400, "format: structured output (JSON mode / schema) is not supported on this route yet")
+    from liteinfer.engines.grammar import check_schema, json_object_grammar, json_schema_grammar
+
+    if fmt == "json":
+        return json_object_grammar()
+    try:
+        check_schema(fmt)
+        return json_schema_grammar(fmt)
+    except LiteInferError as e:
+        raise _Refusal(400, f"format: {e}") from None
+    except Exception as e:  # the converter's own complaint about a malformed schema
+        raise _Refusal(400, f"format: not a usable JSON schema ({type(e).__name__}: {e})") from None
 
 
-def _sampling(opts: Options, max_tokens: int) -> SamplingParams:
+def _sampling(opts: Options, max_tokens: int, grammar: str | None = None) -> SamplingParams:
     stop = [opts.stop] if isinstance(opts.stop, str) else list(opts.stop or [])
     seed = opts.seed if opts.seed is not None and opts.seed >= 0 else None  # Ollama: -1 = random
     return SamplingParams(max_tokens=max_tokens, temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
                           min_p=opts.min_p, seed=seed, repeat_penalty=opts.repeat_penalty,
-                          presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty, stop=stop)
+                          presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty, stop=stop,
+                          grammar=grammar)
 
 
 def _context(svc, opts: Options) -> int:
@@ -258,8 +271,8 @@ async def _prompt_tokens(request: Request, svc, render, n_chars: int, opts: Opti
 
 
 async def _generate(request: Request, svc, model: str, tokens: list[int], limit: int, opts: Options, stream: bool,
-                    chat: bool):
-    params = _sampling(opts, _max_tokens(len(tokens), limit, opts))
+                    chat: bool, grammar: str | None = None):
+    params = _sampling(opts, _max_tokens(len(tokens), limit, opts), grammar)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -357,7 +370,7 @@ def _loaded(model: str, chat: bool, reason: str = "load") -> dict:
 async def chat(request: Request):
     body = await _parse(request, ChatBody)
     svc = _service(request, body.model, ("llm",))
-    _check_format(body.format)
+    grammar = _grammar(body.format)
     opts = body.options or Options()
     if not body.messages:
         return _loaded(body.model, chat=True)
@@ -369,7 +382,7 @@ async def chat(request: Request):
         messages.append(msg)
     n_chars = sum(len(m.content) for m in body.messages)
     tokens, limit = await _prompt_tokens(request, svc, lambda: _template(svc, messages), n_chars, opts)
-    return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=True)
+    return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=True, grammar=grammar)
 
 
 @router.post("/api/generate")
@@ -377,7 +390,7 @@ async def chat(request: Request):
 async def generate(request: Request):
     body = await _parse(request, GenerateBody)
     svc = _service(request, body.model, ("llm",))
-    _check_format(body.format)
+    grammar = _grammar(body.format)
     opts = body.options or Options()
     if not body.prompt:
         if body.raw or body.system:
@@ -397,7 +410,8 @@ async def generate(request: Request):
             return _template(svc, messages)
     n_chars = len(body.prompt) + len(body.system or "")
     tokens, limit = await _prompt_tokens(request, svc, render, n_chars, opts)
-    return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=False)
+    return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=False,
+                           grammar=grammar)
 
 
 # ---- embeddings ----------------------------------------------------------------------------
