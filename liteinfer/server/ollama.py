@@ -247,26 +247,30 @@ def _max_tokens(n_prompt: int, limit: int, opts: Options) -> int:
     return min(n, room)
 
 
-def _template(svc, messages: list[dict]) -> str:
+def _chat_tokens(svc, messages: list[dict]) -> list[int]:
+    """The conversation through the model's own chat template; message text is tokenized as
+    text (a user typing `<|im_end|>` gets those characters, not the turn marker)."""
     try:
-        return svc.apply_chat_template(messages)
+        return svc.engine.chat_tokens(messages)
     except Exception as e:  # the template's complaint is about the request (e.g. role order)
         raise _Refusal(400, f"chat template: {e}") from None
 
 
-async def _prompt_tokens(request: Request, svc, render, n_chars: int, opts: Options) -> tuple[list[int], int]:
+async def _prompt_tokens(request: Request, svc, make_tokens, n_chars: int, opts: Options) -> tuple[list[int], int]:
     """(prompt tokens, context limit): the size limits first, then the template and the
-    tokenizer in a worker thread (CPU work), stopping early on a prompt far too long."""
+    tokenizer in a worker thread (CPU work). `make_tokens(limit)` gives the tokens."""
     limits = request.app.state.config.limits
     limit = _context(svc, opts)
     try:
         check_prompt_chars(n_chars, limits)
         check_stop(opts.stop, limits)
-        tokens = await asyncio.to_thread(lambda: tokenize_bounded(svc.tokenize, render(), limit))
+        tokens = await asyncio.to_thread(make_tokens, limit)
     except RequestRejected as e:
         raise _Refusal(e.status, str(e)) from None
     if not tokens:
         raise _Refusal(400, "prompt is empty")
+    if len(tokens) >= limit:
+        raise _Refusal(400, f"prompt is {len(tokens)} tokens; the context holds {limit}")
     return tokens, limit
 
 
@@ -381,7 +385,7 @@ async def chat(request: Request):
             msg["name"] = m.tool_name
         messages.append(msg)
     n_chars = sum(len(m.content) for m in body.messages)
-    tokens, limit = await _prompt_tokens(request, svc, lambda: _template(svc, messages), n_chars, opts)
+    tokens, limit = await _prompt_tokens(request, svc, lambda _: _chat_tokens(svc, messages), n_chars, opts)
     return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=True, grammar=grammar)
 
 
@@ -400,16 +404,16 @@ async def generate(request: Request):
         if body.system:
             raise _Refusal(400, "system: not used with raw: true (the prompt is sent as it is)")
 
-        def render() -> str:
-            return body.prompt
+        def make_tokens(limit: int) -> list[int]:  # a ready prompt: its control tokens are meant
+            return tokenize_bounded(svc.tokenize, body.prompt, limit)
     else:
         messages = ([{"role": "system", "content": body.system}] if body.system else [])
         messages.append({"role": "user", "content": body.prompt})
 
-        def render() -> str:
-            return _template(svc, messages)
+        def make_tokens(limit: int) -> list[int]:
+            return _chat_tokens(svc, messages)
     n_chars = len(body.prompt) + len(body.system or "")
-    tokens, limit = await _prompt_tokens(request, svc, render, n_chars, opts)
+    tokens, limit = await _prompt_tokens(request, svc, make_tokens, n_chars, opts)
     return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=False,
                            grammar=grammar)
 
