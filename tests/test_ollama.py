@@ -108,6 +108,22 @@ def test_options_reach_the_sampler(client):
     assert len(others | {a}) > 1  # the seed reaches the sampler
 
 
+def test_logprobs(client):
+    kw = dict(model="llama3.2", messages=[{"role": "user", "content": "Name a fruit."}],
+              options={"temperature": 0, "num_predict": 12})
+    r = client.chat(logprobs=True, top_logprobs=3, **kw)
+    assert r.logprobs and "".join(lp.token for lp in r.logprobs) == r.message.content
+    for lp in r.logprobs:
+        tops = [t.logprob for t in lp.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and all(x <= 0 for x in tops)
+        assert lp.top_logprobs[0].token == lp.token and lp.logprob == tops[0]  # greedy: the most likely one
+    streamed = list(client.chat(logprobs=True, stream=True, **kw))
+    tokens = [lp for p in streamed for lp in (p.logprobs or [])]
+    assert [lp.token for lp in tokens] == [lp.token for lp in r.logprobs]
+    assert all(not lp.top_logprobs for lp in tokens)  # top_logprobs 0: the chosen token only
+    assert client.chat(**kw).logprobs is None  # not asked, not sent
+
+
 def test_embed(client):
     texts = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply today."]
     r = client.embed(model="llama3.2", input=texts)

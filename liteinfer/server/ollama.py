@@ -94,14 +94,15 @@ class Message(Checked):
 
 class _Generation(Checked):
     IGNORED = frozenset({"keep_alive"})  # the model stays loaded while the server runs
-    NEUTRAL = {"think": False, "logprobs": False}
-    REASONS = {"think": "this model does not think", "logprobs": "log probabilities are not supported on "
-               "this route yet", "top_logprobs": "log probabilities are not supported on this route yet"}
+    NEUTRAL = {"think": False}
+    REASONS = {"think": "this model does not think"}
 
     model: str = ""
     format: str | dict | None = None
     options: Options | None = None
     stream: bool = True
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=20, description="alternatives per token, with logprobs")
 
 
 class ChatBody(_Generation):
@@ -275,8 +276,10 @@ async def _prompt_tokens(request: Request, svc, make_tokens, n_chars: int, opts:
 
 
 async def _generate(request: Request, svc, model: str, tokens: list[int], limit: int, opts: Options, stream: bool,
-                    chat: bool, grammar: str | None = None):
+                    chat: bool, grammar: str | None = None, body: _Generation | None = None):
     params = _sampling(opts, _max_tokens(len(tokens), limit, opts), grammar)
+    want_logprobs = bool(body and body.logprobs)
+    params.logprobs, params.top_logprobs = want_logprobs, body.top_logprobs if want_logprobs else 0
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -292,20 +295,23 @@ async def _generate(request: Request, svc, model: str, tokens: list[int], limit:
         raise _Refusal(503, str(e)) from None
     key = "message" if chat else "response"
 
-    def piece(text: str) -> dict:
-        body = {"model": model, "created_at": _now()}
-        body[key] = {"role": "assistant", "content": text} if chat else text
-        body["done"] = False
-        return body
+    def piece(text: str, entries=None) -> dict:
+        out = {"model": model, "created_at": _now()}
+        out[key] = {"role": "assistant", "content": text} if chat else text
+        out["done"] = False
+        if want_logprobs and entries:
+            out["logprobs"] = _logprobs(svc.engine, entries)
+        return out
 
-    def final(ev: Event, text: str) -> dict:
-        body = piece(text)
-        body.update(done=True, done_reason=ev.finish_reason or "stop", **_counters(gen, ev.usage or {}))
-        return body
+    def final(ev: Event, text: str, entries=None) -> dict:
+        out = piece(text, entries)
+        out.update(done=True, done_reason=ev.finish_reason or "stop", **_counters(gen, ev.usage or {}))
+        return out
 
     if stream:
         return StreamingResponse(_ndjson(svc, gen, queue, piece, final), media_type="application/x-ndjson")
     parts: list[str] = []
+    entries: list = []
     while True:
         try:
             ev = await asyncio.wait_for(queue.get(), timeout=1.0)
@@ -314,12 +320,28 @@ async def _generate(request: Request, svc, model: str, tokens: list[int], limit:
                 svc.cancel(gen)
                 return Response(status_code=499)
             continue
+        entries += ev.logprobs or []
         if ev.kind == "text":
             parts.append(ev.text)
         elif ev.kind == "error":
             return ollama_error(504 if "timed out" in ev.text else 500, ev.text)
         else:
-            return final(ev, "".join(parts))
+            return final(ev, "".join(parts), entries)
+
+
+def _logprobs(engine, entries) -> list[dict]:
+    """Ollama's logprobs: per token its text, logprob and bytes, with the top alternatives."""
+    def one(token: int, logprob: float) -> dict:
+        raw = engine.token_bytes(token)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    out = []
+    for e in entries:
+        item = one(e.token, e.logprob)
+        if e.top:
+            item["top_logprobs"] = [one(t, lp) for t, lp in e.top]
+        out.append(item)
+    return out
 
 
 def _counters(gen: GenRequest, usage: dict) -> dict:
@@ -346,13 +368,13 @@ async def _ndjson(svc, gen: GenRequest, queue: asyncio.Queue, piece, final):
             out = []
             for ev in events:
                 if ev.kind == "text":
-                    out.append(_line(piece(ev.text)))
+                    out.append(_line(piece(ev.text, ev.logprobs)))
                 elif ev.kind == "error":  # Ollama's clients raise on an `error` line
                     out.append(_line({"error": ev.text}))
                     done = True
                     break
                 else:
-                    out.append(_line(final(ev, "")))
+                    out.append(_line(final(ev, "", ev.logprobs)))
                     done = True
                     break
             yield "".join(out)
@@ -386,7 +408,8 @@ async def chat(request: Request):
         messages.append(msg)
     n_chars = sum(len(m.content) for m in body.messages)
     tokens, limit = await _prompt_tokens(request, svc, lambda _: _chat_tokens(svc, messages), n_chars, opts)
-    return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=True, grammar=grammar)
+    return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=True, grammar=grammar,
+                           body=body)
 
 
 @router.post("/api/generate")
@@ -415,7 +438,7 @@ async def generate(request: Request):
     n_chars = len(body.prompt) + len(body.system or "")
     tokens, limit = await _prompt_tokens(request, svc, make_tokens, n_chars, opts)
     return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=False,
-                           grammar=grammar)
+                           grammar=grammar, body=body)
 
 
 # ---- embeddings ----------------------------------------------------------------------------
