@@ -13,12 +13,15 @@ Every service has `kind` ("llm", "embedding", "classifier"), `name` (the id /v1/
 bad input fails at once with a LiteInferError (HTTP 400) and never takes a queue slot.
 
 Nothing here knows HTTP: the server passes its Prometheus metrics in as the LLM scheduler's
-observer and reads the one-shot batchers itself.
+observer and reads the one-shot batchers itself. numpy and onnxruntime load with the first
+one-shot model (engines/onnx.py imports them when it loads one): an LLM-only server never
+imports them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -30,6 +33,7 @@ from liteinfer.core.catalog import resolve_llm
 from liteinfer.core.config import DeviceConfig, OneShotSettings
 from liteinfer.core.errors import LiteInferError
 from liteinfer.engines.llama import LlamaEngine
+from liteinfer.engines.onnx import Prediction, load_model, softmax
 from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
 from liteinfer.scheduler.dynamic import DynamicBatcher
 from liteinfer.scheduler.dynamic_policy import OneShotController
@@ -140,8 +144,6 @@ def _release_free_heap() -> None:
     """Give the heap that model loading freed (GGUF parsing, repack and adapter buffers) back
     to the OS: glibc keeps it otherwise, and it counts in the service's RSS."""
     try:
-        import ctypes
-
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc
@@ -194,9 +196,6 @@ class OneShotService:
 
     @classmethod
     def open(cls, name: str, settings: OneShotSettings | None = None, kind: str | None = None, **kw) -> OneShotService:
-        # onnxruntime and numpy load only when a one-shot model is configured (server memory)
-        from liteinfer.engines.onnx import load_model
-
         model = load_model(resolve_oneshot(name), settings)
         if kind is not None and model.kind != kind:
             want = "an embedding" if kind == "embedding" else "an image classifier"
@@ -214,9 +213,7 @@ class OneShotService:
         return list(self.model.run(items, max_batch=len(items)))
 
     def _run_classify(self, items: list) -> list:
-        import numpy as np  # loaded with onnxruntime already; local like the rest of the numpy use here
-
-        from liteinfer.engines.onnx import softmax
+        import numpy as np  # numpy here and below: the LLM-only server never loads it (memory)
 
         return list(softmax(self.model.logits(np.stack(items).astype(np.float32))))
 
@@ -278,8 +275,6 @@ class OneShotService:
 
     def top_k(self, probs, k: int) -> list:
         import numpy as np
-
-        from liteinfer.engines.onnx import Prediction
 
         top = np.argsort(-probs)[: max(1, k)]
         return [Prediction(self.model.label(int(i)), int(i), float(probs[i])) for i in top]
