@@ -1,4 +1,4 @@
-"""The quantization report (issue 6): every number measured in this run, one table per section.
+"""The quantization report: every number measured in this run, one table per section.
 
     .venv/bin/python benchmarks/quant_report.py [--quick] [--skip-smollm] [--skip-onnx] [--json OUT]
 
@@ -68,7 +68,6 @@ class LLMCase:
 
 def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
     from liteinfer.evaluate.llm import Reference, read_text
-    from liteinfer.quant.gguf.quantize import model_bpw, quantize, read_tensors
     from liteinfer.quant.gguf.mixed import (
         apply_recipe,
         calibrate,
@@ -76,6 +75,7 @@ def llm_rows(case: LLMCase, tmp: Path) -> list[dict]:
         plan_mixed,
         quantize_refined,
     )
+    from liteinfer.quant.gguf.quantize import model_bpw, quantize, read_tensors
 
     t0 = time.time()
     ref = Reference(case.ref, read_text(case.heldout), case.ctx, case.max_tokens)
@@ -195,7 +195,7 @@ def format_llm(rows: list[dict]) -> str:
 
 
 def verdict(rows: list[dict], fp32_mb: float) -> str:
-    """The issue's LLM targets, checked on the best liteinfer row that is small enough."""
+    """The LLM targets (module docstring), checked on the best liteinfer row that is small enough."""
     small = [r for r in rows if r.get("kind") == "mixed" and r["mb"] <= fp32_mb / 6 + 1e-9]
     if not small:
         return "no liteinfer row at <= 1/6 of the FP32 size"

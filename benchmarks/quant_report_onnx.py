@@ -8,7 +8,7 @@ Everything measured in this run, against the FP32 model of the same run:
   EfficientNet-Lite0: top-1 agreement with FP32 on >= 500 crops of scikit-image sample images
       (random crops, flips, brightness; calibration crops use another seed)
   fashion-MNIST CNN (examples/inspection): accuracy on the 10k test split vs FP32
-Targets (issue 6): MiniLM cosine >= 0.99 at <= 1/6 size; EfficientNet >= 98% agreement at
+Targets: MiniLM cosine >= 0.99 at <= 1/6 size; EfficientNet >= 98% agreement at
 <= 1/4 size; fashion-MNIST accuracy >= 98% of FP32. benchmarks/quant_report.py calls `onnx_rows`.
 """
 

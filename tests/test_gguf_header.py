@@ -62,3 +62,26 @@ def test_block_sizes_match_the_gguf_package():
     for t, size in gguf.GGML_QUANT_SIZES.items():
         if t.name != "Q8_1":
             assert TYPE_SIZES.get(int(t)) == size, t.name
+
+
+def test_type_names_match_the_gguf_package():
+    """The names TensorInfo.type_name gives are the gguf package's, lower case, for every type
+    it knows; and every type with a size here has a name."""
+    import gguf
+
+    from liteinfer.core.gguf_header import TYPE_NAMES, TYPE_SIZES
+
+    for t in gguf.GGMLQuantizationType:
+        assert TYPE_NAMES.get(int(t)) == t.name.lower(), t.name
+    assert set(TYPE_NAMES) == set(TYPE_SIZES)
+
+
+def test_tensor_info_derived_fields(default_model_path):
+    import math
+
+    for t in read_header(default_model_path).tensors:
+        assert t.n_elements == math.prod(t.shape)
+        assert t.quantizable == (len(t.shape) >= 2 and t.name.endswith("weight") and "_norm" not in t.name)
+    types = {t.name: t.type_name for t in read_header(default_model_path).tensors}
+    ref = {t.name: t.tensor_type.name.lower() for t in GGUFReader(str(default_model_path)).tensors}
+    assert types == ref

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from _tiny_llama import corpus, make_tiny_llama
 
-from liteinfer.core.config import EngineSettings
 from liteinfer.convert.hf import convert_hf
 from liteinfer.convert.reference import ReferenceLlama
+from liteinfer.core.config import EngineSettings
 from liteinfer.engines.llama import LlamaEngine
 from liteinfer.quant.gguf import awq
 

@@ -12,10 +12,10 @@ import sys
 import pytest
 from _tiny_llama import corpus, make_tiny_llama
 
-from liteinfer.core.config import EngineSettings
 from liteinfer.convert.hf import convert_hf
-from liteinfer.engines.llama import LlamaEngine, SamplingParams
+from liteinfer.core.config import EngineSettings
 from liteinfer.engines.generate import generate
+from liteinfer.engines.llama import LlamaEngine, SamplingParams
 from liteinfer.quant.gguf.quantize import model_bpw, read_tensors
 from liteinfer.quant.gguf.sensitivity import Option, Sensitivity, allocate
 
@@ -58,7 +58,7 @@ def test_uniform_types(work, qtype, want):
     out = d / f"{qtype}.gguf"
     r = _ok("quantize", src, out, "--type", qtype)
     assert "bits per weight" in r.stdout
-    types = {t.name: t.type for t in read_tensors(out)}
+    types = {t.name: t.type_name for t in read_tensors(out)}
     assert types["blk.0.ffn_up.weight"] == want
     assert types["blk.0.attn_norm.weight"] == "f32"
     assert model_bpw(read_tensors(out)) < 9
@@ -95,7 +95,7 @@ def test_mixed_plan_and_recipe_round_trip(work):
     tensors = read_tensors(out)
     assert model_bpw(tensors) <= 5.0
     assert abs(plan["bpw"] - model_bpw(tensors)) < 1e-6  # the plan's sizes are the file's
-    assert {t.name: t.type for t in tensors if t.quantizable} == {k: v["type"] for k, v in plan["tensors"].items()}
+    assert {t.name: t.type_name for t in tensors if t.quantizable} == {k: v["type"] for k, v in plan["tensors"].items()}
     assert len({v["type"] for v in plan["tensors"].values()}) > 1  # a real mix, not one type
     again = d / "again.gguf"
     _ok("quantize", src, again, "--recipe", recipe, "--calib", d / "calib.txt", *FAST)
@@ -183,8 +183,8 @@ def test_gptq_grid_round_trip(work, qtype):
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
+    from liteinfer.quant.gguf.gptq import encode, grid
     from liteinfer.quant.gguf.quantize import quantize
-    from liteinfer.quant.gptq import encode, grid
 
     d, _, src = work
     out = d / f"grid-{qtype}.gguf"
@@ -206,8 +206,8 @@ def test_gptq_lowers_kld(work):
     common = ["--type", "q4_k_m", "--calib", d / "calib.txt", "--ctx", "128", "--calib-windows", "8"]
     _ok("quantize", src, plain, *common)
     _ok("quantize", src, gptq, *common, "--gptq")
-    assert [(t.name, t.type, t.n_bytes) for t in read_tensors(plain)] == \
-        [(t.name, t.type, t.n_bytes) for t in read_tensors(gptq)]  # same types and sizes: only codes moved
+    assert [(t.name, t.type_name, t.n_bytes) for t in read_tensors(plain)] == \
+        [(t.name, t.type_name, t.n_bytes) for t in read_tensors(gptq)]  # same types and sizes: only codes moved
     heldout = "\n\n".join(corpus()[-40:])  # not in the calibration text
     ref = Reference(src, heldout, ctx=64, max_tokens=768)
     assert ref.compare(gptq)["kld"] < ref.compare(plain)["kld"]

@@ -8,6 +8,7 @@ Python objects, ~20 MB of anonymous memory a server keeps after one look at the 
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -28,6 +29,16 @@ TYPE_SIZES: dict[int, tuple[int, int]] = {
 }
 
 
+# ggml type id -> its name, lower case as in llama.cpp's `--type` names ("q4_k", "f16")
+TYPE_NAMES: dict[int, str] = {
+    0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 9: "q8_1", 10: "q2_k",
+    11: "q3_k", 12: "q4_k", 13: "q5_k", 14: "q6_k", 15: "q8_k", 16: "iq2_xxs", 17: "iq2_xs", 18: "iq3_xxs",
+    19: "iq1_s", 20: "iq4_nl", 21: "iq3_s", 22: "iq2_s", 23: "iq4_xs", 24: "i8", 25: "i16", 26: "i32",
+    27: "i64", 28: "f64", 29: "iq1_m", 30: "bf16", 34: "tq1_0", 35: "tq2_0", 39: "mxfp4", 40: "nvfp4",
+    41: "q1_0", 42: "q2_0",
+}
+
+
 class NotGGUFError(ValueError):
     """The file does not start with the GGUF magic."""
 
@@ -36,13 +47,29 @@ class NotGGUFError(ValueError):
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TensorInfo:
+    """One row of the tensor table."""
+
     name: str
     ggml_type: int
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # ggml order: (row width, rows, ...)
     offset: int  # from the start of the data section
     n_bytes: int
+
+    @property
+    def type_name(self) -> str:
+        """The type's name: "f32", "q4_k", ..."""
+        return TYPE_NAMES[self.ggml_type]
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def quantizable(self) -> bool:
+        """What llama.cpp's quantizer may touch: 2-D+ weights that are not norms."""
+        return len(self.shape) >= 2 and self.name.endswith("weight") and "_norm" not in self.name
 
 
 @dataclass

@@ -128,7 +128,7 @@ def split_model(src: str | os.PathLike) -> tuple[Path, Path]:
     import gguf
     import numpy as np
 
-    from liteinfer.quant.gguf.quantize import writer_like
+    from liteinfer.core.gguf_write import writer_like
 
     src = Path(src)
     folder = _folder(src)

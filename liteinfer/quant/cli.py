@@ -1,24 +1,27 @@
 """`liteinfer quantize IN OUT ...`: one command, one backend per model format.
 
 The backend is picked from the input (BACKENDS: a predicate and a main function); each
-backend adds its own options through ARGUMENTS. GGUF LLMs (and Hugging Face llama folders,
-converted first) go through llama.cpp's quantizer: uniform types, or `--mixed` per-tensor
-plans from measured sensitivity under a size budget, saved as a recipe JSON.
+backend adds its own options through ARGUMENTS. ONNX models go to quant/onnx/cli.py. GGUF
+LLMs (and Hugging Face llama folders, converted first) go through llama.cpp's quantizer
+(quant/gguf/): uniform types, or `--mixed` per-tensor plans from measured sensitivity under
+a size budget, saved as a recipe JSON.
+
+`liteinfer` imports this module to register the command: the backends' modules (numpy,
+gguf, llama.cpp, onnx) are imported inside the functions that run it, so every other
+command starts without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from liteinfer.core.errors import LiteInferError
+from liteinfer.quant.gguf.recipe import Recipe, load_recipe, save_recipe
 from liteinfer.quant.onnx.cli import add_onnx_arguments, is_onnx, run_onnx
-
-if TYPE_CHECKING:
-    from liteinfer.quant.gguf.recipe import Recipe
 
 
 def add_gguf_args(p: argparse.ArgumentParser) -> None:
@@ -45,11 +48,9 @@ def add_gguf_args(p: argparse.ArgumentParser) -> None:
 
 
 def gguf_main(args: argparse.Namespace) -> int:
-    import os
-
     if os.getloadavg()[0] > (os.cpu_count() or 1):  # BLAS threads spin on a busy machine
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from liteinfer.quant.gguf import quantize as q
+    from liteinfer.quant.gguf import quantize as q  # on use: start-up time (module docstring)
 
     src, dst = Path(args.input), Path(args.output)
     if dst.resolve() == src.resolve():
@@ -62,12 +63,10 @@ def gguf_main(args: argparse.Namespace) -> int:
         raise LiteInferError("--mixed needs --target-bpw or --target-size")
     recipe = None
     if args.recipe:  # read once, before any work: a bad recipe is a one-line error
-        from liteinfer.quant.gguf.recipe import load_recipe
-
         recipe = load_recipe(args.recipe)
     with tempfile.TemporaryDirectory(prefix="liteinfer-q-", dir=dst.parent if dst.parent.exists() else None) as tmp:
         if src.is_dir():  # a Hugging Face folder: convert to F32 GGUF first
-            from liteinfer.convert.hf import convert_hf
+            from liteinfer.convert.hf import convert_hf  # on use: start-up time
 
             src = convert_hf(src, Path(tmp) / "source-f32.gguf", progress=False)
         src_tensors = q.read_tensors(src)  # truncated / not GGUF: one-line error
@@ -83,7 +82,7 @@ def gguf_main(args: argparse.Namespace) -> int:
         if args.mixed or args.recipe:
             tensors = _mixed(args, src, dst, show, recipe)
         elif args.gptq:
-            from liteinfer.quant.gguf.mixed import calibrate, quantize_refined
+            from liteinfer.quant.gguf.mixed import calibrate, quantize_refined  # on use: start-up time
 
             cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, show, hessians=True)
             _save_imatrix(args, cal)
@@ -100,9 +99,9 @@ def gguf_main(args: argparse.Namespace) -> int:
 
 def _awq(args, src: Path, work: Path, show: bool, recipe: Recipe | None = None) -> Path:
     """Scales searched for the target types on --calib activations, folded into work/awq-f32.gguf."""
-    from liteinfer.quant.gguf import awq
-    from liteinfer.quant.gguf.imatrix import load_imatrix, save_imatrix
-    from liteinfer.quant.gguf.mixed import calibrate
+    from liteinfer.quant.gguf import awq  # on use: start-up time
+    from liteinfer.quant.gguf.imatrix import load_imatrix, save_imatrix  # on use: start-up time
+    from liteinfer.quant.gguf.mixed import calibrate  # on use: start-up time
 
     if not args.calib:
         raise LiteInferError("--awq needs calibration text: --calib FILE")
@@ -128,12 +127,12 @@ def _awq(args, src: Path, work: Path, show: bool, recipe: Recipe | None = None) 
 def _imatrix(args, src: Path, show: bool):
     """Importance matrix from --imatrix, else computed from --calib text, else None."""
     if args.imatrix:
-        from liteinfer.quant.gguf.imatrix import load_imatrix
+        from liteinfer.quant.gguf.imatrix import load_imatrix  # on use: start-up time
 
         return load_imatrix(args.imatrix)
     if not args.calib:
         return None
-    from liteinfer.quant.gguf.mixed import calibrate
+    from liteinfer.quant.gguf.mixed import calibrate  # on use: start-up time
 
     cal = calibrate(src, args.calib, args.ctx, args.calib_windows, progress=show)
     _save_imatrix(args, cal)
@@ -142,14 +141,20 @@ def _imatrix(args, src: Path, show: bool):
 
 def _save_imatrix(args, cal) -> None:
     if args.save_imatrix and cal.counts:
-        from liteinfer.quant.gguf.imatrix import save_imatrix
+        from liteinfer.quant.gguf.imatrix import save_imatrix  # on use: start-up time
 
         save_imatrix(args.save_imatrix, cal.sums, cal.counts, str(args.calib), cal.info.windows, cal.info.ctx)
 
 
 def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None):
-    from liteinfer.quant.gguf.mixed import apply_recipe, calibrate, plan_mixed
-    from liteinfer.quant.gguf.recipe import save_recipe
+    from liteinfer.quant.gguf.mixed import (  # on use: start-up time
+        apply_recipe,
+        calibrate,
+        check_budget,
+        plan_mixed,
+    )
+    from liteinfer.quant.gguf.quantize import ggml_type  # on use: start-up time
+    from liteinfer.quant.gguf.sensitivity import DEFAULT_TYPES  # on use: start-up time
 
     if recipe is not None:
         if recipe.rounding == "gptq" or args.gptq:
@@ -161,10 +166,6 @@ def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None)
         return apply_recipe(src, dst, recipe, imat)
     if not args.calib:
         raise LiteInferError("--mixed needs calibration text: --calib FILE")
-    from liteinfer.quant.gguf.quantize import ggml_type
-    from liteinfer.quant.gguf.mixed import check_budget
-    from liteinfer.quant.gguf.sensitivity import DEFAULT_TYPES
-
     types = [t.strip() for t in args.candidates.split(",") if t.strip()] if args.candidates else list(DEFAULT_TYPES)
     for t in types:
         ggml_type(t)
@@ -192,7 +193,6 @@ def _is_gguf_input(path: str) -> bool:
 
 
 # (predicate on the input path, main function): the first match handles the command.
-# The ONNX backend adds itself in front: (lambda p: p.endswith(".onnx"), onnx_main).
 BACKENDS = [(is_onnx, run_onnx), (_is_gguf_input, gguf_main)]
 ARGUMENTS = [add_gguf_args, add_onnx_arguments]
 

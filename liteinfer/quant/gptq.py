@@ -1,208 +1,85 @@
-"""GPTQ-style error-compensating rounding on llama.cpp's own grid.
+"""GPTQ (Frantar et al. 2022): error-compensating rounding, the part both backends share.
 
-llama.cpp's quantizer picks each block's scales (importance-weighted, with the imatrix) and
-rounds every weight to the nearest code on that grid. GPTQ keeps the grid but chooses the
-codes column by column, pushing each column's rounding error onto the columns not yet
-rounded through the inverse of the layer's input Hessian H = X^T X (calibration
-activations), which minimizes ||(W - Q) X||^2 for the layer instead of each weight's own
-error. The scales stay byte-for-byte llama.cpp's; only the code bits change, so the file is
-rewritten in place (same type, same size) and llama.cpp's kernels run it unchanged.
+Round-to-nearest minimizes each weight's own error. GPTQ rounds a layer's weights one input
+at a time and pushes each input's rounding error onto the inputs not yet rounded, through the
+inverse of the layer's input Hessian H = X^T X (calibration activations): that minimizes the
+layer-output error ||(W - Q) X||^2 instead. Here: H's damping, inputs that calibration never
+excited (dead: H_jj = 0), the Cholesky factor of H^-1 (round-to-nearest when it has none), and
+the loop. The grid, and the codes, are the caller's:
 
-Supported grids (value = A * code + B per weight): Q4_0, Q8_0, Q4_K, Q5_K, Q6_K. Other
-types (Q2_K, Q3_K, IQ*) keep llama.cpp's rounding.
+    quant/gguf/gptq.py       llama.cpp's own block scales, read off a quantized GGUF
+    quant/onnx/blockwise.py  int4/int8 block scales, fitted as the loop reaches each block
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-QK = 256
-SUPPORTED = {"q4_0", "q8_0", "q4_k", "q5_k", "q6_k"}
+RoundRow = Callable[[int, np.ndarray], np.ndarray]
+"""(input index i, the weights of input i [n_out]) -> those weights on the grid; the caller
+keeps the codes it chose."""
+
+StartBlock = Callable[[int, int, np.ndarray], RoundRow]
+"""(lo, hi, the block's rows w[lo:hi] as the earlier errors left them) -> the block's RoundRow."""
+
+_FACTORS: dict[bytes, np.ndarray | None] = {}  # q/k/v (gate/up) share one Hessian: factor it once
 
 
-def _f16(b: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(b).view(np.float16).astype(np.float64)
+def hinv_factor(h: np.ndarray, damp: float = 0.01) -> np.ndarray | None:
+    """Upper Cholesky factor U of the damped H^-1 (H^-1 = U^T U), or None when it has none.
 
-
-def _k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K 6-bit sub-block scales and mins (8 each) from their 12 packed bytes."""
-    s = scales.reshape(-1, 3, 4)
-    d, m, md = s[:, 0], s[:, 1], s[:, 2]
-    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
-    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
-    return sc.astype(np.float64), mn.astype(np.float64)
-
-
-def grid(qtype: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Per-weight (A, B) with value = A*code + B, and the code range, for raw blocks [n, bytes]."""
-    n = blocks.shape[0]
-    if qtype == "q4_0":
-        d = np.repeat(_f16(blocks[:, :2]), 32, axis=1)
-        return d, -8 * d, 0, 15
-    if qtype == "q8_0":
-        d = np.repeat(_f16(blocks[:, :2]), 32, axis=1)
-        return d, np.zeros_like(d), -127, 127
-    if qtype in ("q4_k", "q5_k"):
-        d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
-        sc, mn = _k_scale_min(blocks[:, 4:16])
-        a = np.repeat(d * sc, 32, axis=1)
-        b = np.repeat(-dmin * mn, 32, axis=1)
-        return a, b, 0, 15 if qtype == "q4_k" else 31
-    if qtype == "q6_k":
-        scales = blocks[:, 192:208].view(np.int8).astype(np.float64)
-        d = _f16(blocks[:, 208:210])
-        a = np.repeat(d * scales, 16, axis=1)
-        return a, -32 * a, 0, 63
-    raise ValueError(f"no GPTQ grid for {qtype}")
-    del n
-
-
-def encode(qtype: str, blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """The same blocks with their code bits replaced (scales untouched). codes [n, block]."""
-    out = blocks.copy()
-    c = codes.astype(np.int64)
-    if qtype == "q4_0":
-        out[:, 2:18] = (c[:, :16] | (c[:, 16:] << 4)).astype(np.uint8)
-    elif qtype == "q8_0":
-        out[:, 2:34] = c.astype(np.int8).view(np.uint8)
-    elif qtype in ("q4_k", "q5_k"):
-        lo = c & 0x0F
-        sub = lo.reshape(-1, 4, 2, 32)  # 4 chunks of 64 weights: sub-blocks 2k (low nibble), 2k+1 (high)
-        qs = (sub[:, :, 0] | (sub[:, :, 1] << 4)).reshape(-1, 128).astype(np.uint8)
-        if qtype == "q4_k":
-            out[:, 16:144] = qs
-        else:
-            hi = ((c >> 4) & 1).reshape(-1, 8, 32)  # bit s of qh[j] = high bit of sub-block s, weight j
-            qh = np.zeros((c.shape[0], 32), dtype=np.int64)
-            for s in range(8):
-                qh |= hi[:, s] << s
-            out[:, 16:48] = qh.astype(np.uint8)
-            out[:, 48:176] = qs
-    elif qtype == "q6_k":
-        e = c.reshape(-1, 2, 128)  # two halves of 128
-        lo, hi = e & 0x0F, (e >> 4) & 0x03
-        ql = (lo[:, :, :64] | (lo[:, :, 64:] << 4)).reshape(-1, 128)
-        h4 = hi.reshape(-1, 2, 4, 32)
-        qh = (h4[:, :, 0] | (h4[:, :, 1] << 2) | (h4[:, :, 2] << 4) | (h4[:, :, 3] << 6)).reshape(-1, 64)
-        out[:, 0:128] = ql.astype(np.uint8)
-        out[:, 128:192] = qh.astype(np.uint8)
-    else:
-        raise ValueError(f"no GPTQ encoder for {qtype}")
-    return out
-
-
-def gptq_codes(w: np.ndarray, h: np.ndarray, a: np.ndarray, b: np.ndarray, cmin: int, cmax: int,
-               damp: float = 0.01, block: int = 128) -> np.ndarray:
-    """Codes [rows, cols] for weights w [rows, cols] on the grid (a, b) given input Hessian h [cols, cols]."""
-    w = w.astype(np.float64).copy()
-    h = h.astype(np.float64).copy()
-    cols = w.shape[1]
-    hinv = _hinv(h, damp)
-    safe_a = np.where(a == 0, 1.0, a)
-    codes = np.zeros(w.shape, dtype=np.int64)
-    for i1 in range(0, cols, block):
-        i2 = min(i1 + block, cols)
-        w1 = w[:, i1:i2]
-        err1 = np.zeros_like(w1)
-        hi = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            j = i1 + i
-            c = np.clip(np.rint((w1[:, i] - b[:, j]) / safe_a[:, j]), cmin, cmax)
-            q = a[:, j] * c + b[:, j]
-            codes[:, j] = c
-            err = (w1[:, i] - q) / hi[i, i]
-            w1[:, i:] -= np.outer(err, hi[i, i:])
-            err1[:, i] = err
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return codes
-
-
-def targets(ref, hessians: dict[str, np.ndarray], counts: dict[str, int]) -> tuple[dict, dict, dict]:
-    """FP weights (llama.cpp layout), Hessians and their token counts by GGUF tensor name.
-
-    A tied embedding is one tensor in two roles; its GPTQ target is the output projection (the
-    Hessian of the final norm's output), where its rounding error reaches the logits directly.
+    Dead inputs get a unit diagonal (their row of U is then zero off the diagonal: their
+    error goes nowhere), and damp * mean(diag H) is added to the diagonal.
     """
-    hess, counts = dict(hessians), dict(counts)
-    if getattr(ref, "tied", False) and "output.weight" in hess:
-        hess["token_embd.weight"] = hess.pop("output.weight")
-        counts["token_embd.weight"] = counts.get("output.weight", 0)
-    return {n: ref.gguf_weight(n) for n in hess}, hess, counts
-
-
-_HINV: dict[bytes, np.ndarray] = {}  # q/k/v (gate/up) share one Hessian: factor it once
-
-
-def _hinv(h: np.ndarray, damp: float) -> np.ndarray:
-    """Upper Cholesky factor of the damped H^-1 (dead inputs get a unit diagonal)."""
-    import hashlib
-
+    h = np.array(h, dtype=np.float64)
     key = hashlib.blake2b(h.tobytes() + str(damp).encode(), digest_size=16).digest()
-    if key not in _HINV:
-        h = h.copy()
+    if key not in _FACTORS:
         dead = np.diag(h) == 0
         h[dead, dead] = 1.0
         h += damp * np.mean(np.diag(h)) * np.eye(len(h))
-        if len(_HINV) >= 8:
-            _HINV.pop(next(iter(_HINV)))
-        _HINV[key] = np.linalg.cholesky(np.linalg.inv(h)).T
-    return _HINV[key]
+        try:
+            u = np.linalg.cholesky(np.linalg.inv(h)).T
+        except np.linalg.LinAlgError:
+            u = None
+        if u is not None and not np.isfinite(u).all():
+            u = None
+        if len(_FACTORS) >= 8:
+            _FACTORS.pop(next(iter(_FACTORS)))
+        _FACTORS[key] = u
+    return _FACTORS[key]
 
 
-def refine_file(path: str | Path, weights: dict[str, np.ndarray], hessians: dict[str, np.ndarray],
-                progress: bool = False, n_tokens: dict[str, int] | None = None) -> dict[str, float]:
-    """Rewrite the codes of every supported tensor in a quantized GGUF, in place.
+def spans(n: int, size: int) -> list[tuple[int, int]]:
+    """(lo, hi) ranges of `size` rows covering 0..n."""
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
 
-    weights: FP weights in llama.cpp's layout by tensor name; hessians: X^T X per tensor.
-    n_tokens: calibration tokens behind each Hessian; with fewer than twice the input width,
-    H is poorly determined and GPTQ would fit the calibration text, so it is damped 10x harder.
-    Returns the relative change of the layer-output error ||dW X|| per tensor (negative = better).
+
+def gptq_round(w: np.ndarray, h: np.ndarray, blocks: Sequence[tuple[int, int]], start_block: StartBlock,
+               damp: float = 0.01) -> bool:
+    """GPTQ over the rows of w [n_in, n_out] (one row per input), block by block.
+
+    blocks: (lo, hi) row ranges covering 0..n_in in order. Within a block each row is rounded and
+    its error spread over the block's later rows; at the block's end its errors update all
+    the rows after it in one product (the paper's lazy batch update). start_block is called
+    as each block starts and returns the function that rounds the block's rows.
+    `w` is not modified. Returns False when H^-1 has no Cholesky factor: every row is then
+    rounded to nearest, with no error moved.
     """
-    from gguf import GGUFReader
-
-    r = GGUFReader(str(path), mode="r+")
-    todo = [t for t in r.tensors if t.tensor_type.name.lower() in SUPPORTED and t.name in hessians
-            and t.name in weights]
-    gains = {}
-    if progress:
-        from tqdm import tqdm
-
-        todo = tqdm(todo, desc="gptq", unit="tensor", leave=False)
-    for t in todo:
-        qtype = t.tensor_type.name.lower()
-        rows, cols = int(t.shape[1]), int(t.shape[0])
-        raw = np.asarray(t.data).reshape(rows, -1)
-        bpr = raw.shape[1]  # bytes per row
-        per_block = {"q4_0": 32, "q8_0": 32}.get(qtype, QK)
-        nb = cols // per_block
-        blocks = raw.reshape(rows * nb, bpr // nb)
-        a, b, cmin, cmax = grid(qtype, blocks)
-        a, b = a.reshape(rows, cols), b.reshape(rows, cols)
-        w, h = weights[t.name], hessians[t.name]
-        few = n_tokens is not None and n_tokens.get(t.name, 0) < 2 * cols
-        codes = gptq_codes(w, h, a, b, cmin, cmax, damp=0.1 if few else 0.01)
-        before = np.rint((_dequant(a, b, blocks, qtype, rows, cols) - b) / np.where(a == 0, 1, a))
-        err_old = _out_err(w, a * before + b, h)
-        err_new = _out_err(w, a * codes + b, h)
-        if err_new < err_old:  # never make a tensor worse than llama.cpp's rounding
-            new = encode(qtype, blocks, codes.reshape(rows * nb, per_block))
-            t.data[...] = new.reshape(t.data.shape)
-            gains[t.name] = err_new / err_old - 1
-        else:
-            gains[t.name] = 0.0
-    r.data.flush()
-    return gains
-
-
-def _dequant(a, b, blocks, qtype, rows, cols) -> np.ndarray:
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
-
-    return dequantize(blocks.reshape(rows, -1), GGMLQuantizationType[qtype.upper()]).reshape(rows, cols)
-
-
-def _out_err(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
-    d = w.astype(np.float64) - q
-    return float(((d @ h) * d).sum())
+    w = np.array(w, dtype=np.float64)
+    u = hinv_factor(h, damp)
+    for lo, hi in blocks:
+        round_row = start_block(lo, hi, w[lo:hi])
+        if u is None:
+            for i in range(lo, hi):
+                round_row(i, w[i])
+            continue
+        errs = np.zeros((hi - lo, w.shape[1]))
+        for i in range(lo, hi):
+            err = (w[i] - round_row(i, w[i])) / u[i, i]
+            w[i + 1 : hi] -= np.outer(u[i, i + 1 : hi], err)
+            errs[i - lo] = err
+        w[hi:] -= u[lo:hi, hi:].T @ errs
+    return u is not None

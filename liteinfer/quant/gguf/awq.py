@@ -21,10 +21,17 @@ import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
+import llama_cpp
 import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+from tqdm import tqdm
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
+from liteinfer.core.gguf_write import writer_like
+from liteinfer.quant.gguf.quantize import quantize
 
 ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 FLOAT = {"F32", "F16", "BF16"}
@@ -69,8 +76,6 @@ def _ggml_quantize_chunk():
     """llama.cpp's own row quantizer (libggml-base, shipped inside llama-cpp-python)."""
     global _CHUNK
     if _CHUNK is None:
-        import llama_cpp
-
         libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.*"))
         if not libs:
             raise LiteInferError("AWQ needs libggml-base from llama-cpp-python; not found")
@@ -84,9 +89,6 @@ def _ggml_quantize_chunk():
 
 def roundtrip(w: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.ndarray:
     """w [rows, cols] quantized to qtype by llama.cpp (weighted by imatrix [cols]) and back."""
-    import gguf
-    from gguf.quants import dequantize
-
     t = gguf.GGMLQuantizationType[qtype.upper()]
     if t.name in FLOAT:
         return w.astype(np.float16).astype(np.float32) if t.name == "F16" else w.copy()
@@ -132,8 +134,6 @@ def search(weights: dict[str, np.ndarray], hessians: dict[str, np.ndarray], type
     """
     todo = groups(set(weights))
     if progress:
-        from tqdm import tqdm
-
         todo = tqdm(todo, desc="awq", unit="group", leave=False)
     scales, results = {}, []
     for g in todo:
@@ -181,8 +181,6 @@ def scale_imatrix(imatrix: dict[str, np.ndarray], scales: dict[str, np.ndarray])
 
 def check_source(path: str | Path):
     """GGUFReader of an F32/F16/BF16 llama GGUF; anything else is a one-line error."""
-    from gguf import GGUFReader
-
     try:
         r = GGUFReader(str(path))
     except Exception as e:
@@ -200,8 +198,6 @@ def check_source(path: str | Path):
 
 def read_float_gguf(path: str | Path):
     """(reader, float32 weights by GGUF name, in GGUF layout [out, in]) of a float llama GGUF."""
-    from gguf.quants import dequantize
-
     r = check_source(path)
     return r, {t.name: dequantize(t.data, t.tensor_type).astype(np.float32).reshape(
         [int(d) for d in reversed(t.shape)]) for t in r.tensors}
@@ -209,8 +205,6 @@ def read_float_gguf(path: str | Path):
 
 def write_like(reader, dst: str | Path, changed: dict[str, np.ndarray]) -> None:
     """dst = the reader's model (metadata, tokenizer, tensor order) with `changed` tensors in F32."""
-    from liteinfer.quant.gguf.quantize import writer_like
-
     with atomic_output(dst) as tmp:
         w = writer_like(reader, tmp)
         for t in reader.tensors:
@@ -219,8 +213,6 @@ def write_like(reader, dst: str | Path, changed: dict[str, np.ndarray]) -> None:
             elif t.tensor_type.name in ("F32", "F16"):
                 data = np.asarray(t.data)
             else:  # BF16: numpy has no such dtype
-                from gguf.quants import dequantize
-
                 data = dequantize(t.data, t.tensor_type).astype(np.float32)
             w.add_tensor(t.name, np.ascontiguousarray(data))
         w.write_header_to_file()
@@ -231,12 +223,10 @@ def write_like(reader, dst: str | Path, changed: dict[str, np.ndarray]) -> None:
 
 def target_types(src: Path, ftype: str, imatrix: dict | None, work: Path, threads: int | None = None) -> dict:
     """Each tensor's type under llama.cpp's ftype mixture (read off a trial quantization)."""
-    from liteinfer.quant.gguf.quantize import quantize
-
     trial = work / "awq-trial.gguf"
     tensors = quantize(src, trial, ftype, imatrix=imatrix, threads=threads)
     trial.unlink()
-    return {t.name: t.type for t in tensors}
+    return {t.name: t.type_name for t in tensors}
 
 
 def awq_model(src: str | Path, dst: str | Path, hessians: dict[str, np.ndarray], types: dict[str, str],

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
 import numpy as np
+from tqdm import tqdm
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
@@ -58,8 +60,6 @@ def compute_imatrix(ref, windows: list[list[int]], progress: bool = False, full:
     stats = ActivationStats(full)
     it = windows
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(windows, desc="imatrix", unit="win", leave=False)
     for w in it:
         ref.forward(w, hook=stats)
@@ -69,8 +69,6 @@ def compute_imatrix(ref, windows: list[list[int]], progress: bool = False, full:
 def save_imatrix(path: str | Path, sums: dict[str, np.ndarray], counts: dict[str, int], dataset: str,
                  chunk_count: int, chunk_size: int) -> None:
     """llama-imatrix's GGUF layout: sums of squares and token counts per tensor."""
-    import gguf
-
     with atomic_output(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch="")
         w.add_type("imatrix")
@@ -88,8 +86,6 @@ def save_imatrix(path: str | Path, sums: dict[str, np.ndarray], counts: dict[str
 
 def load_imatrix(path: str | Path) -> dict[str, np.ndarray]:
     """Mean squared activations per tensor from a GGUF imatrix file (ours or llama-imatrix's)."""
-    from gguf import GGUFReader
-
     path = Path(path)
     if not path.is_file():
         raise LiteInferError(f"imatrix file not found: {path}")
@@ -97,7 +93,7 @@ def load_imatrix(path: str | Path) -> dict[str, np.ndarray]:
         if f.read(4) != b"GGUF":
             raise LiteInferError(f"{path}: not a GGUF imatrix (legacy .dat files: re-save with llama-imatrix)")
     try:
-        r = GGUFReader(str(path))
+        r = gguf.GGUFReader(str(path))
     except Exception as e:
         raise LiteInferError(f"{path}: damaged imatrix ({type(e).__name__})") from None
     sums, counts = {}, {}

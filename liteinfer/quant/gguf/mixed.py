@@ -11,8 +11,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from liteinfer.convert.reference import ReferenceLlama
+from liteinfer.core.config import EngineSettings
 from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import atomic_output
+from liteinfer.engines.llama import LlamaEngine
+from liteinfer.evaluate.llm import read_text
+from liteinfer.quant.gguf.gptq import refine_file, targets
+from liteinfer.quant.gguf.imatrix import calibration_windows, compute_imatrix, load_imatrix
+from liteinfer.quant.gguf.quantize import bits_per_weight, quantize, read_tensors
 from liteinfer.quant.gguf.recipe import Calibration, Recipe, TensorPlan
+from liteinfer.quant.gguf.sensitivity import DEFAULT_TYPES, allocate, measure, smallest_bpw
 
 KL_MAX_WORK = 2e11  # params x calibration tokens x candidates above which `auto` uses the proxy
 
@@ -29,9 +38,6 @@ class Calib:
 
 
 def tokenize_file(model: Path, text: str) -> list[int]:
-    from liteinfer.core.config import EngineSettings
-    from liteinfer.engines.llama import LlamaEngine
-
     eng = LlamaEngine(model, EngineSettings(n_ctx=64, n_batch=64, n_ubatch=64, n_seq_max=1))
     try:
         return eng.tokenize(text, add_special=False)
@@ -41,10 +47,6 @@ def tokenize_file(model: Path, text: str) -> list[int]:
 
 def calibrate(src: Path, text_path: str | Path, ctx: int = 256, n_windows: int = 16,
               imatrix_path: str | Path | None = None, progress: bool = False, hessians: bool = False) -> Calib:
-    from liteinfer.convert.reference import ReferenceLlama
-    from liteinfer.evaluate.llm import read_text
-    from liteinfer.quant.gguf.imatrix import calibration_windows, compute_imatrix, load_imatrix
-
     text = read_text(text_path)  # missing / empty file: one-line error
     windows = calibration_windows(tokenize_file(src, text), ctx, n_windows)
     ref = ReferenceLlama.from_gguf(src)
@@ -74,28 +76,17 @@ def budget_bytes(src_tensors, target_bpw: float | None, target_mb: float | None,
 
 def check_budget(src: Path, target_bpw: float | None, target_mb: float | None, types) -> None:
     """Fail before calibrating when no plan can fit (cheap: nominal sizes only)."""
-    from liteinfer.quant.gguf.quantize import read_tensors
-    from liteinfer.quant.gguf.sensitivity import smallest_bpw
-
     tensors = read_tensors(src)
     budget = budget_bytes(tensors, target_bpw, target_mb, src)
     low = smallest_bpw(tensors, types)
     if low * sum(t.n_elements for t in tensors) / 8 > budget:
-        raise LiteInferError(f"size budget cannot be met: even all-{min(types, key=_bpw)} is {low:.2f} bits per weight")
-
-
-def _bpw(t: str) -> float:
-    from liteinfer.quant.gguf.quantize import bits_per_weight
-
-    return bits_per_weight(t)
+        raise LiteInferError(
+            f"size budget cannot be met: even all-{min(types, key=bits_per_weight)} is {low:.2f} bits per weight")
 
 
 def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto", progress: bool = False,
                         gptq: bool = False):
     """Per-tensor (type, bytes, cost) options; one measurement serves any number of budgets."""
-    from liteinfer.quant.gguf.quantize import read_tensors
-    from liteinfer.quant.gguf.sensitivity import DEFAULT_TYPES, measure
-
     types = tuple(types or DEFAULT_TYPES)
     # KL needs only a few windows; the imatrix used them all
     windows = cal.windows[: max(1, min(len(cal.windows), 4))]
@@ -110,9 +101,6 @@ def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto",
 
 def plan_mixed(src: Path, cal: Calib, target_bpw: float | None = None, target_mb: float | None = None,
                types=None, method: str = "auto", progress: bool = False, sens=None, gptq: bool = False) -> Recipe:
-    from liteinfer.quant.gguf.quantize import read_tensors
-    from liteinfer.quant.gguf.sensitivity import DEFAULT_TYPES, allocate
-
     budget = budget_bytes(read_tensors(src), target_bpw, target_mb, src)
     sens = sens or measure_sensitivity(src, cal, types, method, progress, gptq)
     plan = allocate(sens, budget)
@@ -129,8 +117,6 @@ def plan_mixed(src: Path, cal: Calib, target_bpw: float | None = None, target_mb
 
 def apply_recipe(src: Path, dst: Path, recipe: Recipe, imatrix: dict | None, cal: Calib | None = None,
                  gptq: bool = False, progress: bool = False):
-    from liteinfer.quant.gguf.quantize import read_tensors
-
     have = {t.name for t in read_tensors(src) if t.quantizable}
     planned = set(recipe.tensors)
     if planned != have:
@@ -144,15 +130,10 @@ def apply_recipe(src: Path, dst: Path, recipe: Recipe, imatrix: dict | None, cal
 def quantize_refined(src: Path, dst: Path, ftype: str, imatrix: dict | None, overrides: dict | None = None,
                      cal: Calib | None = None, progress: bool = False, threads: int | None = None):
     """llama.cpp's quantizer, then (given calibration with Hessians) GPTQ codes on its grid."""
-    from liteinfer.core.files import atomic_output
-    from liteinfer.quant.gguf.quantize import quantize, read_tensors
-
     if cal is None:
         return quantize(src, dst, ftype, imatrix=imatrix, overrides=overrides, threads=threads)
     if not cal.hessians:
         raise LiteInferError("GPTQ needs calibration activations (--calib)")
-    from liteinfer.quant.gptq import refine_file, targets
-
     with atomic_output(dst) as tmp:
         quantize(src, tmp, ftype, imatrix=imatrix, overrides=overrides, threads=threads)
         weights, hess, counts = targets(cal.ref, cal.hessians, cal.counts)

@@ -9,14 +9,19 @@ Output goes through atomic_output: a failed quantization leaves no file behind.
 from __future__ import annotations
 
 import ctypes
-import math
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
+import llama_cpp
+import numpy as np
+
+from liteinfer.core.catalog import check_gguf
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
+from liteinfer.core.gguf_header import TensorInfo
+from liteinfer.hardware.cores import usable_cores
 
 # user-facing file types -> gguf.LlamaFileType member names (llama.cpp's `--type` names)
 FTYPES = {
@@ -33,23 +38,13 @@ FLOAT_TYPES = {"F32", "F16", "BF16"}
 
 def ggml_type(name: str) -> int:
     """ggml tensor type id for a tensor type name ("q4_k", "Q8_0", "f16")."""
-    import gguf
-
     try:
         return int(gguf.GGMLQuantizationType[name.upper()])
     except KeyError:
         raise LiteInferError(f"unknown tensor type {name!r}") from None
 
 
-def ggml_type_name(tid: int) -> str:
-    import gguf
-
-    return gguf.GGMLQuantizationType(tid).name.lower()
-
-
 def ftype_id(name: str) -> int:
-    import gguf
-
     key = FTYPES.get(name.lower())
     if key is None:
         raise LiteInferError(f"unknown quantization type {name!r} (known: {', '.join(FTYPES)})")
@@ -57,46 +52,13 @@ def ftype_id(name: str) -> int:
 
 
 def bits_per_weight(type_name: str) -> float:
-    import gguf
-
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name.upper()]]
     return 8.0 * size / block
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]  # ggml order: (row width, rows, ...)
-    type: str  # "f32", "q4_k", ...
-    n_elements: int
-    n_bytes: int
-
-    @property
-    def quantizable(self) -> bool:
-        """What llama.cpp's quantizer may touch: 2-D+ weights that are not norms."""
-        return len(self.shape) >= 2 and self.name.endswith("weight") and "_norm" not in self.name
-
-
-def writer_like(reader, path: str | Path):
-    """A gguf.GGUFWriter for `path` that carries all of `reader`'s metadata (architecture,
-    hyperparameters, tokenizer, chat template); the caller adds the tensors."""
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), reader.fields["general.architecture"].contents())
-    for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF."):
-            continue  # the writer sets these itself
-        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
-    return w
-
-
 def read_tensors(path: str | Path) -> list[TensorInfo]:
-    from liteinfer.core.catalog import check_gguf
-
-    header = check_gguf(Path(path))  # validated and parsed once: its tensor table is what we need
-    return [TensorInfo(t.name, t.shape, ggml_type_name(t.ggml_type), math.prod(t.shape), t.n_bytes)
-            for t in header.tensors]
+    """The tensor table of a GGUF, validated first (magic, header, size: a one-line error)."""
+    return check_gguf(Path(path)).tensors
 
 
 def model_bpw(tensors: list[TensorInfo]) -> float:
@@ -107,8 +69,6 @@ class _LlamaLog:
     """Capture llama.cpp's log lines while quantizing (its errors become our one-line error)."""
 
     def __init__(self):
-        import llama_cpp
-
         self.lines: list[str] = []
         self._ll = llama_cpp
 
@@ -147,11 +107,6 @@ def quantize(src: str | Path, dst: str | Path, ftype: str = "q4_k_m", imatrix: d
 
     Returns the output's tensor table. Raises LiteInferError on any failure (dst not created).
     """
-    import llama_cpp
-    import numpy as np
-
-    from liteinfer.hardware.cores import usable_cores
-
     src, dst = Path(src), Path(dst)
     src_tensors = read_tensors(src)  # validates magic, header and size first
     if ftype.lower() in NEEDS_IMATRIX and not imatrix:
@@ -194,7 +149,7 @@ def quantize(src: str | Path, dst: str | Path, ftype: str = "q4_k_m", imatrix: d
 
 
 def warn_requantize(tensors: list[TensorInfo]) -> str | None:
-    quantized = sorted({t.type for t in tensors if t.quantizable and t.type.upper() not in FLOAT_TYPES})
+    quantized = sorted({t.type_name for t in tensors if t.quantizable and t.type_name.upper() not in FLOAT_TYPES})
     if quantized:
         msg = (f"warning: the input is already quantized ({', '.join(quantized)}): its weights are dequantized "
                "and quantized again, which compounds rounding error; prefer an F32/F16/BF16 source")

@@ -22,8 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+from tqdm import tqdm
 
 from liteinfer.core.errors import LiteInferError
+from liteinfer.quant.gguf.gptq import refine_file, targets
+from liteinfer.quant.gguf.quantize import bits_per_weight, quantize, read_tensors
 
 DEFAULT_TYPES = ("q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
 
@@ -56,8 +61,6 @@ def _layer_of(name: str, n_layer: int) -> int:
 
 
 def _progress(total: int, desc: str, show: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not show)
 
 
@@ -69,11 +72,6 @@ def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndar
     With `hessians`, each candidate is GPTQ-refined first, so costs are those of the rounding
     that will actually be used.
     """
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
-    from liteinfer.quant.gguf.quantize import quantize, read_tensors
-
     tensors = read_tensors(src)
     quant = [t for t in tensors if t.quantizable]
     sens = Sensitivity(fixed_bytes=sum(t.n_bytes for t in tensors if not t.quantizable),
@@ -91,8 +89,6 @@ def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndar
             out = Path(tmp) / f"{tname}.gguf"
             quantize(src, out, ftype="q8_0", imatrix=imatrix, overrides={t.name: tname for t in quant})
             if hessians:
-                from liteinfer.quant.gptq import refine_file, targets
-
                 weights, hess, counts = targets(ref, hessians, n_tokens or {})
                 refine_file(out, weights, hess, n_tokens=counts)
             bar.update(1)
@@ -139,8 +135,6 @@ def _proxy_cost(w: np.ndarray, deq: np.ndarray, imat: np.ndarray | None) -> floa
 
 def smallest_bpw(tensors, types) -> float:
     """A lower bound on any plan's bits per weight (nominal type sizes, before fallbacks)."""
-    from liteinfer.quant.gguf.quantize import bits_per_weight
-
     low = min(bits_per_weight(t) for t in types)
     bits = sum(t.n_elements * low if t.quantizable else 8 * t.n_bytes for t in tensors)
     return bits / sum(t.n_elements for t in tensors)

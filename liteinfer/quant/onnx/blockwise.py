@@ -8,9 +8,10 @@ GatherBlockQuantized for embedding tables.
 
 Two ways to pick the integers:
   rtn:  round to nearest, with a small search over clipping ranges per block (min MSE)
-  gptq: error-compensating rounding (Frantar et al. 2022): quantize input rows one at a time
-        and push each row's rounding error onto the rows not yet quantized, weighted by the
-        inverse Hessian H = X^T X of the layer's calibration inputs. Same grid, less output error.
+  gptq: error-compensating rounding (quant/gptq.py, shared with the GGUF side): input rows
+        one at a time, each row's rounding error pushed onto the rows not yet quantized through
+        the inverse Hessian H = X^T X of the layer's calibration inputs. Each block's grid is
+        fitted to its rows as the earlier errors left them. Same grid, less output error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from liteinfer.quant.gptq import gptq_round
 
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 
@@ -83,45 +86,39 @@ def gptq_segments(w: np.ndarray, hessian: np.ndarray, segments: list[tuple[int, 
     One pass over all K rows in order, so a later segment absorbs the rounding error of the
     earlier ones (a mixed int4/int8 weight puts its int8 rows last). One BlockQuant per segment.
     """
-    w = w.astype(np.float64).copy()
     k, n = w.shape
     if sum(s[2] for s in segments) != k:
         raise ValueError("segments must cover every row")
-    h = hessian.astype(np.float64).copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[dead] = 0.0
-    h += np.eye(k) * damp * np.mean(np.diag(h))
-    try:
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
-    except np.linalg.LinAlgError:
-        out, start = [], 0
-        for bits, block, rows in segments:
-            out.append(quantize_rtn(w[start : start + rows].astype(np.float32), bits, block))
-            start += rows
-        return out
-    out, start = [], 0
+    w = w.astype(np.float64)  # a copy
+    w[np.diag(hessian) == 0] = 0.0  # dead inputs (never nonzero in calibration) count as zero weights
+    out: list[BlockQuant] = []
+    owner: dict[int, tuple[BlockQuant, int, int]] = {}  # block start -> (its BlockQuant, segment start, block)
+    spans, start = [], 0
     for bits, block, rows in segments:
         nb = -(-rows // block)
-        qmax = (1 << bits) - 1
-        q = np.zeros((rows, n), dtype=np.uint8)
-        scale = np.zeros((nb, n), dtype=np.float32)
-        zero = np.zeros((nb, n), dtype=np.float32)
+        bq = BlockQuant(np.zeros((rows, n), dtype=np.uint8), np.zeros((nb, n), dtype=np.float32),
+                        np.zeros((nb, n), dtype=np.float32), bits, block)
+        out.append(bq)
         for b in range(nb):
             lo, hi = start + b * block, start + min((b + 1) * block, rows)
-            s, z = _grid(w[lo:hi].astype(np.float32), bits)
-            scale[b], zero[b] = s, z
-            s64, z64 = s.astype(np.float64), z.astype(np.float64)
-            errs = np.zeros((hi - lo, n))
-            for i in range(lo, hi):
-                qi = np.clip(np.round(w[i] / s64 + z64), 0, qmax)
-                q[i - start] = qi
-                err = (w[i] - (qi - z64) * s64) / hinv[i, i]
-                w[i + 1 : hi] -= np.outer(hinv[i, i + 1 : hi], err)
-                errs[i - lo] = err
-            w[hi:] -= hinv[lo:hi, hi:].T @ errs  # lazy update of the rows after this block
-        out.append(BlockQuant(q, scale, zero, bits, block))
+            spans.append((lo, hi))
+            owner[lo] = (bq, start, b)
         start += rows
+
+    def start_block(lo: int, hi: int, rows: np.ndarray):
+        bq, first, b = owner[lo]
+        s, z = _grid(rows.astype(np.float32), bq.bits)
+        bq.scale[b], bq.zero[b] = s, z
+        s64, z64, qmax = s.astype(np.float64), z.astype(np.float64), (1 << bq.bits) - 1
+
+        def round_row(i: int, row: np.ndarray) -> np.ndarray:
+            qi = np.clip(np.round(row / s64 + z64), 0, qmax)
+            bq.q[i - first] = qi
+            return (qi - z64) * s64
+
+        return round_row
+
+    gptq_round(w, hessian, spans, start_block, damp)
     return out
 
 

@@ -35,7 +35,7 @@ def is_onnx(path: str) -> bool:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    from liteinfer.quant.onnx.pipeline import quantize_onnx
+    from liteinfer.quant.onnx.pipeline import quantize_onnx  # onnx, onnxruntime: on use (CLI start-up time)
 
     def say(msg: str) -> None:
         if sys.stderr.isatty() or getattr(args, "verbose", False):

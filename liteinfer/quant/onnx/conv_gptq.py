@@ -19,8 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import helper
 
 from liteinfer.quant.onnx import blockwise
+from liteinfer.quant.onnx.calibration import add_outputs, quiet_session
 
 SUBSAMPLE = 4  # every 4th output position of each image feeds the statistics
 
@@ -38,8 +41,6 @@ class ConvStats:
 
 def conv_attrs(node) -> tuple[int, list[int], list[int], list[int]]:
     """(group, strides, pads, dilations) of an ONNX Conv node."""
-    from onnx import helper
-
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     return int(a.get("group", 1)), list(a.get("strides", [1, 1])), list(a.get("pads", [0, 0, 0, 0])), \
         list(a.get("dilations", [1, 1]))
@@ -47,8 +48,6 @@ def conv_attrs(node) -> tuple[int, list[int], list[int], list[int]]:
 
 def patches(x: np.ndarray, node, kernel: tuple[int, int]) -> np.ndarray:
     """Input patches [N, C, P, kH*kW] of a 2-D Conv over x [N, C, H, W] (subsampled positions)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     _, strides, pads, dil = conv_attrs(node)
     kh, kw = kernel
     x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
@@ -78,8 +77,6 @@ def accumulate(stats: ConvStats | None, x: np.ndarray, node, shape: tuple[int, .
 def collect_conv_stats(model, convs: list[tuple[str, str, tuple[int, ...]]], feeds: list[dict],
                        threads: int | None = None) -> dict[str, ConvStats]:
     """ConvStats by weight name for (node name, weight name, shape) of 4-D Conv weights."""
-    from liteinfer.quant.onnx.quantize import add_outputs, quiet_session
-
     nodes = {n.name: n for n in model.graph.node}
     convs = [c for c in convs if c[0] in nodes and len(c[2]) == 4]
     if not convs or not feeds:

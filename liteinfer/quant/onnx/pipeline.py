@@ -17,6 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liteinfer.core.errors import LiteInferError
+from liteinfer.engines.onnx import load_model
+from liteinfer.engines.onnx_meta import read_meta, write_meta
+from liteinfer.evaluate.onnx import load_eval_set, read_images, read_texts
+from liteinfer.quant.onnx.calibration import collect_hessians, quiet_session
+from liteinfer.quant.onnx.conv_gptq import collect_conv_stats
+from liteinfer.quant.onnx.quantize import (
+    QTYPES,
+    Quantizer,
+    find_targets,
+    load_onnx,
+    prepare_model,
+    save_model,
+    weights_bytes,
+)
+from liteinfer.quant.onnx.sensitivity import MixedResult, Scorer, format_plan, search
 
 CALIB_LIMIT = {"embedding": 160, "classifier": 160}  # inputs for GPTQ statistics and the floor
 SENS_LIMIT = {"embedding": 32, "classifier": 100}  # held-out inputs for each per-node trial
@@ -45,9 +60,6 @@ def _calib_sets(fp32_path: Path, calib: str | Path, limit: int | None):
     on fitted crops EfficientNet's int4 classifier lost 10x less than on others (5.5e-5 vs
     ~5e-4 KL), so the search ranked it too cheap to upgrade.
     """
-    from liteinfer.engines.onnx import load_model
-    from liteinfer.evaluate.onnx import load_eval_set, read_images, read_texts
-
     model = load_model(fp32_path)
     n = limit or CALIB_LIMIT[model.kind]
     count = len(read_texts(calib, limit=n)) if model.kind == "embedding" else len(read_images(calib, model.labels, limit=n)[0])
@@ -68,20 +80,6 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
                   max_size_mb: float | None = None, types: list[str] | None = None,
                   calib_limit: int | None = None, accuracy_level: int = 4, gptq: bool = True,
                   progress: Callable[[str], None] | None = None, sensitivity: dict | None = None) -> OnnxQuantReport:
-    from liteinfer.engines.onnx_meta import read_meta, write_meta
-    from liteinfer.quant.onnx.conv_gptq import collect_conv_stats
-    from liteinfer.quant.onnx.quantize import (
-        QTYPES,
-        Quantizer,
-        collect_hessians,
-        find_targets,
-        load_onnx,
-        prepare_model,
-        save_model,
-        weights_bytes,
-    )
-    from liteinfer.quant.onnx.sensitivity import MixedResult, Scorer, format_plan, search
-
     t0 = time.time()
     src, out = Path(src), Path(out)
     if not mixed and qtype is None:
@@ -205,8 +203,6 @@ def _memo(key: tuple, compute: Callable[[], dict]) -> dict:
 
 
 def _check_loads(model) -> None:
-    from liteinfer.quant.onnx.quantize import quiet_session
-
     try:
         quiet_session(model)
     except Exception as e:

@@ -18,7 +18,7 @@ Conv, and Gather over an embedding table. Types, smallest first:
   fp32                              unchanged
 
 Weight-only integers come from GPTQ when calibration activations are available (Hessians from
-`collect_hessians`), else from round-to-nearest with a min-MSE clipping search (blockwise.py).
+calibration.py), else from round-to-nearest with a min-MSE clipping search (blockwise.py).
 Quantized weights are cached per (node, type), so trying many plans costs one GPTQ per pair.
 """
 
@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
 from liteinfer.core.errors import LiteInferError
-from liteinfer.quant.onnx import blockwise
+from liteinfer.core.files import atomic_output
+from liteinfer.quant.onnx import blockwise, conv_gptq
 
 MS_DOMAIN = "com.microsoft"
 ACCURACY_LEVEL = 4  # int8 activations x low-bit weights: the fast CPU path
@@ -67,8 +70,6 @@ class Target:
 
 def load_onnx(path: str | Path):
     """onnx.load with a one-line error for missing, truncated or foreign files."""
-    import onnx
-
     path = Path(path)
     if not path.is_file():
         raise LiteInferError(f"model file not found: {path}")
@@ -83,8 +84,6 @@ def load_onnx(path: str | Path):
 
 def prepare_model(model):
     """A copy with every node named and constant-weight Gemm rewritten as MatMul + Add."""
-    from onnx import helper, numpy_helper
-
     model = copy.deepcopy(model)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -117,8 +116,6 @@ def prepare_model(model):
 
 
 def find_targets(model) -> list[Target]:
-    from onnx import helper
-
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer if i.data_type == 1}  # float32
     targets = []
     for node in model.graph.node:
@@ -180,54 +177,7 @@ def weights_bytes(model) -> int:
 
 
 def _init_nbytes(init) -> int:
-    from onnx import numpy_helper
-
     return numpy_helper.to_array(init).nbytes
-
-
-# ---------------------------------------------------------------- calibration statistics
-
-
-def quiet_session(model, threads: int | None = None):
-    """An in-memory ONNX Runtime CPU session for calibration, trials and checks: warnings off
-    (unused-initializer notices from folded constants), threads as given or ORT's default."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def add_outputs(model, names: list[str]):
-    """A copy of the model that also returns the named intermediate tensors."""
-    from onnx import helper
-
-    m = copy.deepcopy(model)
-    existing = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in existing:
-            m.graph.output.append(helper.make_empty_tensor_value_info(n))
-    return m
-
-
-def collect_hessians(model, targets: list[Target], feeds: list[dict], threads: int | None = None) -> dict[str, np.ndarray]:
-    """X^T X of each MatMul target's input over the calibration feeds (padding rows skipped)."""
-    acts = sorted({t.activation for t in targets if t.op == "MatMul" and t.activation})
-    if not acts:
-        return {}
-    sess = quiet_session(add_outputs(model, acts), threads)
-    hess: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        outs = sess.run(acts, feed)
-        keep = feed["attention_mask"].reshape(-1).astype(bool) if "attention_mask" in feed else None
-        for name, x in zip(acts, outs, strict=True):
-            x = x.reshape(-1, x.shape[-1]).astype(np.float32)
-            if keep is not None and len(keep) == len(x):
-                x = x[keep]
-            hess[name] = hess.get(name, 0) + (x.T @ x).astype(np.float64)
-    return hess
 
 
 # ---------------------------------------------------------------- building quantized models
@@ -238,8 +188,6 @@ class Quantizer:
 
     def __init__(self, model, hessians: dict | None = None, calib_feeds: list[dict] | None = None,
                  accuracy_level: int = ACCURACY_LEVEL, conv_stats: dict | None = None):
-        from onnx import numpy_helper
-
         self.model = prepare_model(model)
         self.targets = {t.node: t for t in find_targets(self.model)}
         self.weights = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer
@@ -283,8 +231,6 @@ class Quantizer:
         GPTQ + bias correction when the calibration statistics cover it, else symmetric RTN.
         """
         if t.node not in self._conv_cache:
-            from liteinfer.quant.onnx import conv_gptq
-
             node = next(n for n in self.model.graph.node if n.name == t.node)
             bias = self.biases.get(node.input[2]) if len(node.input) > 2 else None
             if t.weight in self.conv_stats:
@@ -306,8 +252,6 @@ class Quantizer:
 
     def build(self, plan: dict[str, str]):
         """A quantized ModelProto for {node: type}; nodes not in the plan stay fp32."""
-        from onnx import helper
-
         for node, qtype in plan.items():
             if node not in self.targets:
                 raise LiteInferError(f"plan names {node!r}, which is not a quantizable node of this model")
@@ -373,8 +317,6 @@ class Quantizer:
 
     def _split_nodes(self, t: Target, node, sq: blockwise.SplitQuant) -> tuple[list, list]:
         """Initializers and nodes computing x @ W as x[..., idx4] @ W4 + x[..., idx8] @ W8."""
-        from onnx import helper
-
         inits, nodes, parts = [], [], []
         for tag, idx, bq in (("lo", sq.idx4, sq.low), ("hi", sq.idx8, sq.high)):
             names = [f"{t.weight}.{tag}.q{bq.bits}", f"{t.weight}.{tag}.scales", f"{t.weight}.{tag}.zp"]
@@ -393,7 +335,6 @@ class Quantizer:
 
     def _static_int8(self, model, conv_nodes: list[str]):
         """Static QDQ int8 (per-channel weights) for the given Conv nodes; ranges calibrated once."""
-        import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         if not self.calib_feeds:
@@ -455,8 +396,6 @@ class _Reader:
 
 def _finish(model, replace: dict, new_inits: list):
     """Swap nodes, add initializers, declare com.microsoft, drop weights nothing reads."""
-    from onnx import helper, numpy_helper
-
     nodes = []
     for node in model.graph.node:
         nodes.extend(replace.get(node.name, [node]))
@@ -481,10 +420,6 @@ def _drop_unused_initializers(model) -> None:
 
 def save_model(model, out: str | Path) -> int:
     """Write atomically; returns the file size."""
-    import onnx
-
-    from liteinfer.core.files import atomic_output
-
     with atomic_output(out) as tmp:
         onnx.save(model, str(tmp))
     return Path(out).stat().st_size

@@ -13,14 +13,18 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from onnx import helper
 
 from liteinfer.core.errors import LiteInferError
-from liteinfer.quant.onnx.quantize import Quantizer, Target, quiet_session, type_bytes, weights_bytes
+from liteinfer.evaluate.onnx import cosine_rows, kl_divergence
+from liteinfer.quant.onnx.calibration import quiet_session
+from liteinfer.quant.onnx.quantize import Quantizer, Target, type_bytes, weights_bytes
 
 LOSSLESS = ("fp16", "fp32")  # not measured: their loss is ~0 by construction
 
@@ -44,15 +48,11 @@ class Scorer:
         self.ref = self.run(model)
 
     def loss(self, out: np.ndarray) -> float:
-        from liteinfer.evaluate.onnx import cosine_rows, kl_divergence
-
         if self.kind == "embedding":
             return float(1.0 - cosine_rows(self.ref, out).mean())
         return float(kl_divergence(self.ref, out).mean())
 
     def score(self, out: np.ndarray) -> float:
-        from liteinfer.evaluate.onnx import cosine_rows
-
         if self.kind == "embedding":
             return float(cosine_rows(self.ref, out).mean())
         if self.labels is not None:
@@ -130,10 +130,6 @@ def _weight_only(t: Target, qtype: str) -> bool:
 
 def _overridable_session(q: Quantizer, weights: set[str], threads: int | None):
     """An FP32 session where the named initializers are graph inputs, so a run can replace them."""
-    import copy
-
-    from onnx import helper
-
     model = copy.deepcopy(q.model)
     for init in model.graph.initializer:
         if init.name in weights:
