@@ -68,7 +68,7 @@ def gptq_round(w: np.ndarray, h: np.ndarray, blocks: Sequence[tuple[int, int]], 
     `w` is not modified. Returns False when H^-1 has no Cholesky factor: every row is then
     rounded to nearest, with no error moved.
     """
-    w = np.array(w, dtype=np.float64)
+    w = np.array(w, dtype=np.float64, order="C")  # rows contiguous: the loop walks them
     u = hinv_factor(h, damp)
     for lo, hi in blocks:
         round_row = start_block(lo, hi, w[lo:hi])

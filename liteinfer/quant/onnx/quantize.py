@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
@@ -335,8 +336,6 @@ class Quantizer:
 
     def _static_int8(self, model, conv_nodes: list[str]):
         """Static QDQ int8 (per-channel weights) for the given Conv nodes; ranges calibrated once."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
         if not self.calib_feeds:
             raise LiteInferError("int8 convolutions need calibration data (--calib)")
         src, dst = Path(self._tmp.name) / "in.onnx", Path(self._tmp.name) / "out.onnx"
