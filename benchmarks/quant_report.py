@@ -1,6 +1,6 @@
 """The quantization report: every number measured in this run, one table per section.
 
-    .venv/bin/python benchmarks/quant_report.py [--quick] [--skip-smollm] [--skip-onnx] [--json OUT]
+    .venv/bin/python benchmarks/quant_report.py [--quick] [--only tiny,tiny-awq,smollm,onnx] [--json OUT] [--reprint JSON]
 
 LLM sections (reference = FP32 weights unless said otherwise; held-out text never used for
 calibration; KLD = mean KL(reference || candidate) per token, top-1 = argmax agreement):
