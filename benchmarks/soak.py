@@ -189,6 +189,7 @@ def _start_server(args) -> tuple[subprocess.Popen, int]:
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output is a file
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="soak length")
     ap.add_argument("--baseline-minutes", type=float, default=1.0, help="clean run for the latency reference")

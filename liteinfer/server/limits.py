@@ -85,6 +85,12 @@ class LimitsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+            len(k) + len(v) + 4 for k, v in scope["headers"])
+        if head > self.limits.max_header_bytes:  # arrived whole in one read: h11's own check did not fire
+            return await _send_error(send, 431, f"request headers are over {self.limits.max_header_bytes} bytes, "
+                                     "the most this server takes (limits.max_header_bytes)", "headers_too_large",
+                                     close=True)
         if self.protect_docs and path in PROTECTED_PATHS:
             from liteinfer.server.auth import check_bearer
 
@@ -214,21 +220,34 @@ def protocol_class(limits: LimitsSettings) -> type[H11Protocol]:
     class LimitedH11Protocol(H11Protocol):
         max_header_bytes = limits.max_header_bytes
         header_timeout_s = limits.header_timeout_s
-        linger_s = limits.body_timeout_s
+        linger_s = limits.body_timeout_s  # an answered request's unwanted body may take this long to drain
+        linger_close_s = 1.0  # after a half-close, for the client to read the answer
 
         def __init__(self, config, *args, **kwargs):
             config.h11_max_incomplete_event_size = self.max_header_bytes
             super().__init__(config, *args, **kwargs)
             self._deadline: asyncio.TimerHandle | None = None
             self._discarding = False
+            self._lost = False
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            self.transport = _LingeringTransport(transport, self)
             self._arm(self.header_timeout_s, self._header_timeout)
 
         def connection_lost(self, exc) -> None:
             self._disarm()
+            self._lost = True
             super().connection_lost(exc)
+
+        def _linger(self) -> None:
+            """Half-close and drop what the client still sends, for a moment: closing a socket
+            with unread data resets the connection, and the client loses the answer (a 413 sent
+            while it uploads)."""
+            self._discarding = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._arm(self.linger_close_s, self._close)
 
         def data_received(self, data: bytes) -> None:
             if self._discarding:  # answered with an error: drop the rest until the client closes
@@ -284,16 +303,32 @@ def protocol_class(limits: LimitsSettings) -> type[H11Protocol]:
             body = _json_body(status, message, code)
             head = (f"HTTP/1.1 {status} {_PHRASES.get(status, '')}\r\ncontent-type: application/json\r\n"
                     f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
-            self._discarding = True
             self.transport.write(head + body)
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            self._arm(min(self.linger_s, 2.0), self._close)
+            self._linger()
 
     return LimitedH11Protocol
 
 
 _PHRASES = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it: closing it while the client is still
+    sending a body (an early answer, `Connection: close`) lingers instead (_linger)."""
+
+    def __init__(self, transport, protocol):
+        self._transport, self._protocol = transport, protocol
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        p = self._protocol
+        if (not p._discarding and not p._lost and not self._transport.is_closing()
+                and p.conn.their_state is h11.SEND_BODY):
+            p._linger()
+        else:
+            self._transport.close()
 
 
 # ---- prompts and stop strings -------------------------------------------------------------
