@@ -32,6 +32,7 @@ from liteinfer.server.limits import (
     off_loop_json_route,
     tokenize_bounded,
 )
+from liteinfer.server.tools import ChatPlan, ReplySplitter, plan_chat
 
 router = APIRouter(route_class=off_loop_json_route())
 
@@ -72,10 +73,36 @@ class ContentPart(_Lenient):
         return v
 
 
+class ToolCallFunction(_Lenient):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(_Lenient):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(_Lenient):
-    IGNORED = frozenset({"name"})  # a participant's name: the chat template has no place for it
+    IGNORED = frozenset({"name"})  # a participant's name (a tool result's is passed on)
+    NEUTRAL = {"refusal": ""}
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls, replayed
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    reasoning_content: str | None = None  # an assistant's earlier reasoning: not replayed
+
+    def as_template_message(self) -> dict:
+        m: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            m["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            m["tool_call_id"] = self.tool_call_id
+        name = (self.model_extra or {}).get("name")
+        if self.role == "tool" and isinstance(name, str):
+            m["name"] = name
+        return m
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -104,17 +131,39 @@ class _SamplingFields(_Lenient):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
 
     def sampling(self, default_max: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(max_tokens=self.max_tokens or default_max, temperature=self.temperature,
                               top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed, stop=stop,
-                              presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty)
+                              presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                              logit_bias=_logit_bias(self.logit_bias))
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    out = {}
+    for key, value in (bias or {}).items():
+        if not key.isdigit():
+            raise RequestRejected(400, f"logit_bias: key {key!r} is not a token id", "invalid_logit_bias")
+        if not -100 <= value <= 100:
+            raise RequestRejected(400, f"logit_bias: {value} for token {key} is outside [-100, 100]",
+                                  "invalid_logit_bias")
+        out[int(key)] = float(value)
+    return out
 
 
 class ChatCompletionRequest(_SamplingFields):
+    NEUTRAL = {"parallel_tool_calls": True}
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: dict[str, Any] | None = None  # text | json_object | json_schema -> a grammar
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    chat_template_kwargs: dict[str, Any] | None = None  # llama-server's: extra template variables
 
 
 class CompletionRequest(_SamplingFields):
@@ -122,6 +171,7 @@ class CompletionRequest(_SamplingFields):
     REASONS = {"suffix": "fill-in-the-middle is not supported", "echo": "the prompt is not echoed",
                "best_of": "one completion is sampled per request"}
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)  # legacy: top alternatives per token
 
 
 # ---- which service a request names -----------------------------------------------------
@@ -186,19 +236,31 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     svc, err = find_service(request, "llm", body.model)
     if err is not None:
         return err
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    messages = [m.as_template_message() for m in body.messages]
     limits = request.app.state.config.limits
     try:  # sizes first; rendering a long conversation is CPU work: off the event loop
         check_prompt_chars(sum(len(m["content"]) for m in messages), limits)
         check_stop(body.stop, limits)
-        prompt = await asyncio.to_thread(svc.apply_chat_template, messages)
+        plan, tokens = await asyncio.to_thread(_chat_prompt, svc.engine, body, messages)
     except RequestRejected as e:
         return error_response(e.status, str(e), code=e.code)
+    except LiteInferError as e:  # tools, response_format, grammar or template refused
+        return error_response(400, str(e))
     except Exception as e:  # template errors are the request's fault (e.g. role order)
         return error_response(400, f"chat template: {e}")
     if body.max_completion_tokens and not body.max_tokens:
         body.max_tokens = body.max_completion_tokens
-    return await _generate(request, svc, prompt, body, chat=True)
+    return await _generate(request, svc, tokens, body, chat=True, plan=plan)
+
+
+def _chat_prompt(engine, body: ChatCompletionRequest, messages: list[dict]) -> tuple[ChatPlan, list[int]]:
+    """Tools / response_format -> prompt messages and grammar (server/tools.py); the prompt's
+    control tokens come from the template only (message text is tokenized as text)."""
+    plan = plan_chat(messages, engine.chat_template.source, body.tools, body.tool_choice, body.parallel_tool_calls,
+                     body.response_format)
+    if plan.grammar:
+        engine.check_grammar(plan.grammar)
+    return plan, engine.chat_tokens(plan.messages, tools=plan.tools, **(body.chat_template_kwargs or {}))
 
 
 @router.post("/v1/completions")
@@ -219,16 +281,36 @@ async def completions(body: CompletionRequest, request: Request):
     return await _generate(request, svc, prompt, body, chat=False)
 
 
-async def _generate(request: Request, svc, prompt: str, body: _SamplingFields, chat: bool):
+async def _generate(request: Request, svc, prompt: str | list[int], body: _SamplingFields, chat: bool,
+                    plan: ChatPlan | None = None):
     limit = svc.max_seq_len
-    try:  # CPU work in a worker thread; a huge prompt is refused from a prefix (server/limits.py)
-        tokens = await asyncio.to_thread(tokenize_bounded, svc.tokenize, prompt, limit)
-    except RequestRejected as e:
-        return error_response(e.status, str(e), code=e.code)
+    if isinstance(prompt, str):
+        try:  # CPU work in a worker thread; a huge prompt is refused from a prefix (server/limits.py)
+            tokens = await asyncio.to_thread(tokenize_bounded, svc.tokenize, prompt, limit)
+        except RequestRejected as e:
+            return error_response(e.status, str(e), code=e.code)
+    else:
+        tokens = prompt
+        if len(tokens) >= limit:
+            return error_response(400, f"prompt is {len(tokens)} tokens; this model's context holds {limit}",
+                                  code="context_length_exceeded")
     if not tokens:
         return error_response(400, "prompt is empty")
-    params = body.sampling(svc.config.server.default_max_tokens)
+    try:
+        params = body.sampling(svc.config.server.default_max_tokens)
+    except RequestRejected as e:
+        return error_response(e.status, str(e), code=e.code)
+    n_vocab = svc.engine.n_vocab
+    bad = [t for t in params.logit_bias if t >= n_vocab]
+    if bad:
+        return error_response(400, f"logit_bias: token {bad[0]} is not in the vocabulary (0..{n_vocab - 1})",
+                              code="invalid_logit_bias")
     params.max_tokens = min(params.max_tokens, limit - len(tokens))
+    if plan is not None:
+        params.grammar = plan.grammar
+    top = body.top_logprobs if chat else body.logprobs
+    params.logprobs = bool(body.logprobs) if chat else body.logprobs is not None
+    params.top_logprobs = top or 0
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -243,19 +325,91 @@ async def _generate(request: Request, svc, prompt: str, body: _SamplingFields, c
                               {"Retry-After": "1"})
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     meta = {"id": rid, "created": int(time.time()), "model": svc.name}
+    reply = _Reply(svc.engine, chat, plan, params.logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(svc, gen, queue, meta, chat, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_sse(svc, gen, queue, meta, reply, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await _collect(request, svc, gen, queue, meta, chat)
+    return await _collect(request, svc, gen, queue, meta, reply)
 
 
 def _error_status(message: str) -> int:
     return 504 if "timed out" in message else 500
 
 
-async def _collect(request: Request, svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, chat: bool):
-    parts: list[str] = []
+class _Reply:
+    """One answer being assembled: reasoning / content / tool calls (server/tools.py's
+    ReplySplitter) and logprobs in the chat or the legacy completions shape."""
+
+    def __init__(self, engine, chat: bool, plan: ChatPlan | None, logprobs: bool):
+        self.engine, self.chat, self.plan, self.want_logprobs = engine, chat, plan, logprobs
+        self.splitter = ReplySplitter(plan.format if plan else "none", reasoning=chat) if chat else None
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.logprobs: list[dict] = []
+        self.offset = 0
+        self.tool_calls: list[dict] | None = None
+
+    def _token(self, tok: int) -> tuple[str, bytes]:
+        raw = self.engine.token_bytes(tok)
+        return raw.decode("utf-8", errors="replace"), raw
+
+    def logprob_entries(self, entries) -> list[dict]:
+        out = []
+        for e in entries or []:
+            text, raw = self._token(e.token)
+            tops = []
+            for t, lp in e.top:
+                t_text, t_raw = self._token(t)
+                tops.append({"token": t_text, "logprob": lp, "bytes": list(t_raw)})
+            out.append({"token": text, "logprob": e.logprob, "bytes": list(raw), "top_logprobs": tops})
+        return out
+
+    def push(self, text: str, entries) -> tuple[str, str, list[dict]]:
+        """(reasoning, content, logprob entries) for one event."""
+        lps = self.logprob_entries(entries) if self.want_logprobs else []
+        self.logprobs += lps
+        if self.splitter is None:
+            self.text.append(text)
+            return "", text, lps
+        reasoning, content = self.splitter.push(text)
+        self.reasoning.append(reasoning)
+        self.text.append(content)
+        return reasoning, content, lps
+
+    def finish(self) -> tuple[str, str]:
+        if self.splitter is None:
+            return "", ""
+        reasoning, content, calls = self.splitter.finish(self.plan.functions if self.plan else [])
+        self.reasoning.append(reasoning)
+        self.text.append(content)
+        self.tool_calls = calls
+        return reasoning, content
+
+    def finish_reason(self, reason: str | None) -> str | None:
+        return "tool_calls" if self.tool_calls and reason in ("stop", None) else reason
+
+    def legacy_logprobs(self, entries: list[dict]) -> dict:
+        offsets = []
+        for e in entries:
+            offsets.append(self.offset)
+            self.offset += len(e["token"])
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+                "text_offset": offsets}
+
+    def message(self) -> dict:
+        content = "".join(self.text)
+        msg: dict[str, Any] = {"role": "assistant", "content": content if content or not self.tool_calls else None}
+        reasoning = "".join(self.reasoning)
+        if reasoning:
+            msg["reasoning_content"] = reasoning
+        if self.tool_calls:
+            msg["tool_calls"] = self.tool_calls
+        return msg
+
+
+async def _collect(request: Request, svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, reply: _Reply):
     while True:
         try:
             ev = await asyncio.wait_for(queue.get(), timeout=1.0)
@@ -265,19 +419,20 @@ async def _collect(request: Request, svc, gen: GenRequest, queue: asyncio.Queue,
                 return Response(status_code=499)
             continue
         if ev.kind == "text":
-            parts.append(ev.text)
+            reply.push(ev.text, ev.logprobs)
         elif ev.kind == "error":
             return error_response(_error_status(ev.text), ev.text, "server_error")
         elif ev.finish_reason == "abort":  # the server's drain time ran out (server/lifecycle.py)
             return error_response(503, ev.text, "server_error", "shutting_down", {"Retry-After": "5"})
         else:
-            text = "".join(parts)
+            reply.finish()
             usage = _usage(ev.usage)
-            if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                          "finish_reason": ev.finish_reason}
+            if reply.chat:
+                choice = {"index": 0, "message": reply.message(), "finish_reason": reply.finish_reason(ev.finish_reason),
+                          "logprobs": {"content": reply.logprobs} if reply.want_logprobs else None}
                 return {**meta, "object": "chat.completion", "choices": [choice], "usage": usage}
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": ev.finish_reason}
+            logprobs = reply.legacy_logprobs(reply.logprobs) if reply.want_logprobs else None
+            choice = {"index": 0, "text": "".join(reply.text), "logprobs": logprobs, "finish_reason": ev.finish_reason}
             return {**meta, "object": "text_completion", "choices": [choice], "usage": usage}
 
 
@@ -288,22 +443,36 @@ def _usage(u: dict | None) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": u.get("cached_tokens", 0)}}
 
 
-def _chunk(meta: dict, chat: bool, text: str | None, finish: str | None, first: bool = False) -> str:
+def _chunk(meta: dict, chat: bool, delta: dict | str | None, finish: str | None, logprobs=None) -> str:
     if chat:
-        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+        if logprobs is not None:
+            choice["logprobs"] = {"content": logprobs}
         obj = {**meta, "object": "chat.completion.chunk", "choices": [choice]}
     else:
         obj = {**meta, "object": "text_completion",
-               "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+               "choices": [{"index": 0, "text": delta or "", "logprobs": logprobs, "finish_reason": finish}]}
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _sse(svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, chat: bool, include_usage: bool):
-    done = False
+def _deltas(meta: dict, reply: _Reply, reasoning: str, content: str, lps: list[dict]) -> list[str]:
+    out = []
+    if not reply.chat:
+        if content or lps:
+            out.append(_chunk(meta, False, content, None, reply.legacy_logprobs(lps) if reply.want_logprobs else None))
+        return out
+    if reasoning:
+        out.append(_chunk(meta, True, {"reasoning_content": reasoning}, None))
+    if content or lps:
+        out.append(_chunk(meta, True, {"content": content}, None, lps if reply.want_logprobs else None))
+    return out
+
+
+async def _sse(svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, reply: _Reply, include_usage: bool):
+    done, chat = False, reply.chat
     try:
         if chat:
-            yield _chunk(meta, chat, None, None, first=True)
+            yield _chunk(meta, chat, {"role": "assistant", "content": ""}, None)
         while not done:
             events = [await queue.get()]
             while not queue.empty():  # coalesce everything ready into one write
@@ -311,14 +480,18 @@ async def _sse(svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, chat: boo
             out = []
             for ev in events:
                 if ev.kind == "text":
-                    out.append(_chunk(meta, chat, ev.text, None))
+                    out += _deltas(meta, reply, *reply.push(ev.text, ev.logprobs))
                 elif ev.kind == "error":
                     out.append(f"data: {json.dumps({'error': {'message': ev.text, 'type': 'server_error'}})}\n\n")
                     out.append("data: [DONE]\n\n")
                     done = True
                     break
                 else:
-                    out.append(_chunk(meta, chat, None, ev.finish_reason))
+                    out += _deltas(meta, reply, *reply.finish(), [])
+                    if reply.tool_calls:  # whole calls, one delta each (clients concatenate arguments)
+                        for i, call in enumerate(reply.tool_calls):
+                            out.append(_chunk(meta, True, {"tool_calls": [{"index": i, **call}]}, None))
+                    out.append(_chunk(meta, chat, None, reply.finish_reason(ev.finish_reason)))
                     if ev.finish_reason == "abort":  # cut at the end of the server's drain time
                         err = {"message": ev.text, "type": "server_error", "code": "shutting_down"}
                         out.append(f"data: {json.dumps({'error': err})}\n\n")
