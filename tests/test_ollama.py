@@ -158,6 +158,51 @@ def test_format_json_and_schema(client):
     jsonschema.validate(json.loads("".join(p.response for p in streamed)), PERSON)
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_tools_reach_the_prompt_and_history_is_replayed(client):
+    ask = [{"role": "user", "content": "What is the weather in Tokyo?"}]
+    opts = {"temperature": 0, "num_predict": 40}
+    plain = client.chat(model="llama3.2", messages=ask, options=opts)
+    r = client.chat(model="llama3.2", messages=ask, tools=[WEATHER], options=opts)
+    assert r.prompt_eval_count > plain.prompt_eval_count + 20  # the tool is described to the model
+    if r.message.tool_calls:  # the grammar allows a call to a known tool, or a plain answer
+        call = r.message.tool_calls[0].function
+        assert call.name == "get_weather" and isinstance(call.arguments["city"], str)
+    else:
+        assert r.message.content and not r.message.content.lstrip().startswith("{")
+    history = ask + [{"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}]},
+        {"role": "tool", "content": "sunny, 22 C", "tool_name": "get_weather"}]
+    after = client.chat(model="llama3.2", messages=history, tools=[WEATHER], options=opts)
+    assert after.prompt_eval_count > r.prompt_eval_count + 10  # the call and its result are in the prompt
+    assert after.done and (after.message.content or after.message.tool_calls)
+
+
+def test_a_generated_tool_call_comes_back_in_ollamas_shape(engine):
+    """The reply side on its own: the text a model writes for a call (SmolLM2 answers rather
+    than calls, so the server test cannot count on one) -> Ollama's tool_calls, arguments as
+    an object."""
+    from liteinfer.server.ollama import _Reply
+    from liteinfer.server.tools import plan_chat
+
+    plan = plan_chat([{"role": "user", "content": "weather?"}], engine.chat_template.source, [WEATHER])
+    reply = _Reply(plan)
+    text = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Tokyo"}}]}'
+    shown = "".join(reply.push(text[i:i + 7]) for i in range(0, len(text), 7))
+    tail, calls = reply.finish()
+    assert shown == "" and tail == ""  # a call is held back, not streamed as content
+    assert calls == [{"id": calls[0]["id"], "function": {"index": 0, "name": "get_weather",
+                                                          "arguments": {"city": "Tokyo"}}}]
+    answer = _Reply(plan)
+    shown = answer.push("It is sunny.")
+    tail, calls = answer.finish()
+    assert shown + tail == "It is sunny." and calls is None
+
+
 def test_list_show_ps_version(client, srv, default_model_path):
     served = default_model_path.stem
     listed = client.list().models
@@ -213,6 +258,8 @@ def test_stream_disconnect_frees_the_slot(srv):
     ("/api/generate", {"model": "llama3.2", "prompt": "hi", "format": "yaml"}, 400, ["format", "yaml"]),
     ("/api/generate", {"model": "llama3.2", "prompt": "hi", "format": {"type": "string", "format": "email"}}, 400,
      ["format", "email"]),
+    ("/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}],
+                   "tools": [{"type": "retrieval"}]}, 400, ["function"]),
     ("/api/embed", {"model": "llama3.2", "input": ["a", ""]}, 400, ["empty"]),
     ("/api/embed", {"model": "llama3.2", "input": "a", "dimensions": 4096}, 400, ["dimensions", "576"]),
     ("/api/show", {"model": "nope"}, 404, ["not found"]),

@@ -33,6 +33,7 @@ from liteinfer.scheduler.continuous import Event, GenRequest
 from liteinfer.server import names
 from liteinfer.server.fields import Checked, first_error
 from liteinfer.server.limits import RequestRejected, check_prompt_chars, check_stop, tokenize_bounded
+from liteinfer.server.tools import ChatPlan, ReplySplitter, plan_chat
 
 router = APIRouter()
 
@@ -52,7 +53,6 @@ class _Refusal(Exception):
 # ---- request schemas -----------------------------------------------------------------------
 
 _TEXT_ONLY = "this model takes text only"
-_NO_TOOLS = "tool calling is not supported on this route yet"
 
 
 class Options(Checked):
@@ -82,14 +82,37 @@ class Options(Checked):
     num_ctx: int | None = Field(None, ge=1, description="a smaller context for this request; not above the server's")
 
 
+class ToolCallFunction(Checked):
+    IGNORED = frozenset({"index"})  # the call's place in its reply: the list order says it
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(Checked):
+    id: str | None = None
+    function: ToolCallFunction
+
+
 class Message(Checked):
     IGNORED = frozenset({"thinking"})  # an earlier turn's reasoning: this model has none to continue
-    NEUTRAL = {"images": [], "tool_calls": []}
-    REASONS = {"images": _TEXT_ONLY, "tool_calls": _NO_TOOLS}
+    NEUTRAL = {"images": []}
+    REASONS = {"images": _TEXT_ONLY}
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
-    tool_name: str | None = None
+    tool_name: str | None = None  # a tool result: the tool that gave it
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls, replayed
+
+    def as_template_message(self) -> dict:
+        """OpenAI's message shape, which the chat templates and server/tools.py take."""
+        m: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_name:
+            m["name"] = self.tool_name
+        if self.tool_calls:
+            m["tool_calls"] = [{"id": c.id or f"call_{i}", "type": "function",
+                                "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                               for i, c in enumerate(self.tool_calls)]
+        return m
 
 
 class _Generation(Checked):
@@ -106,10 +129,8 @@ class _Generation(Checked):
 
 
 class ChatBody(_Generation):
-    NEUTRAL = {**_Generation.NEUTRAL, "tools": []}
-    REASONS = {**_Generation.REASONS, "tools": _NO_TOOLS}
-
     messages: list[Message] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None  # OpenAI's function tools (Ollama uses the same shape)
 
 
 class GenerateBody(_Generation):
@@ -248,11 +269,11 @@ def _max_tokens(n_prompt: int, limit: int, opts: Options) -> int:
     return min(n, room)
 
 
-def _chat_tokens(svc, messages: list[dict]) -> list[int]:
+def _chat_tokens(svc, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """The conversation through the model's own chat template; message text is tokenized as
     text (a user typing `<|im_end|>` gets those characters, not the turn marker)."""
     try:
-        return svc.engine.chat_tokens(messages)
+        return svc.engine.chat_tokens(messages, tools=tools)
     except Exception as e:  # the template's complaint is about the request (e.g. role order)
         raise _Refusal(400, f"chat template: {e}") from None
 
@@ -276,7 +297,8 @@ async def _prompt_tokens(request: Request, svc, make_tokens, n_chars: int, opts:
 
 
 async def _generate(request: Request, svc, model: str, tokens: list[int], limit: int, opts: Options, stream: bool,
-                    chat: bool, grammar: str | None = None, body: _Generation | None = None):
+                    chat: bool, grammar: str | None = None, body: _Generation | None = None,
+                    plan: ChatPlan | None = None):
     params = _sampling(opts, _max_tokens(len(tokens), limit, opts), grammar)
     want_logprobs = bool(body and body.logprobs)
     params.logprobs, params.top_logprobs = want_logprobs, body.top_logprobs if want_logprobs else 0
@@ -295,21 +317,25 @@ async def _generate(request: Request, svc, model: str, tokens: list[int], limit:
         raise _Refusal(503, str(e)) from None
     key = "message" if chat else "response"
 
-    def piece(text: str, entries=None) -> dict:
+    def piece(text: str, entries=None, calls: list[dict] | None = None) -> dict:
         out = {"model": model, "created_at": _now()}
         out[key] = {"role": "assistant", "content": text} if chat else text
+        if calls:
+            out[key]["tool_calls"] = calls
         out["done"] = False
         if want_logprobs and entries:
             out["logprobs"] = _logprobs(svc.engine, entries)
         return out
 
-    def final(ev: Event, text: str, entries=None) -> dict:
-        out = piece(text, entries)
+    def final(ev: Event, text: str, entries=None, calls: list[dict] | None = None) -> dict:
+        out = piece(text, entries, calls)
         out.update(done=True, done_reason=ev.finish_reason or "stop", **_counters(gen, ev.usage or {}))
         return out
 
     if stream:
-        return StreamingResponse(_ndjson(svc, gen, queue, piece, final), media_type="application/x-ndjson")
+        return StreamingResponse(_ndjson(svc, gen, queue, piece, final, _Reply(plan)),
+                                 media_type="application/x-ndjson")
+    reply = _Reply(plan)
     parts: list[str] = []
     entries: list = []
     while True:
@@ -322,11 +348,38 @@ async def _generate(request: Request, svc, model: str, tokens: list[int], limit:
             continue
         entries += ev.logprobs or []
         if ev.kind == "text":
-            parts.append(ev.text)
+            parts.append(reply.push(ev.text))
         elif ev.kind == "error":
             return ollama_error(504 if "timed out" in ev.text else 500, ev.text)
         else:
-            return final(ev, "".join(parts), entries)
+            tail, calls = reply.finish()
+            return final(ev, "".join(parts) + tail, entries, calls)
+
+
+class _Reply:
+    """Generated text -> message content; with tools in play, a tool-call section is held back
+    and parsed at the end (server/tools.py's ReplySplitter) into Ollama's tool_calls."""
+
+    def __init__(self, plan: ChatPlan | None):
+        self.plan = plan
+        on = plan is not None and plan.format != "none"
+        self.splitter = ReplySplitter(plan.format, reasoning=False) if on else None
+
+    def push(self, text: str) -> str:
+        return self.splitter.push(text)[1] if self.splitter else text
+
+    def finish(self) -> tuple[str, list[dict] | None]:
+        if self.splitter is None:
+            return "", None
+        _, tail, calls = self.splitter.finish(self.plan.functions)
+        if not calls:
+            return tail, None
+        out = []
+        for i, c in enumerate(calls):  # OpenAI's arguments are a JSON string, Ollama's an object
+            fn = c["function"]
+            out.append({"id": c["id"], "function": {"index": i, "name": fn["name"],
+                                                    "arguments": json.loads(fn["arguments"] or "{}")}})
+        return tail, out
 
 
 def _logprobs(engine, entries) -> list[dict]:
@@ -358,7 +411,7 @@ def _line(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False) + "\n"
 
 
-async def _ndjson(svc, gen: GenRequest, queue: asyncio.Queue, piece, final):
+async def _ndjson(svc, gen: GenRequest, queue: asyncio.Queue, piece, final, reply: _Reply):
     done = False
     try:
         while not done:
@@ -368,12 +421,17 @@ async def _ndjson(svc, gen: GenRequest, queue: asyncio.Queue, piece, final):
             out = []
             for ev in events:
                 if ev.kind == "text":
-                    out.append(_line(piece(ev.text, ev.logprobs)))
+                    text = reply.push(ev.text)
+                    if text or ev.logprobs:
+                        out.append(_line(piece(text, ev.logprobs)))
                 elif ev.kind == "error":  # Ollama's clients raise on an `error` line
                     out.append(_line({"error": ev.text}))
                     done = True
                     break
                 else:
+                    tail, calls = reply.finish()
+                    if tail or calls:  # Ollama sends the calls in a chunk of their own
+                        out.append(_line(piece(tail, None, calls)))
                     out.append(_line(final(ev, "", ev.logprobs)))
                     done = True
                     break
@@ -400,16 +458,35 @@ async def chat(request: Request):
     opts = body.options or Options()
     if not body.messages:
         return _loaded(body.model, chat=True)
-    messages = []
-    for m in body.messages:
-        msg = {"role": m.role, "content": m.content}
-        if m.tool_name:
-            msg["name"] = m.tool_name
-        messages.append(msg)
+    messages = [m.as_template_message() for m in body.messages]
+    plan: list[ChatPlan] = []
+
+    def make_tokens(limit: int) -> list[int]:
+        """Tools -> prompt, template tools and grammar (server/tools.py), then the tokens."""
+        try:
+            plan.append(plan_chat(messages, svc.engine.chat_template.source, body.tools or None,
+                                  response_format=_response_format(body.format) if body.tools else None))
+            if plan[0].grammar:
+                svc.engine.check_grammar(plan[0].grammar)
+        except LiteInferError as e:
+            raise _Refusal(400, str(e)) from None
+        return _chat_tokens(svc, plan[0].messages, plan[0].tools)
+
     n_chars = sum(len(m.content) for m in body.messages)
-    tokens, limit = await _prompt_tokens(request, svc, lambda _: _chat_tokens(svc, messages), n_chars, opts)
+    tokens, limit = await _prompt_tokens(request, svc, make_tokens, n_chars, opts)
+    if body.tools:
+        grammar = plan[0].grammar
     return await _generate(request, svc, body.model, tokens, limit, opts, body.stream, chat=True, grammar=grammar,
-                           body=body)
+                           body=body, plan=plan[0])
+
+
+def _response_format(fmt) -> dict | None:
+    """Ollama's `format` as OpenAI's response_format (what server/tools.py joins to a tool grammar)."""
+    if fmt in (None, ""):
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
 
 
 @router.post("/api/generate")
