@@ -237,6 +237,7 @@ class OneShotService:
 
     def embed(self, texts: list[str]):
         """[n, dim] float32, L2-normalized."""
+        # on use: numpy, as above (memory)
         import numpy as np
 
         return np.stack(self.batcher.map(self.prepare_texts(texts)))
@@ -274,6 +275,7 @@ class OneShotService:
         return items
 
     def top_k(self, probs, k: int) -> list:
+        # on use: numpy, as above (memory)
         import numpy as np
 
         top = np.argsort(-probs)[: max(1, k)]

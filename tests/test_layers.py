@@ -41,6 +41,18 @@ def test_layer_contracts_hold_and_catch_a_wrong_way_import(tmp_path):
     assert "liteinfer.engines.text_stream -> liteinfer.quant.cli" in broken.stdout
 
 
+def _says_why(lines: list[str], lineno: int) -> bool:
+    """A comment on the import's line, or above its block of imports (blank lines may split it)."""
+    if "#" in lines[lineno - 1]:
+        return True
+    i = lineno - 2
+    while i >= 0 and (lines[i].strip().startswith(("import ", "from ")) or not lines[i].strip()):
+        if "#" in lines[i]:
+            return True  # a commented import heads the block
+        i -= 1
+    return i >= 0 and lines[i].strip().startswith("#")
+
+
 def function_level_imports(path: Path) -> list[tuple[int, str, bool]]:
     """(line, module, has a comment on its line or the line above) for imports inside functions."""
     src = path.read_text()
@@ -52,8 +64,7 @@ def function_level_imports(path: Path) -> list[tuple[int, str, bool]]:
         for sub in ast.walk(node):
             if isinstance(sub, (ast.Import, ast.ImportFrom)):
                 module = sub.module if isinstance(sub, ast.ImportFrom) else sub.names[0].name
-                here, above = lines[sub.lineno - 1], lines[sub.lineno - 2] if sub.lineno > 1 else ""
-                found[sub.lineno] = (sub.lineno, module or ".", "#" in here or above.strip().startswith("#"))
+                found[sub.lineno] = (sub.lineno, module or ".", _says_why(lines, sub.lineno))
     return sorted(found.values())
 
 

@@ -12,7 +12,9 @@ import importlib
 import os
 import sys
 
+from liteinfer import __version__
 from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import disk_error
 
 COMMAND_MODULES = [
     "liteinfer.core.catalog",  # pull, models
@@ -45,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from liteinfer import __version__
-
     return f"liteinfer {__version__}"
 
 
@@ -66,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except OSError as e:  # a full disk or a read-only folder names the path, not "internal"
-        from liteinfer.core.files import disk_error
-
         err = disk_error(e, e.filename or "the output")
         if err is None:
             return _internal_error(e)

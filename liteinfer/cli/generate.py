@@ -7,8 +7,11 @@ import json
 import sys
 from dataclasses import asdict
 
+from liteinfer.core.catalog import resolve_llm
+from liteinfer.core.config import load_config
 from liteinfer.core.errors import LiteInferError
 from liteinfer.engines.generate import GenerationResult, stream
+from liteinfer.engines.llama import LlamaEngine, SamplingParams
 
 # ---- CLI ---------------------------------------------------------------------------------
 
@@ -27,8 +30,6 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _params(args):
-    from liteinfer.engines.llama import SamplingParams
-
     if args.max_tokens < 1:
         raise LiteInferError("--max-tokens must be >= 1")
     if args.temperature < 0:
@@ -38,10 +39,6 @@ def _params(args):
 
 
 def open_engine(model: str, config_path: str | None = None, threads: int | None = None, n_ctx: int | None = None):
-    from liteinfer.core.catalog import resolve_llm
-    from liteinfer.core.config import load_config
-    from liteinfer.engines.llama import LlamaEngine
-
     settings = load_config(config_path).engine.model_copy()
     if threads:
         settings.n_threads = threads

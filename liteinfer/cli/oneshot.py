@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from liteinfer.core.config import load_config
 from liteinfer.core.errors import LiteInferError
 
 
@@ -28,12 +29,14 @@ def _inputs(values: list[str]) -> list[str]:
 
 # the converters (safetensors, onnx, torch) load when a built-in model is first named: start-up time
 def _minilm() -> Path:
+    # on use: converting MiniLM loads onnx (start-up time of every command)
     from liteinfer.convert.bert import cached_minilm
 
     return cached_minilm()
 
 
 def _efficientnet_lite0() -> Path:
+    # on use: exporting needs torch, an optional extra
     from liteinfer.convert.torch_export import cached_efficientnet_lite0
 
     return cached_efficientnet_lite0()
@@ -44,13 +47,13 @@ BUILTIN_MODELS = {"minilm-l6-v2": _minilm, "efficientnet-lite0": _efficientnet_l
 
 def register_builtin_models() -> None:
     """Let `liteinfer serve --embedding-model minilm-l6-v2` (and embed / classify) name them."""
+    # on use: services pull in the schedulers and engines (start-up time of every command)
     from liteinfer.services import ONESHOT_SOURCES
 
     ONESHOT_SOURCES.update(BUILTIN_MODELS)
 
 
 def _service(args, kind: str):
-    from liteinfer.core.config import load_config
     from liteinfer.services import OneShotService  # onnxruntime & co. load with the command, not with --help
 
     config = load_config(args.config)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_dir, atomic_output
+from liteinfer.core.gguf_header import NotGGUFError, read_header
 
 if TYPE_CHECKING:
     from liteinfer.core.gguf_header import GGUFHeader
@@ -51,8 +52,6 @@ def load_catalog() -> dict[str, CatalogEntry]:
 def check_gguf(path: Path) -> GGUFHeader:
     """Cheap validity check before llama.cpp sees the file: magic, header parses, data all there.
     Returns the parsed header (tensor table, metadata scalars)."""
-    from liteinfer.core.gguf_header import NotGGUFError, read_header
-
     if not path.is_file():
         raise LiteInferError(f"model file not found: {path}")
     try:
@@ -112,6 +111,7 @@ def _copy_into_cache(src: Path, dest: Path) -> Path:
 
 def _pull_hub(repo_id: str, filename: str | None) -> Path:
     try:
+        # on use: huggingface_hub is optional (pull from the Hub only)
         from huggingface_hub import hf_hub_download, snapshot_download
     except ImportError:
         raise LiteInferError(

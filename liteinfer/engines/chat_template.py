@@ -59,6 +59,7 @@ _ENV = None
 def _environment():
     global _ENV
     if _ENV is None:
+        # on use: jinja2 only when a template renders (start-up time)
         from jinja2 import nodes
         from jinja2.ext import Extension, loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -110,6 +111,7 @@ class ChatTemplate:
     """One compiled template with the special-token strings it is rendered with."""
 
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "", **special: str):
+        # on use: jinja2, as above (start-up time)
         from jinja2 import TemplateError
 
         self.source = source
@@ -146,6 +148,7 @@ class ChatTemplate:
 
     def render(self, messages: list[dict], tools: list[dict] | None = None, documents: list[dict] | None = None,
                add_generation_prompt: bool = True, **kwargs) -> str:
+        # on use: jinja2, as above (start-up time)
         from jinja2 import TemplateError
 
         try:

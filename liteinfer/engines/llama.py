@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import logging
 import math
 import os
 import time
@@ -20,9 +21,12 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liteinfer.core.catalog import check_gguf
 from liteinfer.core.config import EngineSettings
 from liteinfer.core.errors import LiteInferError
+from liteinfer.engines.chat_template import CHATML, ChatTemplate, split_special
 from liteinfer.engines.llama_cpp_lazy import c_api
+from liteinfer.engines.q4_1_split import prepare
 from liteinfer.hardware.cores import usable_cores
 
 GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
@@ -167,7 +171,6 @@ class LlamaEngine:
         self._ll = llama_cpp
         self.settings = s = settings or EngineSettings()
         self.path = Path(model_path)
-        from liteinfer.core.catalog import check_gguf
 
         check_gguf(self.path)
         _silence_llama_logs()
@@ -181,13 +184,9 @@ class LlamaEngine:
         mparams.use_extra_bufts = (not _cpu_has_amx()) if s.use_extra_bufts is None else s.use_extra_bufts
         load_path, self._offsets = self.path, None
         if s.split_q4_1:
-            from liteinfer.engines.q4_1_split import prepare
-
             try:
                 load_path, offsets_path = prepare(self.path) or (self.path, None)
             except OSError as e:  # e.g. no room for the cached pair: serve the Q4_1 kernels
-                import logging
-
                 logging.getLogger("liteinfer.engine").warning("Q4_1 split unavailable (%s): using Q4_1", e)
         self.model = llama_cpp.llama_model_load_from_file(str(load_path).encode(), mparams)
         if not self.model:
@@ -304,8 +303,6 @@ class LlamaEngine:
     def chat_template(self):
         """The chat template: settings.chat_template_file, else the GGUF's, else ChatML."""
         if self._template is None:
-            from liteinfer.engines.chat_template import CHATML, ChatTemplate
-
             special = {"bos_token": self._token_text(self._ll.llama_vocab_bos(self.vocab)),
                        "eos_token": self._token_text(self._ll.llama_vocab_eos(self.vocab))}
             if self.settings.chat_template_file:
@@ -346,8 +343,6 @@ class LlamaEngine:
         those characters, not the turn marker). Text runs between control tokens are
         tokenized whole, as llama.cpp does when it splits a prompt at special tokens, so a
         conversation without such strings gets exactly the tokens of its rendered text."""
-        from liteinfer.engines.chat_template import split_special
-
         parts = self.chat_template.render_parts(messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                                 **kwargs)
         tokens: list[int] = []
@@ -606,6 +601,7 @@ class LlamaEngine:
         return results
 
     def _logits_row(self, idx: int):
+        # on use: numpy only for logprobs / embeddings: the serving path stays numpy-free (memory)
         import numpy as np
 
         ptr = self._ll.llama_get_logits_ith(self.ctx, idx)
@@ -614,6 +610,7 @@ class LlamaEngine:
     def _logprob(self, idx: int, token: int, n_top: int) -> TokenLogprob:
         """log-softmax of the logits row the sampler saw. numpy only here: requests that
         ask for no logprobs never import it (the serving path stays numpy-free)."""
+        # on use: numpy, as above (memory)
         import numpy as np
 
         row = self._logits_row(idx)
@@ -628,6 +625,7 @@ class LlamaEngine:
         return TokenLogprob(token, float(row[token]) - lse, top)
 
     def _top2_margin(self, idx: int) -> float:
+        # on use: numpy, as above (memory)
         import numpy as np
 
         row = self._logits_row(idx)
@@ -636,6 +634,7 @@ class LlamaEngine:
 
     def logits(self, tokens: list[int], chunk: int = 128):
         """Logits after every position of `tokens` in one sequence: [len(tokens), n_vocab]."""
+        # on use: numpy, as above (memory)
         import numpy as np
 
         if not tokens:
@@ -673,6 +672,7 @@ class LlamaEngine:
     def embed(self, texts: list[str], normalize: bool = True):
         """Mean-pooled sentence embeddings from this GGUF, on a second context made for it
         (embeddings on, its own small KV), so generation in the main context is untouched."""
+        # on use: numpy, as above (memory)
         import numpy as np
 
         ll = self._ll

@@ -24,14 +24,15 @@ from typing import Any
 
 from liteinfer.core.config import OneShotSettings
 from liteinfer.core.errors import LiteInferError
-from liteinfer.engines.onnx_meta import ModelMeta, meta_from_props
+from liteinfer.engines.onnx_meta import TOKENIZER_KEY, ModelMeta, meta_from_props
+from liteinfer.hardware.cores import usable_cores
 
 
 def open_session(path: str | Path, settings: OneShotSettings | None = None):
     """An ORT CPU session; threads from settings.intra_op_threads or the usable physical cores."""
+    # on use: onnxruntime loads with the first model, not with the module (memory, start-up time)
     import onnxruntime as ort
 
-    from liteinfer.hardware.cores import usable_cores
 
     path = Path(path)
     if not path.is_file():
@@ -76,13 +77,13 @@ class Embedder(OnnxModel):
     """Sentence embeddings: tokenizers -> ORT (mean pooling + L2 norm inside the graph)."""
 
     def __init__(self, path: str | Path, settings: OneShotSettings | None = None, session=None):
+        # on use: tokenizers only for text models (memory)
         from tokenizers import Tokenizer
 
         super().__init__(path, settings, session)
         if self.meta.kind != "embedding" or self.meta.text is None:
             raise LiteInferError(f"{self.path}: a {self.meta.kind} model, not an embedding model")
         props = self.session.get_modelmeta().custom_metadata_map
-        from liteinfer.engines.onnx_meta import TOKENIZER_KEY
 
         if TOKENIZER_KEY not in props:
             raise LiteInferError(f"{self.path}: text model carries no tokenizer in its metadata")
@@ -109,6 +110,7 @@ class Embedder(OnnxModel):
 
     def run(self, items: list[list[int]], max_batch: int = 64):
         """Embeddings [len(items), dim] for prepared token lists, batched by similar length."""
+        # on use: numpy with a model, not with the module (memory)
         import numpy as np
 
         out = np.zeros((len(items), self.dim), dtype=np.float32)
@@ -158,6 +160,7 @@ class ImageClassifier(OnnxModel):
 
     def prepare(self, image: Any):
         """Network input [C, H, W] float32 from bytes, a path, a PIL image or an HxW(xC) uint8 array."""
+        # on use: numpy and PIL only for image models (memory)
         import numpy as np
         from PIL import Image, UnidentifiedImageError
 
@@ -203,6 +206,7 @@ class ImageClassifier(OnnxModel):
         return self.session.run([self.prep.output], {self.prep.input: batch})[0]
 
     def run(self, items: list, top_k: int = 5, max_batch: int = 64) -> list[list[Prediction]]:
+        # on use: numpy with a model (memory)
         import numpy as np
 
         results: list[list[Prediction]] = []
@@ -226,6 +230,7 @@ class ImageClassifier(OnnxModel):
 
 
 def softmax(x):
+    # on use: numpy with a model (memory)
     import numpy as np
 
     e = np.exp(x - x.max(-1, keepdims=True))

@@ -27,7 +27,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from liteinfer.core.catalog import cache_dir
 from liteinfer.core.files import atomic_output
+from liteinfer.core.gguf_write import writer_like
 
 if TYPE_CHECKING:  # numpy is imported where the split is built: the server imports this module
     import numpy as np  # for prepare() only, and numpy would be ~15 MB of its RSS
@@ -45,6 +47,7 @@ def _splittable(t) -> bool:
 
 def needs_split(path: str | os.PathLike) -> bool:
     """True when the GGUF has Q4_1 projection weights (what the split speeds up)."""
+    # on use: gguf and numpy only when a Q4_1 model is split (memory)
     from gguf import GGUFReader
 
     return any(_splittable(t) for t in GGUFReader(str(path)).tensors)
@@ -53,6 +56,7 @@ def needs_split(path: str | os.PathLike) -> bool:
 def split_block_bytes(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q4_1 blocks (n, 20 bytes: f16 d, f16 m, 16 nibble bytes) -> Q4_0 blocks (n, 18) and the
     per-block offsets c = m + 8d (float32)."""
+    # on use: numpy, as above (memory)
     import numpy as np
 
     blocks = raw.reshape(-1, 20)
@@ -66,6 +70,7 @@ def block_sum_q8_0(n_blocks: int, rank: int) -> np.ndarray:
     """The 0/1 block-sum matrix (rank x n_blocks*32; row j sums block j, padding rows zero) as
     Q8_0 bytes, exactly: scale 1.0 and codes 1 in block j of row j, zero blocks elsewhere.
     Half the size of F16, and it sums x's Q8_0 copy as llama.cpp's Q4_1 path sums Q8_1's."""
+    # on use: numpy, as above (memory)
     import numpy as np
 
     blocks = np.zeros((rank, n_blocks, 2 + QK), dtype=np.uint8)
@@ -78,8 +83,6 @@ def block_sum_q8_0(n_blocks: int, rank: int) -> np.ndarray:
 
 def _folder(src: Path) -> Path:
     """The cache folder for one source file (its path, size and mtime), beside the models."""
-    from liteinfer.core.catalog import cache_dir
-
     st = src.stat()
     key = hashlib.sha256(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}:v6".encode()).hexdigest()[:16]
     return cache_dir().parent / "q4_1_split" / key
@@ -106,6 +109,7 @@ def _fuse_qkv(entries: list, offsets: dict[str, np.ndarray]) -> list:
     """One blk.N.attn_qkv tensor (rows of q, k, v stacked) where all three were split: llama.cpp
     runs it as one matmul plus one offset term instead of three of each (fewer graph nodes:
     each costs a thread barrier, which is most of a one-sequence step)."""
+    # on use: numpy, as above (memory)
     import numpy as np
 
     by_name = {name: (data, ttype) for name, data, ttype in entries}
@@ -125,10 +129,10 @@ def _fuse_qkv(entries: list, offsets: dict[str, np.ndarray]) -> list:
 
 def split_model(src: str | os.PathLike) -> tuple[Path, Path]:
     """(Q4_0 model, offsets LoRA) for a Q4_1 GGUF, built once into the cache."""
+    # on use: gguf and numpy, as above (memory)
     import gguf
     import numpy as np
 
-    from liteinfer.core.gguf_write import writer_like
 
     src = Path(src)
     folder = _folder(src)

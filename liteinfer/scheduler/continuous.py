@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,8 +27,6 @@ from liteinfer.scheduler.continuous_policy import BatchController, Signals
 
 
 def _machine_cores() -> int:
-    import os
-
     return os.cpu_count() or 1
 
 

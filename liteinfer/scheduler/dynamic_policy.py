@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+import psutil
+
 from liteinfer.core.config import OneShotSettings
 from liteinfer.scheduler.dynamic import BatchRecord
 
@@ -39,8 +41,6 @@ MIN_DELAY_S = 5e-5  # below this a delay is noise: use 0
 def cpu_busy_fraction() -> float:
     """Share of all CPUs busy since the last call (psutil), 0..1; 0 when unknown."""
     try:
-        import psutil
-
         return psutil.cpu_percent(interval=None) / 100.0
     except Exception:
         return 0.0

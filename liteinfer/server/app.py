@@ -14,14 +14,19 @@ server/lifecycle.py (docs/serving.md).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from liteinfer.core.catalog import resolve_llm
 from liteinfer.core.config import DeviceConfig, load_config
 from liteinfer.core.errors import LiteInferError
+from liteinfer.hardware.fingerprint import stale_fields
+from liteinfer.hardware.probe import probe
+from liteinfer.server.auth import load_api_keys
 
 STATIC = Path(__file__).parent / "static"
 # the model routes of every protocol (OpenAI's, Ollama's, llama-server's) need the API key
@@ -195,8 +200,6 @@ def _warn_if_stale(config: DeviceConfig, path: str | None) -> None:
     serves, but its thread counts and sizes are someone else's: say so, and how to fix it."""
     if not path or not config.device.get("fingerprint"):
         return
-    from liteinfer.hardware.fingerprint import stale_fields
-    from liteinfer.hardware.probe import probe
 
     changed = stale_fields(config, probe())
     if changed:
@@ -212,8 +215,6 @@ def _lean_process() -> None:
     does not need."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
-        import ctypes
-
         ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX = 2
     except (OSError, AttributeError):
         pass  # not glibc: defaults
@@ -221,8 +222,6 @@ def _lean_process() -> None:
 
 def serve_main(args) -> int:
     _lean_process()
-    from liteinfer.core.catalog import resolve_llm
-    from liteinfer.server.auth import load_api_keys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
@@ -238,6 +237,7 @@ def serve_main(args) -> int:
     what += [m for m in (config.embedding_model, config.classifier_model) if m]
     print(f"liteinfer serving {', '.join(what)} on http://{config.server.host}:{config.server.port}"
           f"{' (API key required)' if keys else ''}", flush=True)
+    # on use: uvicorn at serve time, not when the CLI registers `serve` (start-up time)
     from liteinfer.server.lifecycle import run
 
     run(app, config, app.state.lifecycle)  # returns after the drain (SIGTERM / SIGINT)

@@ -20,10 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h11
+from fastapi.routing import APIRoute
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from liteinfer.core.config import LimitsSettings
 from liteinfer.core.errors import LiteInferError
+from liteinfer.server.auth import check_bearer
 
 # open without a key only when server.protect_docs is false
 PROTECTED_PATHS = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
@@ -92,8 +94,6 @@ class LimitsMiddleware:
                                      "the most this server takes (limits.max_header_bytes)", "headers_too_large",
                                      close=True)
         if self.protect_docs and path in PROTECTED_PATHS:
-            from liteinfer.server.auth import check_bearer
-
             auth = _header(scope, b"authorization")
             if not check_bearer(auth.decode("latin-1") if auth is not None else None, self.keys):
                 return await _send_error(send, 401, "invalid or missing API key (Authorization: Bearer KEY)",
@@ -190,8 +190,6 @@ def off_loop_json_route():
     """A FastAPI route class (APIRouter(route_class=...)) that parses a large JSON body in a
     worker thread before FastAPI validates it (an 8 MB body takes ~50 ms of CPU: on the event
     loop, every other request and /health would wait for it)."""
-    from fastapi.routing import APIRoute
-
     class OffLoopJSONRoute(APIRoute):
         def get_route_handler(self):
             handler = super().get_route_handler()

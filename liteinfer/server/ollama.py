@@ -16,8 +16,10 @@ configured when it started and keeps its model loaded while it runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +29,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field, ValidationError
 
+from liteinfer import __version__
 from liteinfer.core.errors import LiteInferError, QueueFull
+from liteinfer.core.gguf_header import read_header
+from liteinfer.engines.grammar import check_schema, json_object_grammar, json_schema_grammar
 from liteinfer.engines.llama import SamplingParams
 from liteinfer.scheduler.continuous import Event, GenRequest
+from liteinfer.scheduler.dynamic import BatcherClosed
 from liteinfer.server import names
 from liteinfer.server.fields import Checked, first_error
 from liteinfer.server.limits import RequestRejected, check_prompt_chars, check_stop, tokenize_bounded
@@ -204,8 +210,6 @@ def _service(request: Request, name: str, kinds: tuple[str, ...]):
 
 def _refusals(handler):
     """Route decorator: a _Refusal raised inside becomes its Ollama-shaped response."""
-    import functools
-
     @functools.wraps(handler)
     async def wrapped(request: Request):
         try:
@@ -226,7 +230,6 @@ def _grammar(fmt) -> str | None:
         return None
     if fmt != "json" and not isinstance(fmt, dict):
         raise _Refusal(400, f"format: expected \"json\" or a JSON schema object, got {fmt!r}")
-    from liteinfer.engines.grammar import check_schema, json_object_grammar, json_schema_grammar
 
     if fmt == "json":
         return json_object_grammar()
@@ -524,8 +527,6 @@ async def generate(request: Request):
 async def _embed(request: Request, svc, texts: list[str], dimensions: int | None):
     """(vectors as lists, prompt tokens, seconds); vectors cut to `dimensions` and re-normalized
     (Ollama's `dimensions`), which only a model trained for it (Matryoshka) keeps meaningful."""
-    from liteinfer.scheduler.dynamic import BatcherClosed
-
     timeout = request.app.state.config.server.request_timeout_s
     t0 = time.monotonic()
     try:
@@ -621,10 +622,6 @@ def _card(svc) -> dict:
         "model_info": {},
     }
     if svc.kind == "llm":
-        import math
-
-        from liteinfer.core.gguf_header import read_header
-
         header = read_header(path)
         meta = header.metadata
         arch = str(meta.get("general.architecture", ""))
@@ -704,6 +701,4 @@ async def show(request: Request):
 
 @router.get("/api/version")
 async def version():
-    from liteinfer import __version__
-
     return {"version": __version__}
