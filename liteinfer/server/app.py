@@ -155,6 +155,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
     p.add_argument("--alias", action="append", default=[], metavar="NAME",
                    help="another name the chat model answers to, e.g. gpt-4o-mini or llama3.2 (repeatable)")
+    p.add_argument("--chat-template-file", default=None, metavar="PATH",
+                   help="Jinja chat template (or a tokenizer_config.json holding one) instead of the GGUF's")
     p.add_argument("--max-batch", type=int, default=None, help="max sequences decoded together")
     p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 429")
     p.add_argument("--threads", type=int, default=None)
@@ -188,6 +190,11 @@ def config_from_args(args) -> DeviceConfig:
         config.engine.n_threads = args.threads
     if args.ctx:
         config.engine.n_ctx = args.ctx
+    template = getattr(args, "chat_template_file", None)
+    if template:
+        if not os.path.isfile(template):
+            raise LiteInferError(f"--chat-template-file {template}: no such file")
+        config.engine.chat_template_file = template
     if args.embedding_model:
         config.embedding_model = args.embedding_model
     if args.classifier_model:

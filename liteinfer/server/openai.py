@@ -154,7 +154,10 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
 
 
 class ChatCompletionRequest(_SamplingFields):
-    NEUTRAL = {"parallel_tool_calls": True}
+    # `modalities: ["text"]` asks for the text reply every request gets; audio output is refused
+    NEUTRAL = {"parallel_tool_calls": True, "modalities": ["text"]}
+    REASONS = {"modalities": "this server writes text only: [\"text\"] is the one value accepted",
+               "audio": "this server writes text only"}
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: dict[str, Any] | None = None  # text | json_object | json_schema -> a grammar
@@ -260,7 +263,9 @@ def _chat_prompt(engine, body: ChatCompletionRequest, messages: list[dict]) -> t
                      body.response_format)
     if plan.grammar:
         engine.check_grammar(plan.grammar)
-    return plan, engine.chat_tokens(plan.messages, tools=plan.tools, **(body.chat_template_kwargs or {}))
+    tokens = engine.chat_tokens(plan.messages, tools=plan.tools, **(body.chat_template_kwargs or {}))
+    plan.open_think = engine.detokenize(tokens[-8:]).rstrip().endswith("<think>")
+    return plan, tokens
 
 
 @router.post("/v1/completions")
@@ -343,7 +348,8 @@ class _Reply:
 
     def __init__(self, engine, chat: bool, plan: ChatPlan | None, logprobs: bool):
         self.engine, self.chat, self.plan, self.want_logprobs = engine, chat, plan, logprobs
-        self.splitter = ReplySplitter(plan.format if plan else "none", reasoning=chat) if chat else None
+        self.splitter = (ReplySplitter(plan.format if plan else "none", reasoning=True,
+                                       open_think=plan.open_think if plan else False) if chat else None)
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.logprobs: list[dict] = []

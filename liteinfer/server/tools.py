@@ -83,6 +83,9 @@ class ChatPlan:
     format: str = "none"  # tool-call format to parse; "none" = no tools in play
     functions: list[dict] = field(default_factory=list)
     parallel: bool = True
+    # the prompt ends inside an opened <think> (DeepSeek-R1 / Qwen3 templates write it into
+    # the generation prompt): the reply starts as reasoning and only `</think>` ends it
+    open_think: bool = False
 
 
 def _call_rules(functions: list[dict], fmt: str, rules: dict[str, str]) -> list[str]:
@@ -304,10 +307,11 @@ _LEADING_JSON = {"generic": "{", "llama3": "{", "mistral": "["}
 class ReplySplitter:
     """Generated text -> reasoning / content / tool-call section, as it streams."""
 
-    def __init__(self, fmt: str = "none", reasoning: bool = True):
+    def __init__(self, fmt: str = "none", reasoning: bool = True, open_think: bool = False):
         self.fmt = fmt
         self.reasoning = reasoning
-        self.state = "start"  # start | think | content | tools
+        # start | think | content | tools; `open_think`: the prompt already opened <think>
+        self.state = "think" if reasoning and open_think else "start"
         self.pending = ""
         self.tool_text = ""
 
