@@ -21,7 +21,7 @@ def run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def test_bench_real_model_json():
-    from liteinfer.power.meters import default_meter
+    from liteinfer.hardware.meters import default_meter
 
     r = run(sys.executable, "-m", "liteinfer", "bench", *TINY, "--json")
     assert r.returncode == 0, r.stderr

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from liteinfer.core.errors import LiteInferError
-from liteinfer.power import cpufreq
-from liteinfer.power.policy import DynamicPolicy, PowerController, load_signal
+from liteinfer.hardware import cpufreq
+from liteinfer.hardware.power_policy import DynamicPolicy, PowerController, load_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from liteinfer.power import meters
+from liteinfer.hardware import meters
 
 PMIC = """\
      3V7_WL_SW_A current(0)=0.00000000A

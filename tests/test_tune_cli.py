@@ -51,7 +51,7 @@ def test_tune_real_engine_writes_config_plots_and_resumes(tmp_path):
 
 
 def test_tune_bad_input_is_one_line(tmp_path):
-    from liteinfer.power.meters import default_meter
+    from liteinfer.hardware.meters import default_meter
 
     r = tune("-m", str(tmp_path / "missing.gguf"), "--trials", "1", "-o", str(tmp_path / "c.json"))
     assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr

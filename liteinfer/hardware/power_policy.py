@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from liteinfer.core.errors import LiteInferError
-from liteinfer.power import cpufreq
+from liteinfer.hardware import cpufreq
 
 log = logging.getLogger(__name__)
 Level = Literal["low", "high"]

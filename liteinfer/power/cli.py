@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 
 from liteinfer.core.errors import LiteInferError
-from liteinfer.power import cpufreq, meters
+from liteinfer.hardware import cpufreq, meters
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -75,7 +75,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from liteinfer.hardware.cores import usable_cores
 
     # on use: keeps `liteinfer --help` fast
-    from liteinfer.power import cpufreq, meters
+    from liteinfer.hardware import cpufreq, meters
 
     # on use: keeps `liteinfer --help` fast
     from liteinfer.tune import search
@@ -180,7 +180,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _can_set_power() -> bool:
     # on use: keeps `liteinfer --help` fast
-    from liteinfer.power import cpufreq
+    from liteinfer.hardware import cpufreq
 
     pols = cpufreq.read_policies()
     gov = pols[0].path / "scaling_governor" if pols else None

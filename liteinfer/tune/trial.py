@@ -25,7 +25,7 @@ from pathlib import Path
 from liteinfer.core.config import DeviceConfig
 from liteinfer.core.errors import LiteInferError
 from liteinfer.engines.llama import LlamaEngine, SamplingParams
-from liteinfer.power import cpufreq, meters
+from liteinfer.hardware import cpufreq, meters
 from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
 from liteinfer.tune.workload import Request, chat_mix, tokenize_requests
 
