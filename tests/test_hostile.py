@@ -229,7 +229,8 @@ def test_burst_within_the_batch_is_admitted(srv):
 @pytest.mark.parametrize("entry", [["-m", "liteinfer", "serve"], ["app.py"]])
 def test_missing_config_file_is_an_error(entry, tmp_path):
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, *entry, "--config", str(tmp_path / "device_confg.json")], cwd=root,
+    entry = [str(root / e) if e.endswith(".py") else e for e in entry]
+    r = subprocess.run([sys.executable, *entry, "--config", str(tmp_path / "device_confg.json")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert "device_confg.json not found" in r.stderr and "hw_profiler.py" in r.stderr

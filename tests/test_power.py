@@ -16,8 +16,6 @@ from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware import cpufreq
 from liteinfer.hardware.power_policy import DynamicPolicy, PowerController, load_signal
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def make_policy(sys_root: Path, n: int, driver: str = "intel_pstate", epp: bool = True, **over: str) -> Path:
     d = sys_root / cpufreq.CPUFREQ_DIR / f"policy{n}"
@@ -207,7 +205,7 @@ def test_power_controller_applies_and_disables(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "liteinfer", "power", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+                          timeout=60)
 
 
 def test_cli_on_this_machine_is_clean():

@@ -13,8 +13,6 @@ from liteinfer.core.config import DeviceConfig
 from liteinfer.core.errors import LiteInferError
 from liteinfer.tune.workload import chat_mix, load_workload
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def one_thread_config(tmp_path: Path) -> str:
     # The first trial is the starting config: 1 thread stays fast on a shared 2-core machine.
@@ -28,7 +26,7 @@ def one_thread_config(tmp_path: Path) -> str:
 
 def tune(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "liteinfer", "tune", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
+                          timeout=timeout)
 
 
 def test_tune_real_engine_writes_config_plots_and_resumes(tmp_path):
