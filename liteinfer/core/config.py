@@ -118,6 +118,29 @@ class LimitsSettings(_Section):
     max_embedding_inputs: int = Field(2048, ge=1, description="strings in one embeddings request")
 
 
+class SpeechSettings(_Section):
+    """Speech-to-text, text-to-speech and voice activity (the voice extra; docs/voice.md). A
+    model left None is not loaded: `serve --voice` turns on the defaults."""
+
+    stt_model: str | None = Field(None, description="catalog name or CTranslate2 Whisper folder "
+                                  "(`whisper-tiny.en`); None = no /v1/audio/transcriptions")
+    tts_model: str | None = Field(None, description="`espeak-ng`, `piper-joe` or a piper voice .onnx; "
+                                  "None = no /v1/audio/speech")
+    vad_model: str = Field("silero-vad", description="voice activity model (`liteinfer voice`)")
+    stt_threads: int | None = Field(None, ge=1, description="Whisper's threads; None = usable physical cores")
+    stt_compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
+    stt_beam_size: int = Field(5, ge=1, le=10, description="beam search width (1 = greedy, faster)")
+    stt_vad_filter: bool = Field(True, description="skip silence before Whisper sees it (Silero VAD)")
+    stt_aliases: list[str] = Field(default_factory=lambda: ["whisper-1", "gpt-4o-mini-transcribe",
+                                                            "gpt-4o-transcribe"])
+    tts_aliases: list[str] = Field(default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"])
+    default_voice: str = "alloy"
+    sample_rate: int = Field(24000, ge=8000, le=48000, description="speech output rate (OpenAI's pcm is 24 kHz)")
+    max_audio_s: float = Field(600.0, gt=0, description="longest upload transcribed (413 past it)")
+    max_speech_chars: int = Field(4096, ge=1, description="`input` of /v1/audio/speech (OpenAI's limit)")
+    max_queue: int = Field(16, ge=1, description="transcriptions waiting, and syntheses running, before 429")
+
+
 class PowerSettings(_Section):
     profile: Literal["unchanged", "performance", "balanced", "powersave", "dynamic"] = "unchanged"
 
@@ -132,6 +155,7 @@ class DeviceConfig(_Section):
     oneshot: OneShotSettings = Field(default_factory=OneShotSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    speech: SpeechSettings = Field(default_factory=SpeechSettings)
     power: PowerSettings = Field(default_factory=PowerSettings)
     # What the profiler saw and which library entry matched: informational, free-form.
     device: dict[str, Any] = Field(default_factory=dict)
