@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib.util
 import logging
 import threading
 import time

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from liteinfer.core.errors import LiteInferError
+from liteinfer.profile.doctor import add_tip_args, apply_tips, tip_report
 
 TUNING = "docs/tuning.md"
 HARDWARE = "docs/hardware"
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "present, and only when checking this machine, not a --root tree)")
     d.add_argument("--root", default="/", help=argparse.SUPPRESS)  # a recorded fixture tree
     d.add_argument("--json", action="store_true", help="machine-readable output")
+    add_tip_args(d)  # the tip base: --model, --server, --apply (profile/doctor.py)
     d.set_defaults(func=doctor_main)
 
 
@@ -229,10 +231,11 @@ def doctor_main(args: argparse.Namespace) -> int:
         tips.insert(0, {"topic": "config", "advice": f"{path} was planned for another machine or before a "
                         f"limit changed ({'; '.join(stale)}): its threads and sizes are not this machine's; "
                         "re-run `python hw_profiler.py`", "see": SECTIONS["threads"]})
+    report = tip_report(args, p, cfg)
     if args.json:
         print(json.dumps({"probe": p.model_dump(), "match": None if best is None else {
             "id": best.entry.id, "score": best.score, "closeness": best.closeness, "reasons": best.reasons},
-            "config": path, "stale": stale, "advice": tips}, indent=2))
+            "config": path, "stale": stale, "advice": tips, **report.to_json()}, indent=2))
     else:
         for line in summary(p):
             print(line)
@@ -255,4 +258,8 @@ def doctor_main(args: argparse.Namespace) -> int:
             print(f"  - [{t['topic']}] {t['advice']} (see {t['see']})")
         for note in p.notes:
             print(f"  - [probe] {note}")
+        for line in report.lines():
+            print(line)
+    if args.apply:
+        apply_tips(report, cfg, path, args.yes)
     return 0

@@ -82,6 +82,7 @@ class ContinuousScheduler:
         self._abort_message = ""  # set by abort_all: end every request
         self._thread: threading.Thread | None = None
         self.steps = 0
+        self.preemptions = 0  # requests pushed back because the KV cache was full (/metrics)
 
     # ---- API for the server (any thread) ---------------------------------------------------
     @property
@@ -319,6 +320,7 @@ class ContinuousScheduler:
         if not self.running:
             return
         req = self.running.pop()
+        self.preemptions += 1
         self.engine.release(req.seq, keep_prefix=False)
         req.prompt_tokens, req.seq = list(req.seq.tokens), None
         with self._lock:

@@ -49,6 +49,7 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     from liteinfer.server.auth import check_bearer
     from liteinfer.server.fields import describe
     from liteinfer.server.limits import Lifecycle, LimitsMiddleware
+    from liteinfer.server.load_signals import LoadSignals
     from liteinfer.server.metrics import Metrics
     from liteinfer.server.openai import error_response
     from liteinfer.services import load_services
@@ -61,6 +62,7 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
         if svc.kind != "llm":
             metrics.watch_oneshot(svc)
     llm_service = services.get("llm")
+    metrics.registry.register(LoadSignals(metrics, lambda: llm_service.scheduler if llm_service is not None else None))
 
     @asynccontextmanager
     async def lifespan(app):
