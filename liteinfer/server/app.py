@@ -8,7 +8,8 @@ an API key when keys are configured, and so do /metrics and the docs unless
 server.protect_docs is false; / and /health stay open. `liteinfer serve --no-llm
 --embedding-model M` is the small embeddings service: one-shot models only. Request limits,
 header and body read times and the drain on SIGTERM are server/limits.py and
-server/lifecycle.py (docs/serving.md).
+server/lifecycle.py (docs/serving.md); the CPU power policy and the energy meter are
+server/power.py (docs/tuning.md §10).
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ from liteinfer.hardware.fingerprint import stale_fields
 from liteinfer.hardware.probe import probe
 from liteinfer.server.auth import load_api_keys
 
+from liteinfer.server.power import Load, ServerPower
 STATIC = Path(__file__).parent / "static"
 # the model routes of every protocol (OpenAI's, Ollama's, llama-server's) need the API key
 KEYED_PATHS = ("/v1", "/api/", "/tokenize", "/detokenize")
 
 
 def create_app(config: DeviceConfig | None = None, model: str | None = None, api_keys: list[str] | None = None,
-               load_in_background: bool = True, llm: bool = True):
+               load_in_background: bool = True, llm: bool = True, sys_root: str = "/sys"):
     """The app for `config`: its LLM (`model` or config.model; none when `llm` is False) and
-    its one-shot models. Raises LiteInferError when a one-shot model cannot be loaded."""
+    its one-shot models. Raises LiteInferError when a one-shot model cannot be loaded.
+    `sys_root`: where cpufreq and the energy meters are read (a fake tree in tests)."""
     # FastAPI, the routes and the engines load when a server is built, not for `liteinfer --help`
     # (the CLI imports this module to register `serve`): start-up time
     from fastapi import FastAPI, Request
@@ -66,8 +69,18 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
 
     @asynccontextmanager
     async def lifespan(app):
+    def load() -> Load:  # what the dynamic power policy and the busy-energy count look at
+        sched = llm_service.scheduler if llm_service is not None else None
+        work = len(sched.running) + sched.queue_depth if sched else 0
+        work += sum(svc.batcher.queue_depth for svc in services.values() if svc.kind != "llm" and svc.ready)
+        return Load(work, sched.batch_capacity if sched else 1, sched.steps if sched else 0)
+
+    power = ServerPower(config.power, sys_root, load)
+    metrics.watch_power(power)
+
         for svc in services.values():
             if not svc.ready:
+        power.start()  # power.profile applied; put back below, and by serve_main on any exit
                 if load_in_background:
                     threading.Thread(target=svc.load, name=f"liteinfer-load-{svc.kind}", daemon=True).start()
                 else:
@@ -77,11 +90,13 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
             svc.close()
 
     app = FastAPI(title="liteinfer", version="0.1.0", lifespan=lifespan)
+        power.close()
     app.state.services = services
     app.state.metrics = metrics
     app.state.config = config
     lifecycle = app.state.lifecycle = Lifecycle()
     if llm_service is not None:  # the drain's end: open generations stop with finish_reason "abort"
+    app.state.power = power
         lifecycle.on_abort.append(lambda msg: llm_service.scheduler.abort_all(msg) if llm_service.scheduler else 0)
     if config.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
@@ -179,6 +194,7 @@ def config_from_args(args) -> DeviceConfig:
     s.port = args.port if args.port is not None else s.port
     s.cors_origins = args.cors_origin or s.cors_origins
     for name in args.alias:
+    p.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)  # a fake tree in tests (power)
         if not name.strip() or name != name.strip():
             raise LiteInferError(f"--alias {name!r}: empty or has surrounding spaces")
     s.aliases = list(dict.fromkeys([*s.aliases, *args.alias]))  # the config's, then the command line's
@@ -241,7 +257,7 @@ def serve_main(args) -> int:
         raise LiteInferError("--no-llm: give --embedding-model and/or --classifier-model (or set them in the config)")
     _warn_if_stale(config, args.config)
     keys = load_api_keys(args.api_key, args.api_key_file, config.server.api_keys)
-    app = create_app(config, api_keys=keys, llm=llm)
+    app = create_app(config, api_keys=keys, llm=llm, sys_root=args.sysfs)
     what = [config.model] if llm else []
     what += [m for m in (config.embedding_model, config.classifier_model) if m]
     print(f"liteinfer serving {', '.join(what)} on http://{config.server.host}:{config.server.port}"
@@ -249,7 +265,10 @@ def serve_main(args) -> int:
     # on use: uvicorn at serve time, not when the CLI registers `serve` (start-up time)
     from liteinfer.server.lifecycle import run
 
-    run(app, config, app.state.lifecycle)  # returns after the drain (SIGTERM / SIGINT)
+    try:
+        run(app, config, app.state.lifecycle)  # returns after the drain (SIGTERM / SIGINT)
+    finally:  # the lifespan's end already did it, unless a third signal skipped that
+        app.state.power.close()
     return 0
 
 
