@@ -11,39 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from _fake_sysfs import make_policy, snapshot
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware import cpufreq
 from liteinfer.hardware.power_policy import DynamicPolicy, PowerController, load_signal
-
-
-def make_policy(sys_root: Path, n: int, driver: str = "intel_pstate", epp: bool = True, **over: str) -> Path:
-    d = sys_root / cpufreq.CPUFREQ_DIR / f"policy{n}"
-    d.mkdir(parents=True)
-    files = {
-        "affected_cpus": f"{n}",
-        "scaling_driver": driver,
-        "scaling_governor": "powersave",
-        "scaling_available_governors": "performance powersave",
-        "scaling_min_freq": "800000",
-        "scaling_max_freq": "2000000",
-        "cpuinfo_min_freq": "800000",
-        "cpuinfo_max_freq": "3500000",
-        "scaling_cur_freq": "1200000",
-    }
-    if epp:
-        files["energy_performance_preference"] = "balance_power"
-        files["energy_performance_available_preferences"] = (
-            "default performance balance_performance balance_power power"
-        )
-    files.update(over)
-    for name, value in files.items():
-        (d / name).write_text(value + "\n")
-    return d
-
-
-def snapshot(sys_root: Path) -> dict[str, str]:
-    return {str(p.relative_to(sys_root)): p.read_text().strip() for p in sorted(sys_root.rglob("*")) if p.is_file()}
 
 
 def test_read_policies(tmp_path):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
+from _fake_sysfs import make_rapl
 
 from liteinfer.hardware import meters
 
@@ -21,15 +21,6 @@ PMIC = """\
       EXT5V_V volt(24)=5.15096000V
       BATT_V volt(25)=0.00000000V
 """
-
-
-def make_rapl(root: Path, zone: str, energy_uj: int, max_uj: int, name: str = "package-0") -> Path:
-    d = root / "class/powercap" / zone
-    d.mkdir(parents=True)
-    (d / "name").write_text(f"{name}\n")
-    (d / "energy_uj").write_text(f"{energy_uj}\n")
-    (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
-    return d
 
 
 class FakeClock:

@@ -1,4 +1,8 @@
-"""`liteinfer power status` and `liteinfer power set PROFILE`."""
+"""`liteinfer power status` and `liteinfer power set PROFILE`: the policy set once, by hand.
+
+The server applies `power.profile` itself (server/power.py): at start, put back at exit, and
+with `dynamic` switched by the load while it runs. cpufreq and the meters live in hardware/.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-freq", type=int, metavar="KHZ", help="also set scaling_max_freq")
     t.add_argument("--dry-run", action="store_true", help="print the writes, change nothing")
     t.add_argument("--config", metavar="PATH",
-                   help="also record the profile in this device_config.json (power.profile)")
+                   help="also record the profile as power.profile in this device_config.json (serve applies it at start)")
     t.set_defaults(func=cmd_set)
 
 
@@ -98,8 +102,11 @@ def cmd_set(args: argparse.Namespace) -> int:
     for line in changes or ["already in this profile: nothing to change"]:
         print(line)
     if args.profile == "dynamic":
-        print("dynamic: idle state applied; `liteinfer serve` with power.profile=dynamic "
-              "switches to performance under load")
+        print("dynamic: the idle (powersave) state is applied; only a running `liteinfer serve` with "
+              "power.profile=dynamic switches to performance under load")
+    if not args.config:
+        print("this stays until changed or rebooted; `liteinfer serve` applies the config's power.profile "
+              "itself at start and puts the previous policy back at exit")
     if args.config:
         # on use: pulls in pydantic (start-up, memory)
         from liteinfer.core.config import load_config, save_config

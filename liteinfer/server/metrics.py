@@ -2,16 +2,19 @@
 
 One registry per app (tests start several). The LLM scheduler calls `observe_step` after every
 engine step; memory and outside-CPU-load readings are refreshed at most every half second.
-`watch_oneshot(svc)` adds a one-shot model's batcher (labelled by model name).
+`watch_oneshot(svc)` adds a one-shot model's batcher (labelled by model name); `watch_power(p)`
+the energy meter and the CPU power policy (server/power.py), read when /metrics is rendered.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -105,6 +108,10 @@ class Metrics:
 
         b.on_batch = on_batch
 
+    def watch_power(self, power) -> None:
+        """Energy (joules, average watts, joules per generated token) and the power policy."""
+        self.registry.register(_PowerCollector(power, self.generated_tokens))
+
     def render(self, scheduler=None) -> bytes:
         self.sample_machine(force=True)
         if scheduler is not None:
@@ -112,3 +119,46 @@ class Metrics:
             self.active.set(len(scheduler.running))
             self.kv_cells.set(scheduler.engine.cells_used)
         return generate_latest(self.registry)
+
+
+class _PowerCollector:
+    """Reads the server's ServerPower at scrape time. Without a meter only the info line, with
+    meter="unavailable" and the reasons; no zeros that would read as measurements."""
+
+    def __init__(self, power, generated_tokens: Counter) -> None:
+        self.power, self.generated_tokens = power, generated_tokens
+
+    def _tokens(self) -> float:
+        for metric in self.generated_tokens.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    return sample.value
+        return 0.0
+
+    def collect(self):
+        p = self.power
+        p.poll()
+        if p.meter is None:
+            yield InfoMetricFamily("liteinfer_energy_meter", "energy meter (RAPL, hwmon, NVML, Pi PMIC)",
+                                   value={"meter": "unavailable", "reason": p.meter_note})
+        else:
+            yield InfoMetricFamily("liteinfer_energy_meter", "energy meter (RAPL, hwmon, NVML, Pi PMIC)",
+                                   value={"meter": p.meter.name})
+            yield CounterMetricFamily("liteinfer_energy_joules", "energy the meter counted since the server "
+                                      "started (its whole domain: CPU package, board or GPU)", value=p.joules)
+            yield CounterMetricFamily("liteinfer_energy_busy_joules", "the part of it while the engine worked",
+                                      value=p.busy_joules)
+            yield GaugeMetricFamily("liteinfer_power_average_watts", "average power since the server started",
+                                    value=p.joules / p.seconds if p.seconds > 0 else math.nan)
+            tokens = self._tokens()
+            yield GaugeMetricFamily("liteinfer_energy_joules_per_token", "busy joules per generated token "
+                                    "(NaN before the first token)", value=p.busy_joules / tokens if tokens else math.nan)
+        info = {"profile": p.settings.profile, "state": p.state}
+        if p.note:
+            info["reason"] = p.note
+        yield InfoMetricFamily("liteinfer_power_profile", "power.profile and whether it applies here", value=info)
+        if p.controller is not None:
+            yield GaugeMetricFamily("liteinfer_power_level", "dynamic policy: 1 high clock, 0 low",
+                                    value=1.0 if p.level == "high" else 0.0)
+            yield CounterMetricFamily("liteinfer_power_switches", "dynamic policy: profile changes applied",
+                                      value=p.controller.switches)
