@@ -32,7 +32,7 @@ from typing import Any
 
 from liteinfer.core.catalog import load_catalog, pull, resolve_llm
 from liteinfer.core.config import DeviceConfig, OneShotSettings
-from liteinfer.core.errors import LiteInferError, QueueFull
+from liteinfer.core.errors import LiteInferError
 from liteinfer.engines.audio import decode, encoder, resample_pcm16
 from liteinfer.engines.llama import LlamaEngine
 from liteinfer.engines.onnx import Prediction, load_model, softmax
@@ -382,12 +382,12 @@ class SpeechService:
         extra = self.settings.stt_aliases if kind == "stt" else self.settings.tts_aliases
         self.aliases = {self.name, name, *extra}
         self.created = int(time.time())
-        self.batcher = None
-        self._active = 0
-        self._lock = threading.Lock()
-        if kind == "stt":  # max_batch 1: Whisper's encoder takes every core it is given
-            self.batcher = DynamicBatcher(self._run_stt, max_batch=1, max_delay_ms=0,
-                                          max_queue=self.settings.max_queue, on_batch=on_batch, name=self.name)
+        # one job at a time, through a bounded queue (429 past speech.max_queue): Whisper's encoder
+        # takes every core it is given; a synthesis streams its chunks out while it runs (eSpeak NG
+        # writes a minute of speech in ~0.1 s, so a queued one waits little)
+        run = self._run_stt if kind == "stt" else self._run_tts
+        self.batcher = DynamicBatcher(run, max_batch=1, max_delay_ms=0, max_queue=self.settings.max_queue,
+                                      on_batch=on_batch, name=self.name)
 
     @classmethod
     def open(cls, config: DeviceConfig, kind: str, name: str) -> SpeechService:
@@ -441,38 +441,78 @@ class SpeechService:
         encoder(fmt, self.rate)  # an unknown format, or one with no encoder here, names itself
 
     def speak(self, text: str, voice: str | None = None, speed: float = 1.0, fmt: str = "wav"):
-        """Encoded audio chunks as they are synthesized (sync generator; the caller may close it
-        early). Counts toward the running limit: raises QueueFull past speech.max_queue."""
+        """Encoded audio chunks as they are synthesized, in this thread (CLI, the voice loop);
+        closing the generator early ends the synthesis."""
         self.check_speech(text, voice, fmt)
-        with self._lock:
-            if self._active >= self.settings.max_queue:
-                raise QueueFull(f"{self.name}: {self._active} syntheses running (limit {self.settings.max_queue})")
-            self._active += 1
+        enc = encoder(fmt, self.rate)
+        pcm = self.engine.synthesize(text, voice or self.settings.default_voice, speed)
         try:
-            enc = encoder(fmt, self.rate)
-            pcm = self.engine.synthesize(text, voice or self.settings.default_voice, speed)
-            try:
-                for chunk in resample_pcm16(pcm, self.engine.rate, self.rate):
-                    out = enc.push(chunk)
-                    if out:
-                        yield out
-                tail = enc.finish()
-                if tail:
-                    yield tail
-            finally:
-                pcm.close()
+            for chunk in resample_pcm16(pcm, self.engine.rate, self.rate):
+                out = enc.push(chunk)
+                if out:
+                    yield out
+            tail = enc.finish()
+            if tail:
+                yield tail
         finally:
-            with self._lock:
-                self._active -= 1
+            pcm.close()
+
+    def _run_tts(self, items: list) -> list:
+        job = items[0]
+        chunks = self.speak(job.text, job.voice, job.speed, job.fmt)
+        try:
+            for chunk in chunks:
+                if job.cancelled.is_set():  # the client went away: stop synthesizing
+                    break
+                job.sink(chunk)
+        finally:
+            chunks.close()
+            job.sink(None)
+        return [None]
+
+    def speak_stream(self, text: str, voice: str | None = None, speed: float = 1.0, fmt: str = "wav"):
+        """An async iterator of encoded chunks, synthesized on the queue's worker. Bad input
+        (LiteInferError) and a full queue (QueueFull) raise here, before any audio is sent."""
+        self.check_speech(text, voice, fmt)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        job = _SpeechJob(text, voice, speed, fmt, lambda c: loop.call_soon_threadsafe(queue.put_nowait, c))
+        future = asyncio.wrap_future(self.batcher.submit_future(job))
+
+        async def chunks():
+            try:
+                while True:
+                    getter = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:  # the job ended without its final sink(None): it failed
+                        getter.cancel()
+                        if queue.empty():
+                            future.result()  # raises the job's error
+                            return
+                        continue
+                    chunk = getter.result()
+                    if chunk is None:
+                        await future  # the job's error, if it failed after its last chunk
+                        return
+                    yield chunk
+            finally:
+                job.cancelled.set()
+                if not future.done():
+                    future.cancel()  # still queued: dropped before it runs
+
+        return chunks()
 
     # ---- lifecycle
 
     def stats(self) -> dict:
-        if self.batcher is not None:
-            return {"model": self.name, "kind": self.kind, **self.batcher.stats()}
-        return {"model": self.name, "kind": self.kind, "running": self._active, "limit": self.settings.max_queue}
+        return {"model": self.name, "kind": self.kind, **self.batcher.stats()}
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        self.batcher.close()
         self.engine.close()
+
+
+class _SpeechJob:
+    def __init__(self, text: str, voice: str | None, speed: float, fmt: str, sink):
+        self.text, self.voice, self.speed, self.fmt, self.sink = text, voice, speed, fmt, sink
+        self.cancelled = threading.Event()
