@@ -61,12 +61,14 @@ class EspeakTTS:
             if len(cols) >= 4:
                 names.add(cols[1])  # language code: what -v takes
                 names.add(cols[3])  # voice name
+                # "Other Languages" such as "(en 2)": codes this voice also answers to
+                names.update(c.strip("()") for c in cols[5:] if not c.strip("()").isdigit())
         variants = set()
         out = subprocess.run([self.program, "--voices=variant"], capture_output=True, text=True, timeout=10).stdout
         for line in out.splitlines()[1:]:
             cols = line.split()
-            if len(cols) >= 4:
-                variants.add(cols[3])
+            if len(cols) >= 5:  # -v takes the file name (f3, m7, klatt), not the display name
+                variants.add(cols[4].rsplit("/", 1)[-1])
         self._voices, self._variants = names, variants
 
     def voices(self) -> list[str]:
