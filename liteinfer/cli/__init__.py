@@ -14,10 +14,11 @@ import sys
 
 from liteinfer import __version__
 from liteinfer.core.errors import LiteInferError
+from liteinfer.core.extras import missing_message
 from liteinfer.core.files import disk_error
 
 COMMAND_MODULES = [
-    "liteinfer.core.catalog",  # pull, models
+    "liteinfer.cli.models",  # pull, models, show, rm, ps
     "liteinfer.cli.generate",  # generate, chat
     "liteinfer.server.app",  # serve
     "liteinfer.profile.cli",  # profile, doctor
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as e:  # an optional extra (quant, convert, tune, ...) not installed
+        msg = missing_message(e.name, args.command)
+        if msg is None:
+            return _internal_error(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
     except OSError as e:  # a full disk or a read-only folder names the path, not "internal"
         err = disk_error(e, e.filename or "the output")
         if err is None:

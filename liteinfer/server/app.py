@@ -22,7 +22,7 @@ import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from liteinfer.core.catalog import resolve_llm
+from liteinfer.core.catalog import allow_fetch, resolve_llm
 from liteinfer.core.config import DeviceConfig, load_config
 from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware.fingerprint import stale_fields
@@ -251,6 +251,7 @@ def serve_main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     llm = not args.no_llm
+    allow_fetch(False)  # serve never downloads: a model not pulled is a one-line error saying so
     if llm:
         resolve_llm(config.model)  # fail fast, one line, before binding the port
     elif not (config.embedding_model or config.classifier_model):

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field, ValidationError
@@ -32,6 +33,7 @@ from pydantic import Field, ValidationError
 from liteinfer import __version__
 from liteinfer.core.errors import LiteInferError, QueueFull
 from liteinfer.core.gguf_header import read_header
+from liteinfer.core.model_info import FILE_TYPES, size_label
 from liteinfer.engines.grammar import check_schema, json_object_grammar, json_schema_grammar
 from liteinfer.engines.llama import SamplingParams
 from liteinfer.scheduler.continuous import Event, GenRequest
@@ -586,23 +588,11 @@ async def embeddings(request: Request):
 
 # ---- what is served --------------------------------------------------------------------------
 
-_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-               12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-               19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-               26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-               36: "TQ1_0", 37: "TQ2_0"}
 _SCALAR_KEYS = {"general.architecture", "general.name", "general.basename", "general.finetune", "general.size_label",
                 "general.license", "general.file_type", "general.quantization_version", "general.parameter_count",
                 "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id",
                 "tokenizer.ggml.eos_token_id"}
 _cards: dict[tuple, dict] = {}
-
-
-def _size_label(n: int) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(n)
 
 
 def _card(svc) -> dict:
@@ -627,8 +617,8 @@ def _card(svc) -> dict:
         arch = str(meta.get("general.architecture", ""))
         n_params = meta.get("general.parameter_count") or sum(math.prod(t.shape) for t in header.tensors)
         card["details"] = {"parent_model": "", "format": "gguf", "family": arch, "families": [arch] if arch else [],
-                           "parameter_size": str(meta.get("general.size_label") or _size_label(int(n_params))),
-                           "quantization_level": _FILE_TYPES.get(meta.get("general.file_type"), "")}
+                           "parameter_size": str(meta.get("general.size_label") or size_label(int(n_params))),
+                           "quantization_level": FILE_TYPES.get(meta.get("general.file_type"), "")}
         # the header gives an array as its length: only keys that hold one value
         info = {k: v for k, v in meta.items() if (k in _SCALAR_KEYS or k.startswith(arch + "."))
                 and isinstance(v, (str, int, float, bool))}
@@ -669,10 +659,11 @@ async def ps(request: Request):
     _all_ready(request)
     listed = names.listed(request.app.state.services, request.app.state.config)
     out = []
+    rss = psutil.Process().memory_info().rss  # the whole server: what `liteinfer ps` shows as memory
     for n, svc in listed:
         if n != svc.name:  # an alias is the same loaded model
             continue
-        entry = {**_entry(n, svc), "expires_at": NEVER, "size_vram": 0}
+        entry = {**_entry(n, svc), "expires_at": NEVER, "size_vram": 0, "process_rss": rss}
         if svc.kind == "llm":
             entry["context_length"] = svc.max_seq_len
         out.append(entry)

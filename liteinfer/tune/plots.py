@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from liteinfer.core.extras import require
 from liteinfer.core.files import atomic_output
 from liteinfer.tune.search import Objective, evaluations
 
 
 def _pyplot():
-    # on use: matplotlib is optional
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots")  # optional: the one-line `pip install 'liteinfer[plots]'`
     matplotlib.use("Agg")  # files only; no display on servers
     # on use: matplotlib is optional
     import matplotlib.pyplot as plt
