@@ -28,8 +28,8 @@ from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware.fingerprint import stale_fields
 from liteinfer.hardware.probe import probe
 from liteinfer.server.auth import load_api_keys
-
 from liteinfer.server.power import Load, ServerPower
+
 STATIC = Path(__file__).parent / "static"
 # the model routes of every protocol (OpenAI's, Ollama's, llama-server's) need the API key
 KEYED_PATHS = ("/v1", "/api/", "/tokenize", "/detokenize")
@@ -67,8 +67,6 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     llm_service = services.get("llm")
     metrics.registry.register(LoadSignals(metrics, lambda: llm_service.scheduler if llm_service is not None else None))
 
-    @asynccontextmanager
-    async def lifespan(app):
     def load() -> Load:  # what the dynamic power policy and the busy-energy count look at
         sched = llm_service.scheduler if llm_service is not None else None
         work = len(sched.running) + sched.queue_depth if sched else 0
@@ -78,9 +76,11 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     power = ServerPower(config.power, sys_root, load)
     metrics.watch_power(power)
 
+    @asynccontextmanager
+    async def lifespan(app):
+        power.start()  # power.profile applied; put back below, and by serve_main on any exit
         for svc in services.values():
             if not svc.ready:
-        power.start()  # power.profile applied; put back below, and by serve_main on any exit
                 if load_in_background:
                     threading.Thread(target=svc.load, name=f"liteinfer-load-{svc.kind}", daemon=True).start()
                 else:
@@ -88,15 +88,15 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
         yield
         for svc in services.values():
             svc.close()
+        power.close()
 
     app = FastAPI(title="liteinfer", version="0.1.0", lifespan=lifespan)
-        power.close()
     app.state.services = services
     app.state.metrics = metrics
     app.state.config = config
+    app.state.power = power
     lifecycle = app.state.lifecycle = Lifecycle()
     if llm_service is not None:  # the drain's end: open generations stop with finish_reason "abort"
-    app.state.power = power
         lifecycle.on_abort.append(lambda msg: llm_service.scheduler.abort_all(msg) if llm_service.scheduler else 0)
     if config.server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
@@ -183,6 +183,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier-model", default=None)
     p.add_argument("--no-llm", action="store_true",
                    help="serve only the one-shot models (--embedding-model / --classifier-model), no chat model")
+    p.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)  # a fake tree in tests (power)
 
 
 def config_from_args(args) -> DeviceConfig:
@@ -194,7 +195,6 @@ def config_from_args(args) -> DeviceConfig:
     s.port = args.port if args.port is not None else s.port
     s.cors_origins = args.cors_origin or s.cors_origins
     for name in args.alias:
-    p.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)  # a fake tree in tests (power)
         if not name.strip() or name != name.strip():
             raise LiteInferError(f"--alias {name!r}: empty or has surrounding spaces")
     s.aliases = list(dict.fromkeys([*s.aliases, *args.alias]))  # the config's, then the command line's
