@@ -12,7 +12,7 @@ oldest item has waited `max_delay` (or, with a controller, when arrivals pause f
 are not padded to the longest (`split_by_length`). Results go back per item; an exception
 from one item (or a result that is an exception) reaches that item's caller only.
 The queue is bounded: `QueueFull` carries a Retry-After estimate for the server's 429.
-With a `controller` (scheduler/oneshot_controller.py) max_batch and max_delay follow it.
+With a `controller` (scheduler/dynamic_policy.py) max_batch and max_delay follow it.
 """
 
 from __future__ import annotations
