@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from liteinfer.core.config import DeviceConfig
 from liteinfer.core.gguf_header import read_header
 from liteinfer.hardware.devices import best_match
@@ -221,7 +223,7 @@ def config_facts(cfg: DeviceConfig | None) -> dict[str, Any]:
                            "config.classifier_model": cfg.classifier_model}
     for section in DeviceConfig.model_fields:
         value = getattr(cfg, section)
-        if hasattr(value, "model_fields"):
+        if isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 out[f"config.{section}.{name}"] = getattr(value, name)
     return out
