@@ -422,9 +422,11 @@ class SpeechService:
         samples = self.prepare_audio(data, opts.get("language"))
         return self.batcher.run_sync((samples, opts))
 
-    async def transcribe_async(self, data: bytes, **opts):
-        samples = await asyncio.to_thread(self.prepare_audio, data, opts.get("language"))
-        return await self.batcher.submit((samples, opts))
+    async def transcribe_async(self, audio, **opts):
+        """`audio`: bytes of a file (decoded off the event loop first) or prepare_audio's samples."""
+        if isinstance(audio, (bytes, bytearray)):
+            audio = await asyncio.to_thread(self.prepare_audio, bytes(audio), opts.get("language"))
+        return await self.batcher.submit((audio, opts))
 
     # ---- text-to-speech
 

@@ -48,7 +48,7 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from liteinfer.server import classify, embeddings, ollama, openai, tokenize
+    from liteinfer.server import audio, classify, embeddings, ollama, openai, tokenize
     from liteinfer.server.auth import check_bearer
     from liteinfer.server.fields import describe
     from liteinfer.server.limits import Lifecycle, LimitsMiddleware
@@ -153,6 +153,7 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     app.include_router(classify.router)
     app.include_router(ollama.router)
     app.include_router(tokenize.router)
+    app.include_router(audio.router)
     protect = config.server.protect_docs if config.server.protect_docs is not None else bool(keys)
     # outermost: sizes and read times before any other work, the drain's count around everything
     app.add_middleware(LimitsMiddleware, limits=config.limits, lifecycle=lifecycle, keys=keys, protect_docs=protect)
@@ -183,6 +184,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier-model", default=None)
     p.add_argument("--no-llm", action="store_true",
                    help="serve only the one-shot models (--embedding-model / --classifier-model), no chat model")
+    p.add_argument("--voice", action="store_true",
+                   help="serve speech too: whisper-tiny.en (transcription) and espeak-ng (speech), the voice extra")
+    p.add_argument("--stt-model", default=None, help="speech-to-text model (catalog name or folder)")
+    p.add_argument("--tts-model", default=None, help="text-to-speech: espeak-ng, piper-joe or a piper .onnx")
     p.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)  # a fake tree in tests (power)
 
 
@@ -217,6 +222,11 @@ def config_from_args(args) -> DeviceConfig:
         config.embedding_model = args.embedding_model
     if args.classifier_model:
         config.classifier_model = args.classifier_model
+    sp = config.speech
+    if args.voice:  # the defaults, unless the config or the flags below name others
+        sp.stt_model, sp.tts_model = sp.stt_model or "whisper-tiny.en", sp.tts_model or "espeak-ng"
+    sp.stt_model = args.stt_model or sp.stt_model
+    sp.tts_model = args.tts_model or sp.tts_model
     return config
 
 
@@ -254,13 +264,15 @@ def serve_main(args) -> int:
     allow_fetch(False)  # serve never downloads: a model not pulled is a one-line error saying so
     if llm:
         resolve_llm(config.model)  # fail fast, one line, before binding the port
-    elif not (config.embedding_model or config.classifier_model):
-        raise LiteInferError("--no-llm: give --embedding-model and/or --classifier-model (or set them in the config)")
+    elif not (config.embedding_model or config.classifier_model or config.speech.stt_model or config.speech.tts_model):
+        raise LiteInferError("--no-llm: give --embedding-model, --classifier-model and/or --voice (or set them in "
+                             "the config)")
     _warn_if_stale(config, args.config)
     keys = load_api_keys(args.api_key, args.api_key_file, config.server.api_keys)
     app = create_app(config, api_keys=keys, llm=llm, sys_root=args.sysfs)
     what = [config.model] if llm else []
-    what += [m for m in (config.embedding_model, config.classifier_model) if m]
+    what += [m for m in (config.embedding_model, config.classifier_model, config.speech.stt_model,
+                         config.speech.tts_model) if m]
     print(f"liteinfer serving {', '.join(what)} on http://{config.server.host}:{config.server.port}"
           f"{' (API key required)' if keys else ''}", flush=True)
     # on use: uvicorn at serve time, not when the CLI registers `serve` (start-up time)

@@ -29,7 +29,7 @@ from liteinfer.server.auth import check_bearer
 
 # open without a key only when server.protect_docs is false
 PROTECTED_PATHS = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
-UPLOAD_PATHS = ("/v1/classify",)
+UPLOAD_PATHS = ("/v1/classify", "/v1/audio/transcriptions", "/v1/audio/translations")
 WORK_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
