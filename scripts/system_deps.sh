@@ -6,6 +6,7 @@ need=()
 command -v chromium >/dev/null || need+=(chromium)
 [ -d /usr/share/games/fortunes ] || need+=(fortunes)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)  # text-to-speech (serve --voice, the speech tests)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "need root to install: ${need[*]}" >&2; exit 1; fi
   echo "installing system packages: ${need[*]}"
