@@ -21,3 +21,24 @@ def stale_fields(config: DeviceConfig, p: Probe) -> list[str]:
     old = config.device.get("fingerprint") or {}
     new = fingerprint(p)
     return [f"device.fingerprint.{k}: {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]]
+
+
+def not_applicable(config: DeviceConfig, p: Probe, model_bytes: int | None = None) -> list[str]:
+    """Config fields that do not fit this machine, each as `field=value (why)`: the server
+    still starts, and names them in one warning line."""
+    out: list[str] = []
+    cores = p.usable_cores
+    e = config.engine
+    for name, value in (("engine.n_threads", e.n_threads), ("engine.n_threads_batch", e.n_threads_batch),
+                        ("oneshot.intra_op_threads", config.oneshot.intra_op_threads)):
+        if value and value > cores:
+            out.append(f"{name}={value} (this machine has {cores} usable cores: threads time-share them)")
+    if e.use_extra_bufts and "amx" in p.cpu.isa:
+        out.append("engine.use_extra_bufts=true (an AMX CPU: llama.cpp's repack buffers crash multi-token decode)")
+    limit = p.memory.memlock_limit_mb
+    if e.use_mlock and limit is not None and (model_bytes is None or model_bytes / 2**20 > limit):
+        out.append(f"engine.use_mlock=true (RLIMIT_MEMLOCK is {limit} MB: llama.cpp cannot lock the weights)")
+    memory = p.effective_memory_mb
+    if memory and model_bytes and model_bytes / 2**20 > memory:
+        out.append(f"model={config.model} ({model_bytes / 2**20:.0f} MB of weights, {memory} MB usable here)")
+    return out

@@ -15,6 +15,7 @@ server/power.py (docs/tuning.md §10).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 from liteinfer.core.catalog import allow_fetch, resolve_llm
 from liteinfer.core.config import DeviceConfig, load_config
 from liteinfer.core.errors import LiteInferError
-from liteinfer.hardware.fingerprint import stale_fields
+from liteinfer.hardware.fingerprint import not_applicable, stale_fields
 from liteinfer.hardware.probe import probe
 from liteinfer.server.auth import load_api_keys
 from liteinfer.server.power import Load, ServerPower
@@ -243,6 +244,19 @@ def _warn_if_stale(config: DeviceConfig, path: str | None) -> None:
             path, "; ".join(changed))
 
 
+def _warn_inapplicable(config: DeviceConfig, llm: bool) -> None:
+    """Config fields that do not fit this machine (more threads than cores, mlock over the
+    limit, AMX repack buffers): one warning line naming them; the server still starts."""
+    size = None
+    if llm:
+        with contextlib.suppress(LiteInferError, OSError):
+            size = resolve_llm(config.model).stat().st_size  # pulled already: no download
+    odd = not_applicable(config, probe(), size)
+    if odd:
+        logging.getLogger("liteinfer.server").warning("config fields that do not apply to this machine: %s",
+                                                      "; ".join(odd))
+
+
 def _lean_process() -> None:
     """Before any thread starts: numpy's OpenBLAS threads (numpy loads with the first embeddings
     request) spin after each call and steal the cores llama.cpp's threads wait for at their
@@ -268,6 +282,7 @@ def serve_main(args) -> int:
         raise LiteInferError("--no-llm: give --embedding-model, --classifier-model and/or --voice (or set them in "
                              "the config)")
     _warn_if_stale(config, args.config)
+    _warn_inapplicable(config, llm)
     keys = load_api_keys(args.api_key, args.api_key_file, config.server.api_keys)
     app = create_app(config, api_keys=keys, llm=llm, sys_root=args.sysfs)
     what = [config.model] if llm else []
