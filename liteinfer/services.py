@@ -33,6 +33,7 @@ from typing import Any
 from liteinfer.core.catalog import load_catalog, pull, resolve_llm
 from liteinfer.core.config import DeviceConfig, OneShotSettings
 from liteinfer.core.errors import LiteInferError
+from liteinfer.core.plugins import engine_for, registry
 from liteinfer.engines.audio import decode, encoder, resample_pcm16
 from liteinfer.engines.llama import LlamaEngine
 from liteinfer.engines.onnx import Prediction, load_model, softmax
@@ -62,7 +63,7 @@ class LLMService:
 
     def __init__(self, config: DeviceConfig, model: str, observer=None):
         self.config, self.model, self.observer = config, model, observer
-        self.name = Path(model).stem if model.endswith(".gguf") else model
+        self.name = model_name(model)
         self.aliases = {self.name, model}
         self.created = int(time.time())
         self.engine: LlamaEngine | None = None
@@ -81,7 +82,13 @@ class LLMService:
             settings = self.config.engine
             if settings.split_q4_1 is None:  # batched serving is where the split pays (see q4_1_split)
                 settings = settings.model_copy(update={"split_q4_1": True})
-            self.engine = LlamaEngine(path, settings)
+            plugin = engine_for(path)  # a plugin's file type (core/plugins.py): its loader builds the engine
+            if plugin is None:
+                self.engine = LlamaEngine(path, settings)
+            elif plugin.load_llm is None:
+                raise LiteInferError(f"{path}: {plugin.description} files hold no chat model")
+            else:
+                self.engine = plugin.load_llm(path, settings, self.config)
             self.scheduler = ContinuousScheduler(self.engine, self.config.scheduler, self.config.server.max_queue,
                                                  self.observer)
             self.scheduler.start()
@@ -145,6 +152,14 @@ class LLMService:
             self.engine.close()
 
 
+def model_name(model: str) -> str:
+    """The id a model file is served as: its name without .gguf / .onnx or a plugin's suffix."""
+    plugin = engine_for(model)
+    if plugin is not None:
+        model = Path(model).name[: -len(plugin.suffix)] or model
+    return Path(model).stem if model.endswith((".gguf", ".onnx")) else model
+
+
 def _release_free_heap() -> None:
     """Give the heap that model loading freed (GGUF parsing, repack and adapter buffers) back
     to the OS: glibc keeps it otherwise, and it counts in the service's RSS."""
@@ -160,12 +175,17 @@ def _release_free_heap() -> None:
 def resolve_oneshot(name: str) -> Path:
     """A liteinfer .onnx path for a file path or a built-in name (converted on first use)."""
     p = Path(name).expanduser()
+    if p.is_file() and engine_for(p) is not None:  # a plugin's file type: its loader checks it
+        return p
     if p.exists():
         if p.is_dir() or p.suffix != ".onnx":
             raise LiteInferError(f"{p}: expected a .onnx file (convert models with `liteinfer convert`)")
         return p
     if name in ONESHOT_SOURCES:
         return ONESHOT_SOURCES[name]()
+    found = registry().resolve_model(name)  # plugins' catalog sources
+    if found is not None:
+        return resolve_oneshot(str(found)) if found != p else found
     if p.suffix == ".onnx" or "/" in name:
         raise LiteInferError(f"model file not found: {name}")
     known = f"known: {', '.join(ONESHOT_SOURCES)}; " if ONESHOT_SOURCES else ""
@@ -200,12 +220,22 @@ class OneShotService:
                                       length=length, controller=controller, on_batch=on_batch, name=self.name)
 
     @classmethod
-    def open(cls, name: str, settings: OneShotSettings | None = None, kind: str | None = None, **kw) -> OneShotService:
-        model = load_model(resolve_oneshot(name), settings)
+    def open(cls, name: str, settings: OneShotSettings | None = None, kind: str | None = None,
+             config: DeviceConfig | None = None, **kw) -> OneShotService:
+        """`config`: the whole DeviceConfig, for a plugin's loader (its settings section)."""
+        path = resolve_oneshot(name)
+        plugin = engine_for(path)  # a plugin's file type (core/plugins.py): its loader opens the model
+        if plugin is None:
+            model = load_model(path, settings)
+        elif plugin.load_oneshot is None:
+            raise LiteInferError(f"{path}: {plugin.description} files hold no embedding or classifier model")
+        else:
+            model = plugin.load_oneshot(path, settings or OneShotSettings(), config or DeviceConfig())
         if kind is not None and model.kind != kind:
+            model.close()
             want = "an embedding" if kind == "embedding" else "an image classifier"
             raise LiteInferError(f"{name}: a {model.kind} model, not {want} model")
-        svc = cls(model, settings, name=Path(name).stem if name.endswith(".onnx") else name, **kw)
+        svc = cls(model, settings, name=model_name(name), **kw)
         svc.aliases.add(name)
         return svc
 
@@ -321,7 +351,7 @@ def load_services(config: DeviceConfig, model: str | None = None, observer=None,
     try:
         for kind, name in (("embedding", config.embedding_model), ("classifier", config.classifier_model)):
             if name:
-                opened.append(OneShotService.open(name, config.oneshot, kind=kind))
+                opened.append(OneShotService.open(name, config.oneshot, kind=kind, config=config))
                 services[kind] = opened[-1]
         for kind, name in (("stt", config.speech.stt_model), ("tts", config.speech.tts_model)):
             if name:  # speech models (the voice extra): loaded now too

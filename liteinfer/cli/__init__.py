@@ -2,7 +2,8 @@
 
 A module listed in COMMAND_MODULES defines `register(sub)` that adds its subparsers and sets
 `func(args) -> int`. Modules keep heavy imports (numpy, llama_cpp, onnxruntime, fastapi)
-inside functions so `liteinfer --help` stays fast.
+inside functions so `liteinfer --help` stays fast. Installed plugins add their commands after
+the core's (core/plugins.py, docs/plugins.md); one that fails is reported and left out.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from liteinfer import __version__
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.extras import missing_message
 from liteinfer.core.files import disk_error
+from liteinfer.core.plugins import registry
 
 COMMAND_MODULES = [
     "liteinfer.cli.models",  # pull, models, show, rm, ps
@@ -29,6 +31,7 @@ COMMAND_MODULES = [
     "liteinfer.tune.cli",  # tune
     "liteinfer.bench",  # bench
     "liteinfer.power.cli",  # power
+    "liteinfer.cli.plugins",  # plugins
 ]
 
 
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    registry().add_commands(sub)  # plugins' commands; a core name stays the core's
     return parser
 
 

@@ -37,6 +37,7 @@ from typing import IO, TYPE_CHECKING
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_write_text, scratch_dir
 from liteinfer.core.gguf_header import NotGGUFError, read_header
+from liteinfer.core.plugins import engine_for, registry
 
 if TYPE_CHECKING:
     from liteinfer.core.gguf_header import GGUFHeader
@@ -464,6 +465,9 @@ def pull(name: str, install: bool = True, progress: bool = False) -> Path:
                 raise LiteInferError(f"model {name!r} is not pulled yet: run `liteinfer pull {name}` first")
             return found
         return _pull_entry(catalog[name], progress)
+    found = registry().resolve_model(name)  # plugins' catalog sources
+    if found is not None:
+        return found
     repo = name.partition(":")[0]
     looks_local = name.startswith(("/", "./", "../", "~")) or (name.endswith(".gguf") and ":" not in name)
     if looks_local:
@@ -488,6 +492,8 @@ def resolve_llm(name: str) -> Path:
         if not ggufs:
             raise LiteInferError(f"{path} holds no .gguf file")
         path = ggufs[0]
+    if engine_for(path) is not None:  # a plugin's file type (an encrypted model): its loader checks it
+        return path
     check_gguf(path)
     return path
 

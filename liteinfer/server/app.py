@@ -26,6 +26,7 @@ from pathlib import Path
 from liteinfer.core.catalog import allow_fetch, resolve_llm
 from liteinfer.core.config import DeviceConfig, load_config
 from liteinfer.core.errors import LiteInferError
+from liteinfer.core.plugins import check_model, registry
 from liteinfer.hardware.fingerprint import not_applicable, stale_fields
 from liteinfer.hardware.probe import probe
 from liteinfer.server.auth import load_api_keys
@@ -48,6 +49,7 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.routing import Match
 
     from liteinfer.server import audio, classify, embeddings, ollama, openai, tokenize
     from liteinfer.server.auth import check_bearer
@@ -103,9 +105,15 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
         app.add_middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
 
+    plugin_routes: list = []  # every route a plugin adds needs the key too (filled below)
+
+    def keyed(request: Request) -> bool:
+        return request.url.path.startswith(KEYED_PATHS) or any(
+            r.matches(request.scope)[0] != Match.NONE for r in plugin_routes)
+
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if keys and request.url.path.startswith(KEYED_PATHS) and request.method != "OPTIONS":
+        if keys and request.method != "OPTIONS" and keyed(request):
             if not check_bearer(request.headers.get("authorization"), keys):
                 metrics.rejected.labels(reason="unauthorized").inc()
                 return error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
@@ -155,6 +163,9 @@ def create_app(config: DeviceConfig | None = None, model: str | None = None, api
     app.include_router(ollama.router)
     app.include_router(tokenize.router)
     app.include_router(audio.router)
+    for _plugin, router in registry().routers():  # after the core's: a core route keeps its path
+        app.include_router(router)
+        plugin_routes.extend(router.routes)
     protect = config.server.protect_docs if config.server.protect_docs is not None else bool(keys)
     # outermost: sizes and read times before any other work, the drain's count around everything
     app.add_middleware(LimitsMiddleware, limits=config.limits, lifecycle=lifecycle, keys=keys, protect_docs=protect)
@@ -276,8 +287,8 @@ def serve_main(args) -> int:
     config = config_from_args(args)
     llm = not args.no_llm
     allow_fetch(False)  # serve never downloads: a model not pulled is a one-line error saying so
-    if llm:
-        resolve_llm(config.model)  # fail fast, one line, before binding the port
+    if llm:  # fail fast, one line, before binding the port (a plugin's file: its key, its header)
+        check_model(resolve_llm(config.model), "llm", config)
     elif not (config.embedding_model or config.classifier_model or config.speech.stt_model or config.speech.tts_model):
         raise LiteInferError("--no-llm: give --embedding-model, --classifier-model and/or --voice (or set them in "
                              "the config)")
