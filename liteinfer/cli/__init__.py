@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "liteinfer.convert.cli",  # convert
     "liteinfer.evaluate.cli",  # eval
     "liteinfer.cli.oneshot",  # embed, classify
+    "liteinfer.cli.voice",  # transcribe, say, voice
     "liteinfer.tune.cli",  # tune
     "liteinfer.bench",  # bench
     "liteinfer.power.cli",  # power
