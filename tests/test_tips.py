@@ -221,6 +221,11 @@ def test_tips_without_a_model_wait_for_one():
     assert report["tips_undecided"]["model"] >= 20
     assert not any(t["needs"] and "model" in t["needs"] for t in report["tips"])
     assert "more tips need a model (--model)" in doctor("--root", str(HW / "x86-vm")).stdout
+    every = doctor("--root", str(HW / "x86-vm"), "--all-tips", "--json")
+    states = {row["id"]: row["state"] for row in json.loads(every.stdout)["all_tips"]}
+    assert len(states) == len(load_tips())
+    assert states["cloud-vm-no-counters"] == "applies" and states["rpi-cooling"] == "no"
+    assert states["quant-imatrix-q4_0"] == "undecided" and states["live-queue-full"] == "undecided"
 
 
 def test_every_applicable_change_validates_on_every_fixture():

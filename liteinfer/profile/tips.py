@@ -461,6 +461,13 @@ def render_markdown(tips: list[Tip]) -> str:
         table.append(f"| [{topic}](#{topic}) | {r['measured'] + r['source']} | {r['measured']} | {r['source']} |")
     table.append(f"| **all** | **{m + s}** | **{m}** | **{s}** |")
     out = [DOC_HEADER.format(counts="\n".join(table)).rstrip(), ""]
+    out += ["## By device family", "",
+            "Tips about one kind of machine (the rest apply wherever their condition holds):", ""]
+    for fam in sorted(FAMILIES):
+        ids = sorted(t.id for t in tips if fam in t.families)
+        if ids:
+            out.append(f"- **{fam}** ({len(ids)}): " + ", ".join(f"`{i}`" for i in ids))
+    out.append("")
     for topic in sorted(rows):
         out += [f"## {topic}", ""]
         for t in sorted((t for t in tips if t.topic == topic), key=lambda t: (-EFFECT_RANK[t.effect], t.id)):
@@ -483,7 +490,11 @@ def render_markdown(tips: list[Tip]) -> str:
     out += ["## Facts", "", "What a condition may name (`liteinfer/profile/facts.py`).", "",
             "| fact | from | meaning |", "|---|---|---|"]
     for name, f in sorted(FACTS.items()):
+        if f.source == "config" and name not in ("config.present", "config.model"):
+            continue  # one row for them below: the doc does not go stale when a config field is added
         out.append(f"| `{name}` | {f.source} | {_md(f.doc)} |")
+    out.append("| `config.<section>.<field>` | config | every field of `DeviceConfig` (`liteinfer/core/config.py`), "
+               "e.g. `config.engine.n_threads`, `config.scheduler.max_batch`; the defaults when no config is found |")
     return "\n".join(out) + "\n"
 
 
