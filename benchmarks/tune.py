@@ -55,7 +55,8 @@ def key(params: dict) -> str:
     return json.dumps([params[k.name] for k in SPACE])
 
 
-def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int, prior: dict | None = None) -> dict:
+def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int, prior: dict | None = None,
+          runner: str = "scheduler") -> dict:
     from liteinfer.core.catalog import resolve_llm
     from liteinfer.core.files import atomic_write_text
     from liteinfer.tune.trial import measure_config
@@ -74,7 +75,7 @@ def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int, prior: 
     t0 = time.time()
     for i, values in enumerate(order):
         params = dict(zip([k.name for k in SPACE], values, strict=True))
-        m = measure_config(model, search.apply_params(base, params), reqs)
+        m = measure_config(model, search.apply_params(base, params), reqs, runner=runner)
         row = rows.setdefault(key(params), {"params": params, "runs": []})
         if m["tok_per_cpu_s"] >= max((r["tok_per_cpu_s"] for r in row["runs"]), default=0.0):
             row.update(tok_s=m["tok_s"], tok_per_cpu_s=m["tok_per_cpu_s"], latency_p95_ms=m["latency_p95_ms"],
@@ -83,7 +84,7 @@ def sweep(table_path: Path, requests: int, max_tokens: int, repeat: int, prior: 
         print(f"[{i + 1}/{len(order)}] {params} -> {m['tok_s']:.1f} tok/s, {m['tok_per_cpu_s']:.1f} tok/CPU-s "
               f"(load {m['loadavg_1m']:.1f})", file=sys.stderr, flush=True)
     table = {"workload": f"chat_mix({requests}, max_tokens={max_tokens})", "model": "smollm2-135m",
-             "repeat": done + repeat, "cpu_count": os.cpu_count(),
+             "repeat": done + repeat, "cpu_count": os.cpu_count(), "runner": runner,
              "sweep_seconds": (prior["sweep_seconds"] if prior else 0.0) + time.time() - t0, "rows": rows}
     atomic_write_text(table_path, json.dumps(table, indent=1) + "\n")
     return table
@@ -115,6 +116,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=1, help="measurements per config in the sweep (best kept)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="engine.n_threads choices")
+    ap.add_argument("--runner", choices=["scheduler", "engine"], default=None,
+                    help="what a sweep measures (default: scheduler, the serving path; --add-runs: the table's)")
     args = ap.parse_args()
     SPACE[:] = [search.Knob("engine.n_threads", tuple(args.threads)), *SPACES[args.space]]
     args.table = args.table or Path(__file__).with_name(f"tune_sweep_{args.space}.json")
@@ -122,11 +125,14 @@ def main() -> int:
     if args.remeasure or not args.table.exists():
         print(f"sweeping {search.space_size(SPACE)} configs on the real engine (load {os.getloadavg()[0]:.1f})",
               file=sys.stderr)
-        table = sweep(args.table, args.requests, args.max_tokens, args.repeat)
+        table = sweep(args.table, args.requests, args.max_tokens, args.repeat, runner=args.runner or "scheduler")
     elif args.add_runs:
         prior = json.loads(args.table.read_text())
+        runner = prior.get("runner", "engine")  # the committed tables predate the serving-path default
+        if args.runner and args.runner != runner:
+            raise SystemExit(f"{args.table} holds {runner}-runner measurements: --remeasure for {args.runner}")
         print(f"measuring {search.space_size(SPACE)} configs again into {args.table}", file=sys.stderr)
-        table = sweep(args.table, args.requests, args.max_tokens, args.repeat, prior)
+        table = sweep(args.table, args.requests, args.max_tokens, args.repeat, prior, runner)
     else:
         table = json.loads(args.table.read_text())
         print(f"using the cached sweep {args.table} (--remeasure to measure again)")
@@ -135,7 +141,8 @@ def main() -> int:
     budget = n // 5
     best = max(rows.values(), key=lambda r: r[METRIC])
     b = best[METRIC]
-    print(f"\nsweep: {n} configs measured ({table['workload']}, {table['model']}), "
+    print(f"\nsweep: {n} configs measured ({table['workload']}, {table['model']}, "
+          f"{table.get('runner', 'engine')} runner), "
           f"{table.get('repeat', 1)}x each, {table['sweep_seconds']:.0f} s)\nobjective: {METRIC} (generated tokens "
           f"per CPU-second of the engine process: robust to other jobs taking turns on the cores)\n"
           f"best {b:.1f} tok/CPU-s ({best['tok_s']:.1f} wall tok/s) at {best['params']}")

@@ -49,6 +49,9 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--n-ctx", type=int, default=8192)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--runner", choices=["scheduler", "engine"], default="scheduler",
+                    help="scheduler: the serving path (default); engine: the engine-only loop (docs/tuning.md's "
+                         "table was measured with it)")
     args = ap.parse_args()
     model = resolve_llm("smollm2-135m")
     reqs = chat_mix(args.requests, args.max_tokens)
@@ -61,7 +64,7 @@ def main() -> int:
     ref = None
     for name, change in ROWS:
         cfg = apply_params(base, {**BASE, **change})
-        runs = [measure_isolated(model, cfg, reqs) for _ in range(args.repeat)]
+        runs = [measure_isolated(model, cfg, reqs, runner=args.runner) for _ in range(args.repeat)]
         best = max(runs, key=lambda m: m["tok_per_cpu_s"])
         best["tok_s"] = max(m["tok_s"] for m in runs)
         best["rss_peak_mb"] = min(m["rss_peak_mb"] for m in runs)

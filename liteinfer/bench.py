@@ -1,8 +1,12 @@
 """`liteinfer bench`: the standard inference benchmark of the configured model.
 
-Runs a chat workload through the engine the way the server batches it (liteinfer.tune.trial,
-the same measurement the tuner uses) and prints generated tok/s, TTFT and request latency
-percentiles, peak memory (RSS) and J/token when an energy meter exists.
+Runs a chat workload through the serving path, the scheduler and its adaptive controller
+(liteinfer.tune.trial, the same measurement the tuner uses; `--runner engine` for the
+engine-only loop) and prints generated tok/s, TTFT and request latency percentiles, peak
+memory (RSS) and J/token when an energy meter exists. Then the same workload from 1, 2, 4 ...
+clients at a time (`--concurrency`), and two PNGs (`--plots PREFIX`, matplotlib, the `plots`
+extra): PREFIX.latency.png (TTFT and latency CDFs, one curve per concurrency) and
+PREFIX.concurrency.png (generated tok/s and TTFT p95 against requests in flight).
 
 `--perf` re-runs this command under `perf stat`, with the counters switched on only around
 the measured run (perf's --delay=-1 + a control FIFO), and reports IPC, cycles,
@@ -39,8 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="override each request's max_tokens")
     p.add_argument("--threads", type=int, default=None, help="override engine.n_threads")
     p.add_argument("--max-batch", type=int, default=None, help="override scheduler.max_batch")
-    p.add_argument("--runner", choices=["engine", "scheduler"], default="engine",
-                   help="engine: fixed work per request; scheduler: the serving path (stops at end-of-text)")
+    p.add_argument("--runner", choices=["scheduler", "engine"], default="scheduler",
+                   help="scheduler: the serving path, continuous batching + the adaptive controller "
+                        "(default); engine: the engine-only loop, for kernel questions")
+    p.add_argument("--concurrency", default=None, metavar="N,N,...",
+                   help="also run the workload from this many clients at a time, each level (default: "
+                        "1, 2, 4 ... below --requests; '' for none); all at once is always the main run")
+    p.add_argument("--plots", default="liteinfer-bench", metavar="PREFIX",
+                   help="write PREFIX.latency.png and PREFIX.concurrency.png (default: ./liteinfer-bench.*)")
+    p.add_argument("--no-plots", action="store_true", help="no PNGs (and no concurrency levels unless asked)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--perf", action="store_true", help="hardware counters via perf stat (IPC, cache misses/token)")
     p.add_argument("--perf-ctl", default=None, help=argparse.SUPPRESS)  # set by the --perf parent
@@ -101,6 +112,20 @@ def _perf_region(ctl: str):
         os.close(ack_fd)
 
 
+def _levels(args: argparse.Namespace) -> list[int]:
+    """Concurrency levels besides all-at-once: --concurrency, else powers of two below
+    --requests when plots are wanted."""
+    if args.concurrency is None:
+        return [] if args.no_plots else [1 << k for k in range(16) if 1 << k < args.requests]
+    try:
+        levels = sorted({int(x) for x in args.concurrency.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise LiteInferError(f"--concurrency {args.concurrency!r}: comma-separated client counts, e.g. 1,2,4") from None
+    if any(c < 1 for c in levels):
+        raise LiteInferError("--concurrency: each level is at least 1 client")
+    return levels
+
+
 def run_bench(args: argparse.Namespace) -> dict:
     # on use: keeps `liteinfer --help` fast
     from liteinfer.core.catalog import resolve_llm
@@ -112,7 +137,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     model = resolve_llm(cfg.model)
     reqs = _requests(args)
     region = (lambda: _perf_region(args.perf_ctl)) if args.perf_ctl else None
-    m = measure_config(model, cfg, reqs, region=region, runner=args.runner)
+    m = measure_config(model, cfg, reqs, region=region, runner=args.runner, sweep=_levels(args))
     m["rss_peak_mb"] = max(m["rss_peak_mb"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     m.update(model=cfg.model, model_file=Path(model).name, config=cfg_path, max_batch=cfg.scheduler.max_batch,
              kv_type=f"{cfg.engine.type_k}/{cfg.engine.type_v}", flash_attn=cfg.engine.flash_attn)
@@ -125,11 +150,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.perf and not args.perf_ctl:
         return _bench_under_perf(args)
     m = run_bench(args)
+    _plots(m, args)
     if args.json:
         print(json.dumps(m))
     else:
         print_report(m)
     return 0
+
+
+def _plots(m: dict, args: argparse.Namespace) -> None:
+    """The two PNGs; m["plots"] lists what was written. matplotlib missing: a note, not a failure."""
+    if args.no_plots or not args.plots:
+        return
+    try:
+        # on use: matplotlib (the plots extra) loads only here
+        from liteinfer.tune.plots import plot_concurrency, plot_latency_cdf
+
+        runs = [*m.get("sweep", []), m]
+        where = (f"{m['model_file']}, {m['runner']} runner, {m['threads']} threads, max_batch {m['max_batch']}, "
+                 f"load average {m['loadavg_1m']:.1f} on {m['cpus']} CPUs")
+        m["plots"] = [
+            str(plot_latency_cdf(runs, f"liteinfer bench: latency CDF ({where})", args.plots + ".latency.png")),
+            str(plot_concurrency(runs, f"liteinfer bench: throughput vs concurrency\n({where})",
+                                 args.plots + ".concurrency.png")),
+        ]
+    except ImportError:
+        print("plots skipped: matplotlib is not installed: pip install 'liteinfer[plots]'", file=sys.stderr)
+    except LiteInferError as e:  # the optional-part message
+        print(f"plots skipped: {e}", file=sys.stderr)
 
 
 def _ms(v: float) -> str:
@@ -140,7 +188,8 @@ def print_report(m: dict) -> None:
     print(f"liteinfer bench: {m['model']} ({m['model_file']}), {m['threads']} threads, max_batch {m['max_batch']}, "
           f"KV {m['kv_type']}, flash_attn {m['flash_attn']}; config {m['config'] or '(defaults)'}")
     print(f"workload      {m['requests']} requests ({m['runner']} runner), {m['prompt_tokens']} prompt + {m['generated_tokens']} "
-          f"generated tokens in {m['seconds']:.2f} s ({m['steps']} engine steps; model load {m['load_s']:.2f} s)")
+          f"generated tokens in {m['seconds']:.2f} s ({m['steps']} engine steps of {m['mean_batch']:.1f} sequences "
+          f"on average; model load {m['load_s']:.2f} s)")
     print(f"throughput    {m['tok_s']:.1f} generated tok/s  ({m['total_tok_s']:.1f} tok/s prompt + generated)")
     print(f"TTFT          p50 {_ms(m['ttft_p50_ms'])}  p95 {_ms(m['ttft_p95_ms'])}")
     print(f"latency       p50 {_ms(m['latency_p50_ms'])}  p95 {_ms(m['latency_p95_ms'])}  "
@@ -154,6 +203,13 @@ def print_report(m: dict) -> None:
     busy = m["loadavg_1m"] > 0.5 * (m.get("cpus") or 1)
     print(f"load          1-min load average {m['loadavg_1m']:.1f} on {m.get('cpus')} CPUs"
           + (": other work is running, these numbers are lower bounds" if busy else ""))
+    if m.get("sweep"):
+        print("concurrency   clients   tok/s   TTFT p50   TTFT p95   latency p95   seqs/step")
+        for r in [*m["sweep"], m]:
+            print(f"              {r['concurrency']:>7} {r['tok_s']:>7.1f} {_ms(r['ttft_p50_ms']):>10} "
+                  f"{_ms(r['ttft_p95_ms']):>10} {_ms(r['latency_p95_ms']):>13} {r['mean_batch']:>11.1f}")
+    for path in m.get("plots", []):
+        print(f"plot          {path}")
     if m.get("perf"):
         _print_perf(m["perf"])
 
@@ -216,7 +272,8 @@ def perf_support(perf: str) -> tuple[bool, str]:
 
 def _child_argv(args: argparse.Namespace, ctl: str) -> list[str]:
     argv = [sys.executable, "-m", "liteinfer", "bench", "--json", "--perf-ctl", ctl,
-            "--requests", str(args.requests), "--runner", args.runner]
+            "--requests", str(args.requests), "--runner", args.runner, "--no-plots",
+            "--concurrency", ",".join(map(str, _levels(args)))]
     for flag, value in (("-m", args.model), ("--config", args.config), ("--workload", args.workload),
                         ("--max-tokens", args.max_tokens), ("--threads", args.threads),
                         ("--max-batch", args.max_batch)):
@@ -247,6 +304,7 @@ def _bench_under_perf(args: argparse.Namespace) -> int:
             return r.returncode  # the child printed its own error line
         m = json.loads(r.stdout.strip().splitlines()[-1])
         counts = parse_perf_csv(out.read_text())
+    _plots(m, args)
     m["perf"] = perf_metrics(counts, m["generated_tokens"])
     m["perf"]["hardware_counters"] = hw
     if not hw:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from liteinfer.bench import parse_perf_csv, perf_metrics, perf_support
 
-TINY = ["--requests", "2", "--max-tokens", "3", "--threads", "1"]
+TINY = ["--requests", "2", "--max-tokens", "3", "--threads", "1", "--no-plots"]
 
 
 def run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -31,12 +32,41 @@ def test_bench_real_model_json():
         assert m["energy"] == "unavailable" and m["j_per_token"] is None
 
 
-def test_bench_through_the_serving_scheduler():
-    r = run(sys.executable, "-m", "liteinfer", "bench", *TINY, "--runner", "scheduler", "--json")
+def test_bench_serving_path_by_default_engine_loop_on_request():
+    r = run(sys.executable, "-m", "liteinfer", "bench", *TINY, "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
-    assert m["runner"] == "scheduler" and 2 <= m["generated_tokens"] <= 6 and m["steps"] >= 3
-    assert m["latency_p95_ms"] >= m["ttft_p50_ms"] > 0
+    # the scheduler with end-of-text banned: the same fixed work as the engine loop
+    assert m["runner"] == "scheduler" and m["generated_tokens"] == 6 and m["steps"] >= 3
+    assert m["latency_p95_ms"] >= m["ttft_p50_ms"] > 0 and 1 <= m["mean_batch"] <= 2
+    r = run(sys.executable, "-m", "liteinfer", "bench", *TINY, "--runner", "engine", "--json")
+    assert r.returncode == 0, r.stderr
+    e = json.loads(r.stdout)
+    assert e["runner"] == "engine" and e["generated_tokens"] == 6 and 1 <= e["mean_batch"] <= 2
+
+
+def test_bench_concurrency_levels_and_plots(tmp_path):
+    prefix = tmp_path / "b"
+    r = run(sys.executable, "-m", "liteinfer", "bench", "--requests", "4", "--max-tokens", "4", "--threads", "1",
+            "--plots", str(prefix), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["concurrency"] == 4 and [s["concurrency"] for s in m["sweep"]] == [1, 2]
+    one, two = m["sweep"]
+    # one client at a time: never more than one sequence in a step; every level does the same work
+    assert one["mean_batch"] == 1.0 and 1.0 <= two["mean_batch"] <= 2.0
+    assert one["generated_tokens"] == two["generated_tokens"] == m["generated_tokens"] == 16
+    assert len(one["latency_ms"]) == 4 and all(lat >= t for lat, t in zip(one["latency_ms"], one["ttft_ms"]))
+    assert m["plots"] == [str(prefix) + ".latency.png", str(prefix) + ".concurrency.png"]
+    for p in m["plots"]:
+        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    text = run(sys.executable, "-m", "liteinfer", "bench", "--requests", "2", "--max-tokens", "2", "--threads", "1",
+               "--concurrency", "1", "--no-plots")
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"^\s+1\s+[\d.]+ .* 1\.0$", text.stdout, re.M), text.stdout  # the c=1 row
+    assert "plot " not in text.stdout
+    bad = run(sys.executable, "-m", "liteinfer", "bench", "--concurrency", "1,x")
+    assert bad.returncode == 1 and "--concurrency" in bad.stderr
 
 
 def test_bench_text_report_and_bad_config(tmp_path):

@@ -46,6 +46,13 @@ def test_tune_real_engine_writes_config_plots_and_resumes(tmp_path):
     assert r2.returncode == 0, r2.stderr
     assert "2 configs measured so far" in r2.stderr
     assert json.loads(out.read_text())["device"]["tuned"]["trials"] == 3
+    # every trial measured the serving path (the scheduler and its controller), the same work each
+    from liteinfer.tune import search
+
+    study = search.open_study(list(search.OBJECTIVES["throughput"]), str(out) + ".tune.sqlite", "tune-throughput")
+    trials = search.evaluations(study)
+    assert {t.user_attrs["runner"] for t in trials} == {"scheduler"}
+    assert {t.user_attrs["generated_tokens"] for t in trials} == {6}
 
 
 def test_tune_bad_input_is_one_line(tmp_path):

@@ -1,4 +1,5 @@
-"""`liteinfer tune`: genetic search for this machine's best config, measured on the real engine."""
+"""`liteinfer tune`: genetic search for this machine's best config, measured on the serving path
+(the scheduler and its controller on the real engine; tune/trial.py)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="requests to measure with (default: built-in chat mix)")
     p.add_argument("--requests", type=int, default=8, help="requests in the built-in chat mix")
     p.add_argument("--max-tokens", type=int, default=None, help="override each request's max_tokens")
-    p.add_argument("--runner", choices=["engine", "scheduler"], default="engine",
-                   help="engine: fixed work per request (default); scheduler: the serving path "
-                        "(continuous batching + adaptive controller, stops at end-of-text)")
+    p.add_argument("--runner", choices=["scheduler", "engine"], default="scheduler",
+                   help="scheduler: the serving path, continuous batching + the adaptive controller "
+                        "(default); engine: the engine-only loop, for kernel questions")
     p.add_argument("--quants", nargs="+", default=None, metavar="GGUF",
                    help="other quantizations of the model to search over (-m is the quality reference)")
     p.add_argument("--max-quality-loss", type=float, default=None, metavar="PCT",
@@ -72,10 +73,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from liteinfer.core.config import load_config, save_config
 
     # on use: keeps `liteinfer --help` fast
-    from liteinfer.hardware.cores import usable_cores
+    from liteinfer.hardware import cpufreq, meters
 
     # on use: keeps `liteinfer --help` fast
-    from liteinfer.hardware import cpufreq, meters
+    from liteinfer.hardware.cores import usable_cores
 
     # on use: keeps `liteinfer --help` fast
     from liteinfer.tune import search

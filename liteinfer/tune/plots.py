@@ -1,4 +1,5 @@
-"""PNG plots of a tuning study: the Pareto front (or trial values) and convergence."""
+"""PNG plots of measurements: a tuning study (the Pareto front or trial values, convergence)
+and a benchmark (latency CDFs, throughput against concurrency)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,62 @@ def plot_convergence(study, objectives: list[Objective], path: str | os.PathLike
         ax.grid(alpha=0.3)
     axes[-1][0].set_xlabel("configs measured")
     axes[0][0].set_title("liteinfer tune: convergence (best so far)")
+    out = Path(path)
+    _save(fig, out)
+    plt.close(fig)
+    return out
+
+
+def _by_concurrency(runs: list[dict]) -> list[dict]:
+    return sorted(runs, key=lambda r: r["concurrency"])
+
+
+def plot_latency_cdf(runs: list[dict], title: str, path: str | os.PathLike) -> Path:
+    """TTFT and request latency as CDFs (fraction of requests done by then), one curve per
+    concurrency level. `runs`: trial reports with "ttft_ms", "latency_ms", "concurrency"."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for run in _by_concurrency(runs):
+        for ax, key in zip(axes, ("ttft_ms", "latency_ms"), strict=True):
+            xs = sorted(run[key])
+            if xs:
+                ax.step([0.0, *xs], [0.0, *((i + 1) / len(xs) for i in range(len(xs)))], where="post",
+                        label=f"{run['concurrency']} at a time")
+    axes[0].set_xlabel("time to first token (ms)")
+    axes[1].set_xlabel("request latency, arrival to last token (ms)")
+    axes[0].set_ylabel("fraction of requests")
+    for ax in axes:
+        ax.set_xlim(left=0)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right", title="requests", title_fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    out = Path(path)
+    _save(fig, out)
+    plt.close(fig)
+    return out
+
+
+def plot_concurrency(runs: list[dict], title: str, path: str | os.PathLike) -> Path:
+    """Generated tok/s (left axis) and TTFT p95 (right axis) against requests in flight."""
+    plt = _pyplot()
+    runs = _by_concurrency(runs)
+    xs = [r["concurrency"] for r in runs]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [r["tok_s"] for r in runs], "o-", c="#1f77b4", label="generated tok/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("requests in flight (clients, each sends its next when one ends)")
+    ax.set_ylabel("generated tok/s", color="#1f77b4")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(xs, [r["ttft_p95_ms"] for r in runs], "s--", c="#d62728", label="TTFT p95")
+    ax2.set_ylabel("TTFT p95 (ms)", color="#d62728")
+    ax2.set_ylim(bottom=0)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [str(line.get_label()) for line in lines], fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
     out = Path(path)
     _save(fig, out)
     plt.close(fig)
