@@ -99,6 +99,15 @@ def test_mixed_plan_and_recipe_round_trip(work):
     assert len({v["type"] for v in plan["tensors"].values()}) > 1  # a real mix, not one type
     again = d / "again.gguf"
     _ok("quantize", src, again, "--recipe", recipe, "--calib", d / "calib.txt", *FAST)
+    # the per-layer type map: a row per block, a column per role, each cell the recipe's type
+    grid = (d / "mixed.gguf.typemap.txt").read_text().splitlines()
+    roles = grid[1].split()[1:]
+    assert grid[1].split()[0] == "block" and {"attn_q", "ffn_down"} <= set(roles)
+    for line in grid[2:4]:
+        block, *types = line.split()
+        assert types == [plan["tensors"].get(f"blk.{block}.{r}.weight", {"type": "-"})["type"] for r in roles]
+    assert (d / "mixed.gguf.typemap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "per-layer type map" in r.stdout
     assert again.read_bytes() == out.read_bytes()
     _run(out)
 

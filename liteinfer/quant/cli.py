@@ -180,11 +180,19 @@ def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None)
     recipe_path = Path(args.save_recipe or f"{dst}.recipe.json")
     save_recipe(recipe, recipe_path)
     counts: dict[str, int] = {}
+    from liteinfer.quant.gguf.typemap import plot_type_map, write_type_map  # on use: start-up time
+
+    maps = [str(write_type_map(recipe, f"{dst}.typemap.txt"))]
+    try:
+        maps.append(str(plot_type_map(recipe, f"{dst}.typemap.png")))
+    except ImportError:
+        print("type map PNG skipped: matplotlib is not installed: pip install 'liteinfer[plots]'", file=sys.stderr)
     for t in recipe.tensors.values():
         counts[t.type] = counts.get(t.type, 0) + 1
     mix = ", ".join(f"{n} x {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     kld = f", predicted KLD {recipe.predicted_kld:.3g}" if recipe.predicted_kld is not None else ""
-    print(f"plan ({recipe.method}): {mix}; {recipe.bpw:.3f} bpw{kld}; recipe {recipe_path}")
+    print(f"plan ({recipe.method}): {mix}; {recipe.bpw:.3f} bpw{kld}; recipe {recipe_path}; "
+          f"per-layer type map {', '.join(maps)}")
     return tensors
 
 
