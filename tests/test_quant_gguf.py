@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -97,8 +99,6 @@ def test_mixed_plan_and_recipe_round_trip(work):
     assert abs(plan["bpw"] - model_bpw(tensors)) < 1e-6  # the plan's sizes are the file's
     assert {t.name: t.type_name for t in tensors if t.quantizable} == {k: v["type"] for k, v in plan["tensors"].items()}
     assert len({v["type"] for v in plan["tensors"].values()}) > 1  # a real mix, not one type
-    again = d / "again.gguf"
-    _ok("quantize", src, again, "--recipe", recipe, "--calib", d / "calib.txt", *FAST)
     # the per-layer type map: a row per block, a column per role, each cell the recipe's type
     grid = (d / "mixed.gguf.typemap.txt").read_text().splitlines()
     roles = grid[1].split()[1:]
@@ -108,6 +108,8 @@ def test_mixed_plan_and_recipe_round_trip(work):
         assert types == [plan["tensors"].get(f"blk.{block}.{r}.weight", {"type": "-"})["type"] for r in roles]
     assert (d / "mixed.gguf.typemap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "per-layer type map" in r.stdout
+    again = d / "again.gguf"
+    _ok("quantize", src, again, "--recipe", recipe, "--calib", d / "calib.txt", *FAST)
     assert again.read_bytes() == out.read_bytes()
     _run(out)
 
@@ -183,6 +185,44 @@ def test_bad_inputs(work, capfd):
         assert re.search(expect, last[0]), (expect, last[0])
         assert not out.exists() and not list(d.glob(".bad-out.gguf*")), expect
         assert not (d / "bad-out.gguf.recipe.json").exists()
+
+
+KILLED_QUANTIZE = """
+import os, signal, sys
+import llama_cpp
+from liteinfer.cli import main
+real = llama_cpp.llama_model_quantize
+def quantize_then_die(*args):
+    real(*args)  # the output is written, not yet renamed into place
+    os.kill(os.getpid(), signal.SIGKILL)
+llama_cpp.llama_model_quantize = quantize_then_die
+main(sys.argv[1:])
+"""
+
+
+def test_killed_quantize_leaves_files_the_next_run_cleans(work, tmp_path):
+    """SIGKILL after the HF conversion and the quantization wrote their files: what is left lies
+    beside the output under recognisable names (nothing in the system temp folder), and the next
+    quantize to the same output removes it."""
+    _, hf, _ = work
+    out_dir, tmp_dir = tmp_path / "out", tmp_path / "sys-tmp"
+    out_dir.mkdir()
+    tmp_dir.mkdir()
+    out = out_dir / "model.gguf"
+    env = {**os.environ, "TMPDIR": str(tmp_dir)}
+    r = subprocess.run([sys.executable, "-c", KILLED_QUANTIZE, "quantize", str(hf), str(out), "--type", "q8_0"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    left = sorted(p.name for p in out_dir.iterdir())
+    assert len(left) == 2 and all(n.startswith(".model.gguf.") for n in left), left
+    scratch = [p for p in out_dir.iterdir() if p.is_dir()]
+    assert len(scratch) == 1 and (scratch[0] / "source-f32.gguf").stat().st_size > 0  # the conversion was there
+    assert list(tmp_dir.iterdir()) == []
+    r = subprocess.run([sys.executable, "-m", "liteinfer", "quantize", str(hf), str(out), "--type", "q8_0"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.gguf"]
+    assert list(tmp_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize("qtype", ["q4_0", "q8_0", "q4_k", "q5_k", "q6_k"])

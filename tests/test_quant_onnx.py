@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +161,36 @@ def test_minilm_mixed_meets_floor(tmp_path, capsys):
     assert set(model.meta.quantization["plan"].values()) <= {"int4-b128", "int8", "fp16"}
     assert out.stat().st_size < src.stat().st_size / 3
     assert _embed_cos(src, out) > 0.98  # held-out sentences, not the calibration text
+
+
+KILLED_QUANTIZE = """
+import os, signal, sys
+import onnx
+from liteinfer.cli import main
+real = onnx.save
+def save_then_die(*args, **kwargs):
+    real(*args, **kwargs)  # the output is written, not yet renamed into place
+    os.kill(os.getpid(), signal.SIGKILL)
+onnx.save = save_then_die
+main(sys.argv[1:])
+"""
+
+
+def test_killed_quantize_leaves_files_the_next_run_cleans(tmp_path):
+    """The quantizer's scratch folder lies beside the output, not in the system temp folder:
+    a SIGKILLed run leaves it there under a recognisable name, and the next run removes it."""
+    src, out_dir, tmp_dir = minilm_fp32(), tmp_path / "out", tmp_path / "sys-tmp"
+    out_dir.mkdir()
+    tmp_dir.mkdir()
+    out = out_dir / "int8.onnx"
+    r = subprocess.run([sys.executable, "-c", KILLED_QUANTIZE, "quantize", str(src), str(out), "--type", "int8"],
+                       env={**os.environ, "TMPDIR": str(tmp_dir)}, capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    left = sorted(p.name for p in out_dir.iterdir())
+    assert len(left) == 2 and all(n.startswith(".int8.onnx.") for n in left), left
+    assert [p.name for p in tmp_dir.iterdir() if p.name != ".ses"] == []  # .ses: onnxruntime's session file
+    assert main(["quantize", str(src), str(out), "--type", "int8"]) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["int8.onnx"]
 
 
 def _fails(args: list[str], capsys, out: Path) -> str:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import scratch_dir
 from liteinfer.quant.gguf.recipe import Recipe, load_recipe, save_recipe
 from liteinfer.quant.onnx.cli import add_onnx_arguments, is_onnx, run_onnx
 
@@ -64,7 +64,8 @@ def gguf_main(args: argparse.Namespace) -> int:
     recipe = None
     if args.recipe:  # read once, before any work: a bad recipe is a one-line error
         recipe = load_recipe(args.recipe)
-    with tempfile.TemporaryDirectory(prefix="liteinfer-q-", dir=dst.parent if dst.parent.exists() else None) as tmp:
+    # beside the output as .OUT.q.PID.XXXX: a killed run's folder is removed by the next run for OUT
+    with scratch_dir(dst, "q") as tmp:
         if src.is_dir():  # a Hugging Face folder: convert to F32 GGUF first
             from liteinfer.convert.hf import convert_hf  # on use: start-up time
 
@@ -80,7 +81,7 @@ def gguf_main(args: argparse.Namespace) -> int:
         if args.gptq and not args.calib:
             raise LiteInferError("--gptq needs calibration text: --calib FILE")
         if args.mixed or args.recipe:
-            tensors = _mixed(args, src, dst, show, recipe)
+            tensors = _mixed(args, src, dst, show, recipe, Path(tmp))
         elif args.gptq:
             from liteinfer.quant.gguf.mixed import calibrate, quantize_refined  # on use: start-up time
 
@@ -146,7 +147,7 @@ def _save_imatrix(args, cal) -> None:
         save_imatrix(args.save_imatrix, cal.sums, cal.counts, str(args.calib), cal.info.windows, cal.info.ctx)
 
 
-def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None):
+def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None, work: Path | None = None):
     from liteinfer.quant.gguf.mixed import (  # on use: start-up time
         apply_recipe,
         calibrate,
@@ -173,13 +174,12 @@ def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None)
     cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, show, hessians=args.gptq)
     _save_imatrix(args, cal)
     recipe = plan_mixed(src, cal, args.target_bpw, args.target_size, types, args.sensitivity, progress=show,
-                        gptq=args.gptq)
+                        gptq=args.gptq, workdir=work)
     recipe.imatrix = args.imatrix or args.save_imatrix
     recipe.awq = bool(args.awq)
     tensors = apply_recipe(src, dst, recipe, cal.imatrix, cal, gptq=args.gptq, progress=show)
     recipe_path = Path(args.save_recipe or f"{dst}.recipe.json")
     save_recipe(recipe, recipe_path)
-    counts: dict[str, int] = {}
     from liteinfer.quant.gguf.typemap import plot_type_map, write_type_map  # on use: start-up time
 
     maps = [str(write_type_map(recipe, f"{dst}.typemap.txt"))]
@@ -187,6 +187,7 @@ def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None)
         maps.append(str(plot_type_map(recipe, f"{dst}.typemap.png")))
     except ImportError:
         print("type map PNG skipped: matplotlib is not installed: pip install 'liteinfer[plots]'", file=sys.stderr)
+    counts: dict[str, int] = {}
     for t in recipe.tensors.values():
         counts[t.type] = counts.get(t.type, 0) + 1
     mix = ", ".join(f"{n} x {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -85,8 +85,9 @@ def check_budget(src: Path, target_bpw: float | None, target_mb: float | None, t
 
 
 def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto", progress: bool = False,
-                        gptq: bool = False):
-    """Per-tensor (type, bytes, cost) options; one measurement serves any number of budgets."""
+                        gptq: bool = False, workdir: Path | None = None):
+    """Per-tensor (type, bytes, cost) options; one measurement serves any number of budgets.
+    Its trial models are written under `workdir` (the command's scratch folder beside the output)."""
     types = tuple(types or DEFAULT_TYPES)
     # KL needs only a few windows; the imatrix used them all
     windows = cal.windows[: max(1, min(len(cal.windows), 4))]
@@ -96,13 +97,14 @@ def measure_sensitivity(src: Path, cal: Calib, types=None, method: str = "auto",
     if method not in ("kl", "proxy"):
         raise LiteInferError(f"unknown sensitivity method {method!r} (kl, proxy, auto)")
     return measure(src, cal.ref, windows, cal.imatrix, types, method, progress,
-                   hessians=cal.hessians if gptq else None, n_tokens=cal.counts)
+                   hessians=cal.hessians if gptq else None, n_tokens=cal.counts, workdir=workdir)
 
 
 def plan_mixed(src: Path, cal: Calib, target_bpw: float | None = None, target_mb: float | None = None,
-               types=None, method: str = "auto", progress: bool = False, sens=None, gptq: bool = False) -> Recipe:
+               types=None, method: str = "auto", progress: bool = False, sens=None, gptq: bool = False,
+               workdir: Path | None = None) -> Recipe:
     budget = budget_bytes(read_tensors(src), target_bpw, target_mb, src)
-    sens = sens or measure_sensitivity(src, cal, types, method, progress, gptq)
+    sens = sens or measure_sensitivity(src, cal, types, method, progress, gptq, workdir)
     plan = allocate(sens, budget)
     total = sens.fixed_bytes + sum(o.n_bytes for o in plan.values())
     return Recipe(

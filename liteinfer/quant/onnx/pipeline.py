@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liteinfer.core.errors import LiteInferError
+from liteinfer.core.files import scratch_dir
 from liteinfer.engines.onnx import load_model
 from liteinfer.engines.onnx_meta import read_meta, write_meta
 from liteinfer.evaluate.onnx import load_eval_set, read_images, read_texts
@@ -123,49 +124,52 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
             progress("collecting conv input patch statistics (GPTQ + bias correction)")
         convs = [(t.node, t.weight, t.shape) for t in targets if t.op == "Conv"]
         conv_stats = _memo(("conv", key), lambda: collect_conv_stats(prepared, convs, fit.feeds))
-    q = Quantizer(fp32, hessians, fit.feeds if fit else None, accuracy_level=accuracy_level, conv_stats=conv_stats)
-    if not q.targets:
-        raise LiteInferError(f"{src}: no MatMul/Gemm/Conv/Gather weights to quantize")
+    # scratch beside the output (.OUT.q.PID.XXXX): a killed run's folder is removed by the next run
+    with scratch_dir(out, "q") as work:
+        q = Quantizer(fp32, hessians, fit.feeds if fit else None, accuracy_level=accuracy_level, conv_stats=conv_stats,
+                        work=work)
+        if not q.targets:
+            raise LiteInferError(f"{src}: no MatMul/Gemm/Conv/Gather weights to quantize")
 
-    scorer = sens_scorer = None
-    if check is not None:
-        scorer = Scorer(model.kind, output, check.feeds, check.labels)
-        scorer.set_reference(q.model)
-        sens_scorer = Scorer(model.kind, output, sens.feeds, sens.labels)
-        sens_scorer.set_reference(q.model)
+        scorer = sens_scorer = None
+        if check is not None:
+            scorer = Scorer(model.kind, output, check.feeds, check.labels)
+            scorer.set_reference(q.model)
+            sens_scorer = Scorer(model.kind, output, sens.feeds, sens.labels)
+            sens_scorer.set_reference(q.model)
 
-    # the size budget is for the file: graph, metadata and tokenizer take their share first
-    overhead = src.stat().st_size - weights_bytes(q.model)
-    if mixed:
-        max_bytes = int(max_size_mb * 1e6) - overhead if max_size_mb is not None else None
-        result = search(q, scorer, types, min_accuracy, max_bytes, progress, sens_scorer, sensitivity)
-        sensitivity = result.sensitivity
-        plan, score = result.plan, result.score
-        plan_text = format_plan(q, result)
-    else:
-        plan = {n: (qtype if qtype in t.choices else "int8") for n, t in q.targets.items()}
-        score = None
-        plan_text = ""
-    quantized = q.build(plan)
-    if scorer is not None and score is None:
-        score = scorer.score(scorer.run(quantized))
-    if not mixed:
-        fake = MixedResult(plan, score if score is not None else float("nan"), weights_bytes(quantized),
-                           weights_bytes(q.model), {}, metric=scorer.metric if scorer else "not measured (no --calib)")
-        plan_text = format_plan(q, fake)
-        if min_accuracy is not None and score is not None and score < min_accuracy:
-            raise LiteInferError(f"{qtype} scores {score:.4f} ({scorer.metric}), below --min-accuracy {min_accuracy}")
-        if max_size_mb is not None and weights_bytes(quantized) + overhead > max_size_mb * 1e6:
-            raise LiteInferError(
-                f"{qtype} takes {(weights_bytes(quantized) + overhead) / 1e6:.2f} MB, over --max-size {max_size_mb}"
-            )
-    meta.quantization = {
-        "plan": plan, "methods": {n: q.method.get(n, "") for n in plan}, "score": score,
-        "metric": scorer.metric if scorer else "", "source": src.name, "accuracy_level": accuracy_level,
-    }
-    write_meta(quantized, meta)
-    _check_loads(quantized)
-    size = save_model(quantized, out)
+        # the size budget is for the file: graph, metadata and tokenizer take their share first
+        overhead = src.stat().st_size - weights_bytes(q.model)
+        if mixed:
+            max_bytes = int(max_size_mb * 1e6) - overhead if max_size_mb is not None else None
+            result = search(q, scorer, types, min_accuracy, max_bytes, progress, sens_scorer, sensitivity)
+            sensitivity = result.sensitivity
+            plan, score = result.plan, result.score
+            plan_text = format_plan(q, result)
+        else:
+            plan = {n: (qtype if qtype in t.choices else "int8") for n, t in q.targets.items()}
+            score = None
+            plan_text = ""
+        quantized = q.build(plan)
+        if scorer is not None and score is None:
+            score = scorer.score(scorer.run(quantized))
+        if not mixed:
+            fake = MixedResult(plan, score if score is not None else float("nan"), weights_bytes(quantized),
+                               weights_bytes(q.model), {}, metric=scorer.metric if scorer else "not measured (no --calib)")
+            plan_text = format_plan(q, fake)
+            if min_accuracy is not None and score is not None and score < min_accuracy:
+                raise LiteInferError(f"{qtype} scores {score:.4f} ({scorer.metric}), below --min-accuracy {min_accuracy}")
+            if max_size_mb is not None and weights_bytes(quantized) + overhead > max_size_mb * 1e6:
+                raise LiteInferError(
+                    f"{qtype} takes {(weights_bytes(quantized) + overhead) / 1e6:.2f} MB, over --max-size {max_size_mb}"
+                )
+        meta.quantization = {
+            "plan": plan, "methods": {n: q.method.get(n, "") for n in plan}, "score": score,
+            "metric": scorer.metric if scorer else "", "source": src.name, "accuracy_level": accuracy_level,
+        }
+        write_meta(quantized, meta)
+        _check_loads(quantized)
+        size = save_model(quantized, out)
     warning = ""
     if min_accuracy is not None and min_accuracy < 1 and scorer is not None and model.kind == "classifier":
         # agreement moves in steps of 1/n: with n < 2 / (1 - floor) held-out inputs the check

@@ -188,7 +188,10 @@ class Quantizer:
     """Builds quantized models from plans; caches each (node, type)'s quantized weights."""
 
     def __init__(self, model, hessians: dict | None = None, calib_feeds: list[dict] | None = None,
-                 accuracy_level: int = ACCURACY_LEVEL, conv_stats: dict | None = None):
+                 accuracy_level: int = ACCURACY_LEVEL, conv_stats: dict | None = None, work: Path | None = None):
+        """`work`: a scratch folder for the static int8 calibration files (quantize_onnx passes one
+        beside the output, which the next run cleans if this one is killed); by default a
+        temporary folder, made when first needed."""
         self.model = prepare_model(model)
         self.targets = {t.node: t for t in find_targets(self.model)}
         self.weights = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer
@@ -202,8 +205,8 @@ class Quantizer:
         self.accuracy_level = accuracy_level
         self._cache: dict[tuple[str, str], blockwise.BlockQuant | blockwise.SplitQuant] = {}
         self._conv_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = {}
-        self._tmp = tempfile.TemporaryDirectory(prefix="liteinfer-quant-")
-        self._calib_cache = Path(self._tmp.name) / "calibration.json"
+        self._work = work
+        self._tmp: tempfile.TemporaryDirectory | None = None
         self.method: dict[str, str] = {}
 
     def block_quant(self, t: Target, qtype: str) -> blockwise.BlockQuant | blockwise.SplitQuant:
@@ -334,11 +337,18 @@ class Quantizer:
         nodes.append(helper.make_node("Add", parts, list(node.output), name=node.name))
         return inits, nodes
 
+    def _scratch(self) -> Path:
+        if self._work is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="liteinfer-quant-")
+            self._work = Path(self._tmp.name)
+        return self._work
+
     def _static_int8(self, model, conv_nodes: list[str]):
         """Static QDQ int8 (per-channel weights) for the given Conv nodes; ranges calibrated once."""
         if not self.calib_feeds:
             raise LiteInferError("int8 convolutions need calibration data (--calib)")
-        src, dst = Path(self._tmp.name) / "in.onnx", Path(self._tmp.name) / "out.onnx"
+        work = self._scratch()
+        src, dst = work / "in.onnx", work / "out.onnx"
         onnx.save(model, str(src))
         # A Conv followed by ReLU/ReLU6 must be quantized with the activation's output range
         # (ORT then drops the Clip): the raw conv output spans ~[-80, 80], and 256 levels over
@@ -360,7 +370,7 @@ class Quantizer:
                 str(src), str(dst), _Reader(self.calib_feeds), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=["Conv", "Clip", "Relu"], nodes_to_quantize=nodes, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(self._calib_cache),
+                calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(work / "calibration.json"),
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
         finally:
