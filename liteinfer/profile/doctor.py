@@ -76,7 +76,7 @@ class TipReport:
                 out.append("     change: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in a.changes.items()))
             if a.command:
                 out.append(f"     run:    {a.command}")
-            out.append(f"     expect: {t.expect}")
+            out.append(f"     expect: {a.expect or t.expect}")
             e = t.evidence
             if e.kind == "measured":
                 out.append(f"     measured: `{e.command}` on {e.machine}: {e.numbers} ({e.doc})")

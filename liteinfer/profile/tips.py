@@ -321,6 +321,7 @@ class Applied:
     advice: str
     command: str | None
     changes: dict[str, Any]  # resolved config values that differ from the config now
+    expect: str = ""
 
     @property
     def rank(self) -> tuple:
@@ -331,7 +332,7 @@ class Applied:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.tip.id, "topic": self.tip.topic, "title": self.tip.title, "effect": self.tip.effect,
                 "advice": self.advice, "config": self.changes, "command": self.command,
-                "expect": self.tip.expect, "evidence": self.tip.evidence.model_dump(),
+                "expect": self.expect or self.tip.expect, "evidence": self.tip.evidence.model_dump(),
                 "needs": sorted(self.tip.sources)}
 
 
@@ -356,7 +357,8 @@ def evaluate(tips: list[Tip], facts: dict[str, Any]) -> tuple[list[Applied], dic
                 changes[key] = new
         if t.config and not changes and not t.command:
             continue  # the config already says so
-        out.append(Applied(t, fill(t.advice, facts), fill(t.command, facts) if t.command else None, changes))
+        out.append(Applied(t, fill(t.advice, facts), fill(t.command, facts) if t.command else None, changes,
+                           fill(t.expect, facts)))
     out.sort(key=lambda a: a.rank)
     return out, undecided
 
