@@ -141,10 +141,8 @@ def apply_tips(report: TipReport, cfg, path: str | None, yes: bool) -> int:
     for key, old, value, tip in done:
         print(f"  {key}: {json.dumps(old)} -> {json.dumps(value)}  ({tip})", file=sys.stderr)
     if not yes:
-        try:
-            answer = input(f"write them to {target}? [y/N] ")
-        except EOFError:
-            answer = ""
+        print(f"write them to {target}? [y/N] ", end="", file=sys.stderr, flush=True)  # stdout may be --json
+        answer = sys.stdin.readline()
         if answer.strip().lower() not in ("y", "yes"):
             print("apply:   nothing written", file=sys.stderr)
             return 0

@@ -404,6 +404,17 @@ liteinfer (the command, the machine and the numbers, recorded in the doc it link
 
 {counts}
 
+## Live load: `liteinfer doctor --server URL`
+
+`liteinfer doctor --server http://127.0.0.1:8000 --window 30` reads the server's `/metrics`
+every half second for the window (`--api-key KEY` when keys are set) and turns it into the
+`live.*` facts below: how often the queue sat at `server.max_queue` and how many requests got
+429, TTFT and engine-step p95 against the server's targets, KV-cache fill and KV-full
+preemptions, CPU taken by other processes, hypervisor steal, the clock against its maximum and
+the hottest temperature sensor (the last three only where the kernel exposes them), free
+memory, threads, sequences per step and prefix-cache reuse. The `live` tips need them; the
+machine tips are evaluated on the machine doctor runs on.
+
 ## Adding a tip
 
 1. Pick the topic file in `liteinfer/profile/tips/` (or add `<topic>.json`) and append to
