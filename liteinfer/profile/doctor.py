@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from liteinfer.core.errors import LiteInferError
-
 
 def add_tip_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--model", default=None, help="GGUF file or catalog name whose metadata the tips may use "
@@ -31,18 +29,21 @@ def add_tip_args(d: argparse.ArgumentParser) -> None:
 
 def _model_path(args: argparse.Namespace, cfg) -> tuple[Path | None, str | None]:
     """The GGUF whose header the tips read, and a note when none could be found."""
-    # on use: the catalog imports pydantic models (start-up)
-    from liteinfer.core.catalog import pull
+    # on use: the catalog and config import pydantic models (start-up)
+    from liteinfer.core.catalog import cache_dir, load_catalog, pull
+    from liteinfer.core.config import DeviceConfig
 
-    name = args.model or (cfg.model if cfg is not None and args.root == "/" else None)
-    if name is None:
-        return None, None
-    try:
-        path = pull(name, install=False)
-    except LiteInferError as e:
-        if args.model:
-            raise
-        return None, f"model facts skipped: {e}"
+    if args.model:  # asked for by name: resolve it as every command does
+        path = pull(args.model, install=False)
+    elif args.root != "/":
+        return None, None  # a recorded machine: no model unless named
+    else:  # the model this machine's server would load, only if it is already here (no download, no copy)
+        name = (cfg or DeviceConfig()).model
+        entry = load_catalog().get(name)
+        path = Path(name).expanduser() if entry is None else cache_dir() / entry.name / entry.file
+        if not path.exists():
+            return None, (f"model facts skipped: {name} is not on this machine yet (liteinfer pull {name}, "
+                          "or --model FILE)")
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         path = ggufs[0] if ggufs else None
