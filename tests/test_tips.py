@@ -229,6 +229,19 @@ def test_tips_without_a_model_wait_for_one():
     assert states["quant-imatrix-q4_0"] == "undecided" and states["live-queue-full"] == "undecided"
 
 
+def test_this_machine_uses_the_downloaded_default_model_and_never_fetches(default_model_path, tmp_path):
+    r = doctor("--json")  # this machine, no config: the default model, already in the cache (fixture)
+    report = json.loads(r.stdout)
+    assert "model" not in report["tips_undecided"], report["tip_notes"]
+    empty = {**os.environ, "PYTHONPATH": str(ROOT), "LITEINFER_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-m", "liteinfer", "doctor", "--json"], capture_output=True, text=True,
+                       env=empty, timeout=300)
+    report = json.loads(r.stdout)
+    assert report["tips_undecided"]["model"] >= 20
+    assert any("is not on this machine yet" in n for n in report["tip_notes"]), report["tip_notes"]
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*.gguf"))  # nothing fetched
+
+
 def test_every_applicable_change_validates_on_every_fixture():
     tips = load_tips()
     for fixture in FIXTURE_FAMILIES:
@@ -323,3 +336,22 @@ def test_doctor_server_names_the_queue_tip_when_the_queue_fills(default_model_pa
     assert live["live.requests"] > 0 and live["live.ttft_p95_ms"] is not None
     queue_tip = next(t for t in report["tips"] if t["id"] == "live-queue-full")
     assert "429" in queue_tip["advice"] and queue_tip["needs"] == ["live"]
+
+
+def test_doctor_server_with_api_keys_and_a_wrong_url(default_model_path):
+    from conftest import ServerProcess, free_port
+
+    srv = ServerProcess("-m", str(default_model_path), "--ctx", "512", "--api-key", "k-123")
+    try:
+        r = doctor("--server", srv.url, "--window", "1", "--json")
+        assert r.returncode == 1 and "HTTP 401" in r.stderr and "--api-key" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        r = doctor("--server", srv.url, "--window", "1", "--api-key", "k-123", "--json")
+        assert r.returncode == 0, r.stderr
+        live = json.loads(r.stdout)["live"]
+        assert live["live.window_s"] >= 1 and live["live.requests"] == 0 and live["live.queue_full_fraction"] == 0
+        assert "live-queue-full" not in {t["id"] for t in json.loads(r.stdout)["tips"]}  # an idle server
+    finally:
+        srv.stop()
+    r = doctor("--server", f"http://127.0.0.1:{free_port()}", "--window", "1")
+    assert r.returncode == 1 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
