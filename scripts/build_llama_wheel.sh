@@ -31,4 +31,11 @@ if ! ls "$dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   rm -f "$log"
   mkdir -p "$CACHE" && rm -rf "$dir" && mv "$tmp" "$dir"   # atomic: a half build never counts
 fi
-"$PY" -m pip install --no-deps "$dir"/llama_cpp_python-*.whl
+# Install the slim copy: what `import llama_cpp` loads (the wheel carries llama.cpp's CMake
+# install twice and each library three times: 62 MB -> 13 MB; scripts/slim_llama_wheel.py).
+slim="$dir/slim"
+if ! ls "$slim"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  "$PY" "$(dirname "$0")/slim_llama_wheel.py" "$dir"/llama_cpp_python-*.whl "$slim.tmp" >/dev/null
+  rm -rf "$slim" && mv "$slim.tmp" "$slim"
+fi
+"$PY" -m pip install --no-deps "$slim"/llama_cpp_python-*.whl
