@@ -216,6 +216,21 @@ def test_doctor_prints_the_tips_that_match_each_fixture(fixture, default_model_p
     assert f"1. [{first['effect']}] {first['id']}" in text.stdout
 
 
+@pytest.mark.parametrize("fixture", sorted(FIXTURE_FAMILIES))
+def test_tips_do_not_undo_the_planners_choices(fixture, tmp_path, default_model_path):
+    """The advisor and the planner agree: on a freshly planned config no tip asks for a change."""
+    path = tmp_path / "device_config.json"
+    r = run("-m", "liteinfer", "profile", "--no-measure", "--root", str(HW / fixture), "-o", str(path))
+    assert r.returncode == 0, r.stderr
+    r = doctor("--root", str(HW / fixture), "--config", str(path), "--model", str(default_model_path), "--json")
+    assert r.returncode == 0, r.stderr
+    # engine.use_mlock aside: a --no-measure plan does not know the weights' size, so it never turns
+    # mlock on; a measured plan follows the same rule the mlock tips state
+    changes = {(t["id"], k): v for t in json.loads(r.stdout)["tips"] for k, v in t["config"].items()
+               if k != "engine.use_mlock"}
+    assert not changes, changes
+
+
 def test_tips_without_a_model_wait_for_one():
     r = doctor("--root", str(HW / "x86-vm"), "--json")
     report = json.loads(r.stdout)
