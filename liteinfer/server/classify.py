@@ -6,6 +6,7 @@ Errors are OpenAI-shaped JSON: bad or empty input 400, unknown model 404, too la
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -14,6 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from liteinfer.core.errors import LiteInferError
+from liteinfer.server.limits import OFF_LOOP_JSON_BYTES
 from liteinfer.server.openai import error_response, find_service, run_batched
 
 MAX_IMAGES = 64
@@ -41,6 +43,8 @@ class _Unsupported(LiteInferError):
 def _b64_image(s: str, i: int) -> bytes:
     if s.startswith("data:"):  # data URL: data:image/png;base64,....
         s = s.partition(",")[2]
+    if len(s) // 4 * 3 > MAX_IMAGE_BYTES:  # the multipart bound, checked before decoding
+        raise _TooLarge(f"image[{i}] is over {MAX_IMAGE_BYTES >> 20} MB")
     try:
         data = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
@@ -71,16 +75,25 @@ async def _read_images(request: Request) -> tuple[list[bytes], int, str | None]:
         model = form.get("model")
         return images, top_k, model if isinstance(model, str) else None
     if ctype.startswith("application/json"):
-        try:
-            body = ClassifyRequest.model_validate_json(await request.body())
-        except ValueError as e:
-            msg = str(e).splitlines()
-            raise LiteInferError(f"bad JSON body: {msg[1].strip() if len(msg) > 1 else msg[0]}") from None
-        raw = [body.image] if isinstance(body.image, str) else body.image
-        if len(raw) > MAX_IMAGES:
-            raise LiteInferError(f"more than {MAX_IMAGES} images in one request")
-        return [_b64_image(s, i) for i, s in enumerate(raw)], body.top_k, body.model
+        body = await request.body()
+        if len(body) < OFF_LOOP_JSON_BYTES:
+            return _json_images(body)
+        # up to limits.max_upload_bytes of JSON and base64: ~0.1 s of CPU per 32 MB, which on the
+        # event loop would stall every other request and /health
+        return await asyncio.to_thread(_json_images, body)
     raise _Unsupported(f"content type {ctype or '(none)'!r}: send multipart/form-data or application/json")
+
+
+def _json_images(body: bytes) -> tuple[list[bytes], int, str | None]:
+    try:
+        req = ClassifyRequest.model_validate_json(body)
+    except ValueError as e:
+        msg = str(e).splitlines()
+        raise LiteInferError(f"bad JSON body: {msg[1].strip() if len(msg) > 1 else msg[0]}") from None
+    raw = [req.image] if isinstance(req.image, str) else req.image
+    if len(raw) > MAX_IMAGES:
+        raise LiteInferError(f"more than {MAX_IMAGES} images in one request")
+    return [_b64_image(s, i) for i, s in enumerate(raw)], req.top_k, req.model
 
 
 def _pixels(data: bytes) -> int:

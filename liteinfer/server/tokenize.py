@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from liteinfer.server import names
 from liteinfer.server.fields import Checked
+from liteinfer.server.limits import RequestRejected, check_prompt_chars, off_loop_json_route
 from liteinfer.server.openai import error_response
 
-router = APIRouter()
+router = APIRouter(route_class=off_loop_json_route())
+OFF_LOOP_ITEMS = 4096  # characters or tokens: more is CPU work for a worker thread, not the event loop
 
 
 class TokenizeRequest(Checked):
@@ -53,12 +56,21 @@ async def tokenize(body: TokenizeRequest, request: Request):
     svc, err = _llm(request, body.model)
     if err is not None:
         return err
-    engine = svc.engine
-    args = (body.content, body.add_special, body.parse_special)
-    # a long text is CPU work: off the event loop
-    ids = engine.tokenize(*args) if len(body.content) < 50_000 else await asyncio.to_thread(engine.tokenize, *args)
+    try:
+        check_prompt_chars(len(body.content), request.app.state.config.limits)
+    except RequestRejected as e:
+        return error_response(e.status, str(e), code=e.code)
+    if len(body.content) < OFF_LOOP_ITEMS:
+        return _tokenize(svc.engine, body)
+    # 1 M characters are ~250 k tokens: tokenizing, piece lookups and the JSON of the answer
+    # take a second of CPU, in a worker thread instead of on the event loop
+    return await asyncio.to_thread(_tokenize, svc.engine, body)
+
+
+def _tokenize(engine, body: TokenizeRequest) -> JSONResponse:
+    ids = engine.tokenize(body.content, body.add_special, body.parse_special)
     if not body.with_pieces:
-        return {"tokens": ids}
+        return JSONResponse({"tokens": ids})
     out = []
     for t in ids:
         raw = engine.token_bytes(t)
@@ -67,7 +79,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
         except UnicodeDecodeError:
             piece = list(raw)
         out.append({"id": t, "piece": piece})
-    return {"tokens": out}
+    return JSONResponse({"tokens": out})
 
 
 @router.post("/detokenize")
@@ -75,9 +87,15 @@ async def detokenize(body: DetokenizeRequest, request: Request):
     svc, err = _llm(request, body.model)
     if err is not None:
         return err
-    n_vocab = svc.engine.n_vocab
-    for i, t in enumerate(body.tokens):
+    if len(body.tokens) < OFF_LOOP_ITEMS:
+        return _detokenize(svc.engine, body.tokens)
+    return await asyncio.to_thread(_detokenize, svc.engine, body.tokens)
+
+
+def _detokenize(engine, tokens: list[int]):
+    n_vocab = engine.n_vocab
+    for i, t in enumerate(tokens):
         if not 0 <= t < n_vocab:
             return error_response(400, f"tokens.{i}: {t} is not a token of this model (ids 0..{n_vocab - 1})",
                                   code="invalid_input")
-    return {"content": svc.engine.detokenize(body.tokens)}
+    return JSONResponse({"content": engine.detokenize(tokens)})
