@@ -142,12 +142,12 @@ class SpeechSettings(_Section):
 
 
 class PowerSettings(_Section):
-    profile: Literal["unchanged", "performance", "balanced", "powersave", "dynamic"] = "unchanged"
     """The CPU power policy `serve` applies at start and puts back at exit (docs/tuning.md §10)."""
 
-
+    profile: Literal["unchanged", "performance", "balanced", "powersave", "dynamic"] = "unchanged"
     dynamic_idle_s: float = Field(10.0, gt=0, description="dynamic: seconds of quiet before the clock "
                                   "drops back (long enough that a chat's think time keeps it up)")
+
 
 class DeviceConfig(_Section):
     schema_version: int = SCHEMA_VERSION
