@@ -370,3 +370,25 @@ def test_doctor_server_with_api_keys_and_a_wrong_url(default_model_path):
         srv.stop()
     r = doctor("--server", f"http://127.0.0.1:{free_port()}", "--window", "1")
     assert r.returncode == 1 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_liteinfer_command_in_a_tip_exists_with_its_flags():
+    """A tip's `liteinfer ...` command names a real subcommand and only flags it accepts."""
+    helps: dict[tuple[str, ...], str] = {}
+    checked = 0
+    for t in load_tips():
+        for part in re.split(r"&&|;|\|", t.command or ""):
+            words = part.split("#")[0].split()
+            if not words or words[0] != "liteinfer":
+                continue
+            sub = tuple(w for w in words[1:3] if not w.startswith("-") and w.isidentifier())[:1]
+            if sub and sub[0] in ("power", "eval") and len(words) > 2:  # commands with subcommands
+                sub = (words[1], words[2])
+            if sub not in helps:
+                r = run("-m", "liteinfer", *sub, "--help")
+                assert r.returncode == 0, (t.id, sub, r.stderr)
+                helps[sub] = r.stdout
+            for flag in (w.split("=")[0] for w in words if w.startswith("--")):
+                assert flag in helps[sub], (t.id, " ".join(sub), flag)
+            checked += 1
+    assert checked >= 40
