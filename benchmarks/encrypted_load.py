@@ -1,6 +1,6 @@
 """Load time of an encrypted model (decrypted into a memfd) against the same model's clear file.
 
-    .venv/bin/python benchmarks/encrypted_load.py [--model smollm2-135m] [--rounds 7] [--no-verify]
+    .venv/bin/python benchmarks/encrypted_load.py [--model smollm2-135m] [--rounds 7] [--verify-hash]
 
 Needs the encrypt plugin importable (`pip install ./plugins/encrypt`, or PYTHONPATH=plugins/encrypt).
 Each round loads the clear GGUF and the .lienc in turn, in fresh child processes (no warm
@@ -63,7 +63,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--no-verify", action="store_true", help="skip the SHA-256 of the clear model at load")
+    ap.add_argument("--verify-hash", action="store_true",
+                    help="also check the clear model's SHA-256 at load (plugins.encrypt.verify_hash; off in serve)")
     args = ap.parse_args()
 
     from liteinfer.core.catalog import resolve_llm
@@ -75,7 +76,7 @@ def main() -> int:
                "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins/encrypt"), os.environ.get("PYTHONPATH", "")])}
         subprocess.run([sys.executable, "-m", "liteinfer", "encrypt", str(clear), str(enc), "--key-file", str(key),
                         "--new-key"], check=True, env=env, capture_output=True)
-        verify = not args.no_verify
+        verify = args.verify_hash
         _child(clear, env, verify), _child(enc, env, verify)  # page cache warm for both
         rows = {"clear": [], "encrypted": []}
         for _ in range(args.rounds):

@@ -224,7 +224,7 @@ def test_encrypted_onnx_embeddings_match_the_clear_model(plugin_dir, tmp_path):
 
     clear = minilm_fp32()
     key_hex = os.urandom(32).hex()
-    env = env_with(plugin_dir, LITEINFER_MODEL_KEY=key_hex, TMPDIR=str(tmp_path))
+    env = env_with(plugin_dir, TMPDIR=str(tmp_path))
     r = liteinfer("encrypt", str(clear), str(tmp_path / "minilm.lienc"), "--key-file", "/dev/null", env=env)
     one_line_error(r, "key file /dev/null: not a model key")  # an empty key file: refused, key not shown
     (tmp_path / "k").write_text(key_hex + "\n")
@@ -233,9 +233,14 @@ def test_encrypted_onnx_embeddings_match_the_clear_model(plugin_dir, tmp_path):
     assert r.returncode == 0 and "onnx model" in r.stdout, r.stderr
 
     # an ONNX model is no chat model: one line, before the port
-    one_line_error(liteinfer("serve", "-m", str(tmp_path / "minilm.lienc"), env=env, timeout=60),
-                   "holds an ONNX embedding or classifier model, not a GGUF chat model")
-    srv = ServerProcess("--no-llm", "--embedding-model", str(tmp_path / "minilm.lienc"), env=env)
+    one_line_error(liteinfer("serve", "-m", str(tmp_path / "minilm.lienc"), env={**env, "LITEINFER_MODEL_KEY": key_hex},
+                             timeout=60), "holds an ONNX embedding or classifier model, not a GGUF chat model")
+    # the key through the config's plugins.encrypt section, the whole-model hash checked too
+    config = tmp_path / "device_config.json"
+    config.write_text(json.dumps({"schema_version": 1, "plugins": {"encrypt": {
+        "key_file": str(tmp_path / "k"), "verify_hash": True}}}))
+    srv = ServerProcess("--no-llm", "--embedding-model", str(tmp_path / "minilm.lienc"), "--config", str(config),
+                        env=env)
     try:
         got = OpenAI(base_url=srv.url + "/v1", api_key="none").embeddings.create(model="minilm", input=SENTENCES[:3])
         assert srv.proc.poll() is None

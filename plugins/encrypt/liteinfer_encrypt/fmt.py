@@ -17,8 +17,9 @@ encrypt many models with no nonce shared between them. Chunk i uses the nonce i 
 big-endian) and the associated data header || i || last-flag: a wrong key fails at the header
 tag, a changed byte fails its chunk's tag, a chunk moved elsewhere fails (its index is bound),
 and a file cut short is caught by the sizes the authenticated header gives (and by the
-last-flag, were the sizes not checked). After the last chunk the clear bytes' SHA-256 must
-match the header's.
+last-flag, were the sizes not checked). The clear bytes' SHA-256 is checked against the
+header's by `decrypt`, and at load when plugins.encrypt.verify_hash is set (a second check:
+the chunks' tags already cover every byte).
 
 Every failure is a LiteInferError of one line; nothing is written anywhere but the memory
 file (or, for `decrypt`, the output once the whole model has authenticated).
@@ -254,9 +255,10 @@ def decrypt_into(src: Path, key: bytes, fd: int, verify_hash: bool = True) -> He
 
 def _decrypt_chunks(src: Path, header: Header, aes: AESGCM, sv: memoryview, ov: memoryview,
                     verify_hash: bool) -> None:
-    h = hashlib.sha256()
-    pos = HEADER.size + TAG
+    """Every chunk into its place in `ov`, in file order (two threads measured no faster on a busy
+    two-core machine: the copy into fresh memfd pages costs as much as the cipher)."""
     into = hasattr(aes, "decrypt_into")  # a newer cryptography decrypts straight into the mapping
+    pos = HEADER.size + TAG
     for i in range(header.n_chunks):
         n, at = header.chunk_len(i), i * header.chunk
         try:
@@ -267,11 +269,9 @@ def _decrypt_chunks(src: Path, header: Header, aes: AESGCM, sv: memoryview, ov: 
         except InvalidTag:
             raise LiteInferError(f"{src}: chunk {i + 1} of {header.n_chunks} does not authenticate "
                                  "(the file was altered, damaged or its chunks reordered)") from None
-        if verify_hash:
-            h.update(ov[at:at + n])
         pos += n + TAG
     # every chunk authenticated under the authenticated header already: the hash is a second check
-    if verify_hash and h.digest() != header.sha256:
+    if verify_hash and hashlib.sha256(ov).digest() != header.sha256:
         raise LiteInferError(f"{src}: the decrypted model does not match the hash in its header")
 
 

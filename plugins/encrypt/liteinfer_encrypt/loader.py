@@ -72,8 +72,12 @@ class MemfdLlamaEngine(LlamaEngine):
             self.fd = -1
 
 
+def _verify(config) -> bool:
+    return bool(plugin_settings(config, "encrypt").verify_hash) if config is not None else True
+
+
 def load_llm(path: Path, settings, config) -> LlamaEngine:
-    fd, header = decrypt_to_memfd(path, find_key(config=config))
+    fd, header = decrypt_to_memfd(path, find_key(config=config), _verify(config))
     try:
         _want(header, path, "gguf")
         # the split would write a Q4_0 copy of the weights to the cache: clear weights on disk
@@ -86,7 +90,7 @@ def load_llm(path: Path, settings, config) -> LlamaEngine:
 
 
 def load_oneshot(path: Path, settings, config):
-    fd, header = decrypt_to_memfd(path, find_key(config=config))
+    fd, header = decrypt_to_memfd(path, find_key(config=config), _verify(config))
     try:
         _want(header, path, "onnx")
         model = load_model(f"/proc/self/fd/{fd}", settings)  # ORT parses it into its own memory
