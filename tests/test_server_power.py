@@ -8,6 +8,9 @@ import json
 import logging
 import math
 import re
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -171,3 +174,18 @@ def test_busy_energy_counts_only_ticks_with_work(tmp_path):
     finally:
         power.close()
     power.close()  # twice is fine (lifespan end, then serve's finally)
+
+
+def test_serve_that_cannot_bind_puts_the_policy_back(tmp_path, default_model_path):
+    root = tmp_path / "sys"
+    make_policy(root, 0)
+    before = cpufreq_files(root)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = subprocess.run([sys.executable, "-m", "liteinfer", "serve", "-m", str(default_model_path), "--config",
+                            write_config(tmp_path, profile="performance"), "--sysfs", str(root),
+                            "--port", str(busy.getsockname()[1])], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "address already in use" in r.stderr
+    assert "profile performance applied" in r.stderr and "put back the CPU policy" in r.stderr
+    assert cpufreq_files(root) == before
