@@ -61,7 +61,7 @@ test-deps: setup
 system-deps:
 	bash scripts/system_deps.sh
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 
 clean:

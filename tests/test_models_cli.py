@@ -139,9 +139,17 @@ def test_rm_and_models(served, tmp_path):
     assert row["source"] == srv.url + "/good.gguf"
     table = liteinfer("models", home=home).stdout
     assert "web-smol" in table and "Q4_1" in table and "98.4 MB" in table
+    # the Q4_1 split serve derives from the model (engines/q4_1_split.py) goes with it
+    model = home / "models" / "web-smol" / "smol.gguf"
+    code = f"from liteinfer.engines.q4_1_split import cache_folder; print(cache_folder({str(model)!r}))"
+    split = Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env={**os.environ, "LITEINFER_HOME": str(home)}).stdout.strip())
+    assert split.parent == home / "q4_1_split"
+    split.mkdir(parents=True)
+    (split / "model.gguf").write_bytes(b"x" * 1000)
     r = liteinfer("rm", "web-smol", home=home)
-    assert r.returncode == 0 and "deleted web-smol (98.4 MB)" in r.stdout
-    assert not (home / "models" / "web-smol").exists()
+    assert r.returncode == 0 and "deleted web-smol (98.4 MB) and its Q4_1 split" in r.stdout, r.stdout
+    assert not (home / "models" / "web-smol").exists() and not split.exists()
     assert not next(r for r in json.loads(liteinfer("models", "--json", home=home).stdout)
                     if r["name"] == "web-smol")["cached"]
     one_line_error(liteinfer("rm", "web-smol", home=home), "not in the cache")

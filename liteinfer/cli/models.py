@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import textwrap
 import urllib.error
 import urllib.request
@@ -156,9 +157,22 @@ def show_main(args: argparse.Namespace) -> int:
 
 
 def rm_main(args: argparse.Namespace) -> int:
+    # the engines' cache of a model's Q4_1 split goes with the model (engines sit above core)
+    from liteinfer.engines.q4_1_split import cache_folder
+
     for name in args.names:
+        derived = []
+        for m in local_models():
+            if name in (m.name, m.folder.name) and m.path.suffix == ".gguf" and m.path.is_file():
+                derived.append(cache_folder(m.path))
         m = remove(name)
-        print(f"deleted {m.name} ({_mb(m.size)})")
+        extra = ""
+        for folder in derived:
+            if folder.is_dir():
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                shutil.rmtree(folder)
+                extra = f" and its Q4_1 split ({_mb(size)})"
+        print(f"deleted {m.name} ({_mb(m.size)}){extra}")
     return 0
 
 

@@ -88,6 +88,11 @@ def _folder(src: Path) -> Path:
     return cache_dir().parent / "q4_1_split" / key
 
 
+def cache_folder(src: str | os.PathLike) -> Path:
+    """Where the split of `src` is cached (`liteinfer rm` deletes it with the model)."""
+    return _folder(Path(src))
+
+
 def prepare(src: str | os.PathLike) -> tuple[Path, Path] | None:
     """The cached (model, offsets) pair for src, or None when src has no Q4_1 projections.
     A cache miss is resolved by a child process (python -m liteinfer.engines.q4_1_split SRC)."""
