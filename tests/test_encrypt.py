@@ -171,6 +171,11 @@ def test_encrypted_gguf_serves_from_a_memfd_and_no_clear_copy_exists(encrypted_g
         clear = liteinfer("generate", "-m", str(default_model_path), "--chat", "-p", ask[0]["content"],
                           "--temperature", "0", "--max-tokens", "24", "--json", env=env)
         assert reply.choices[0].message.content == json.loads(clear.stdout)["text"] != ""
+        # the one-shot commands open it the same way (generate / chat)
+        enc = liteinfer("generate", "-m", str(d / "smollm2.lienc"), "--chat", "-p", ask[0]["content"],
+                        "--temperature", "0", "--max-tokens", "24", "--json",
+                        env={**env, "LITEINFER_MODEL_KEY": key_hex, "TMPDIR": str(tmp)})
+        assert json.loads(enc.stdout)["text"] == json.loads(clear.stdout)["text"], enc.stderr
         streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
             model="smollm2", messages=ask, max_tokens=24, temperature=0, stream=True) if c.choices)
         assert streamed == reply.choices[0].message.content

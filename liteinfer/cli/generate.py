@@ -10,6 +10,7 @@ from dataclasses import asdict
 from liteinfer.core.catalog import resolve_llm
 from liteinfer.core.config import load_config
 from liteinfer.core.errors import LiteInferError
+from liteinfer.core.plugins import engine_for
 from liteinfer.engines.generate import GenerationResult, stream
 from liteinfer.engines.llama import LlamaEngine, SamplingParams
 
@@ -39,12 +40,17 @@ def _params(args):
 
 
 def open_engine(model: str, config_path: str | None = None, threads: int | None = None, n_ctx: int | None = None):
-    settings = load_config(config_path).engine.model_copy()
+    config = load_config(config_path)
+    settings = config.engine.model_copy()
     if threads:
         settings.n_threads = threads
     if n_ctx:
         settings.n_ctx = n_ctx
-    return LlamaEngine(resolve_llm(model), settings)
+    path = resolve_llm(model)
+    plugin = engine_for(path)  # a plugin's file type (an encrypted model): its loader builds the engine
+    if plugin is not None and plugin.load_llm is not None:
+        return plugin.load_llm(path, settings, config)
+    return LlamaEngine(path, settings)
 
 
 def _generate_main(args) -> int:
