@@ -27,6 +27,7 @@ from pathlib import Path
 from liteinfer.core.config import DeviceConfig, load_config
 from liteinfer.core.errors import LiteInferError
 from liteinfer.engines.audio import FORMATS, STT_RATE, decode, wav_header
+from liteinfer.engines.stt import subtitles
 from liteinfer.engines.tts import SentenceSplitter
 from liteinfer.engines.vad import FRAME, EndOfUtterance, SileroVAD
 
@@ -69,10 +70,7 @@ def _transcribe_main(args) -> int:
     if args.format == "text":
         print(t.text)
     elif args.format in ("srt", "vtt"):
-        # the route's subtitle writer, so the CLI and the API agree (fastapi: the route module loads it)
-        from liteinfer.server.audio import _subtitles
-
-        print(_subtitles(t.segments, args.format))
+        print(subtitles(t.segments, args.format))
     else:
         body = {"text": t.text, "language": t.language, "duration": t.duration, "seconds": round(t.seconds, 3),
                 "segments": [asdict(s) for s in t.segments]}

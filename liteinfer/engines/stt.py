@@ -119,3 +119,22 @@ class WhisperEngine:
 
     def close(self) -> None:
         self.model = None
+
+
+def _stamp(seconds: float, sep: str) -> str:
+    ms = int(round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def subtitles(segments, fmt: str) -> str:
+    """SubRip (`srt`) or WebVTT (`vtt`) text of the segments."""
+    sep = "." if fmt == "vtt" else ","
+    out = ["WEBVTT", ""] if fmt == "vtt" else []
+    for i, s in enumerate(segments, 1):
+        if fmt == "srt":
+            out.append(str(i))
+        out += [f"{_stamp(s.start, sep)} --> {_stamp(s.end, sep)}", s.text.strip(), ""]
+    return "\n".join(out)

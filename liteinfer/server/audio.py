@@ -26,6 +26,7 @@ from pydantic import Field, ValidationError
 
 from liteinfer.core.errors import LiteInferError, QueueFull
 from liteinfer.engines.audio import MEDIA_TYPES, AudioTooLong, BadAudio
+from liteinfer.engines.stt import subtitles
 from liteinfer.scheduler.dynamic import BatcherClosed
 from liteinfer.server import names
 from liteinfer.server.fields import Checked, first_error
@@ -159,7 +160,7 @@ def _transcription_response(t, fmt: str, task: str, segments: bool, words: bool)
     if fmt == "text":
         return PlainTextResponse(t.text + "\n")
     if fmt in ("srt", "vtt"):
-        return PlainTextResponse(_subtitles(t.segments, fmt), media_type="text/vtt" if fmt == "vtt" else
+        return PlainTextResponse(subtitles(t.segments, fmt), media_type="text/vtt" if fmt == "vtt" else
                                  "application/x-subrip")
     if fmt == "json":
         return {"text": t.text, "usage": _usage(t)}
@@ -170,24 +171,6 @@ def _transcription_response(t, fmt: str, task: str, segments: bool, words: bool)
         body["words"] = [vars(w) for w in t.words]
     body["usage"] = _usage(t)
     return body
-
-
-def _stamp(seconds: float, sep: str) -> str:
-    ms = int(round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
-def _subtitles(segments, fmt: str) -> str:
-    sep = "." if fmt == "vtt" else ","
-    out = ["WEBVTT", ""] if fmt == "vtt" else []
-    for i, s in enumerate(segments, 1):
-        if fmt == "srt":
-            out.append(str(i))
-        out += [f"{_stamp(s.start, sep)} --> {_stamp(s.end, sep)}", s.text.strip(), ""]
-    return "\n".join(out)
 
 
 @router.post("/v1/audio/transcriptions")
