@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 CPUFREQ_DIR = "devices/system/cpu/cpufreq"  # liteinfer.hardware.cpufreq.CPUFREQ_DIR
@@ -45,3 +47,16 @@ def make_rapl(root: Path, zone: str, energy_uj: int, max_uj: int, name: str = "p
     (d / "energy_uj").write_text(f"{energy_uj}\n")
     (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
     return d
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """Really lose write permission: as root, drop the effective uid to nobody."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)

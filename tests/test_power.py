@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from _fake_sysfs import make_policy, snapshot
+from _fake_sysfs import make_policy, snapshot, unprivileged
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.hardware import cpufreq
@@ -94,19 +92,6 @@ def test_frequency_limits_validated(tmp_path):
         cpufreq.set_limits(p, max_khz=9000000)
     with pytest.raises(LiteInferError, match="above max"):
         cpufreq.set_limits(p, 3000000, 1000000)
-
-
-@contextlib.contextmanager
-def unprivileged():
-    """Really lose write permission: as root, drop the effective uid to nobody."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
 
 
 def test_permission_denied_changes_nothing():

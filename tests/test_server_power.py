@@ -8,15 +8,17 @@ import json
 import logging
 import math
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from _fake_sysfs import CPUFREQ_DIR, make_policy, make_rapl, snapshot
+from _fake_sysfs import CPUFREQ_DIR, make_policy, make_rapl, snapshot, unprivileged
 from conftest import ServerProcess
 
 from liteinfer.core.config import PowerSettings
@@ -189,3 +191,21 @@ def test_serve_that_cannot_bind_puts_the_policy_back(tmp_path, default_model_pat
     assert r.returncode != 0 and "address already in use" in r.stderr
     assert "profile performance applied" in r.stderr and "put back the CPU policy" in r.stderr
     assert cpufreq_files(root) == before
+
+
+def test_profile_without_permission_changes_nothing(caplog):
+    # A tree everyone may read and nobody (but root) may write; as root, the euid drops to nobody.
+    root = Path(tempfile.mkdtemp(prefix="fake-sysfs-"))
+    try:
+        make_policy(root, 0)
+        for p in [root, *root.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o444)
+        before = snapshot(root)
+        power = ServerPower(PowerSettings(profile="powersave"), root)
+        with unprivileged(), caplog.at_level(logging.WARNING, logger="liteinfer.server"):
+            power.start()
+            power.close()
+        assert power.state == "not applied" and "no permission" in power.note and snapshot(root) == before
+        assert "power.profile=powersave does not apply here: no permission" in caplog.text
+    finally:
+        shutil.rmtree(root)
