@@ -255,4 +255,9 @@ def test_encrypted_onnx_embeddings_match_the_clear_model(plugin_dir, tmp_path):
         srv.stop()
     want = load_model(clear).embed(SENTENCES[:3])
     assert np.abs(np.array([e.embedding for e in got.data]) - want).max() < 1e-5
+    # `liteinfer embed` opens it the same way, the key from the same config
+    r = liteinfer("embed", "-m", str(tmp_path / "minilm.lienc"), "--config", str(config), "--json", SENTENCES[0],
+                  env=env)
+    assert r.returncode == 0, r.stderr
+    assert np.abs(np.array(json.loads(r.stdout)["data"][0]["embedding"]) - want[0]).max() < 1e-5
     assert key_hex not in srv.proc.stdout.read()

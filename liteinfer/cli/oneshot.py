@@ -60,7 +60,7 @@ def _service(args, kind: str):
     default = {"embedding": config.embedding_model or "minilm-l6-v2",
                "classifier": config.classifier_model or "efficientnet-lite0"}[kind]
     settings = config.oneshot.model_copy(update={"adaptive": False})  # a CLI call is one burst
-    return OneShotService.open(args.model or default, settings, kind=kind)
+    return OneShotService.open(args.model or default, settings, kind=kind, config=config)
 
 
 def embed_main(args: argparse.Namespace) -> int:
