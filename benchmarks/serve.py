@@ -3,6 +3,7 @@ same model, same threads, same load, in one run.
 
     .venv/bin/python benchmarks/serve.py [--levels 1,4,16,32] [--fixed 1,4,8,16,32] [--max-tokens 32]
     .venv/bin/python benchmarks/serve.py --background-load 1   # beside a busy co-located job
+    .venv/bin/python benchmarks/serve.py --quick --base e20f317  # this tree against a commit
 
 Prints req/s, tok/s, TTFT p50/p95 and peak server RSS per concurrency, then the ratios the
 serving issue targets: tok/s at 16 clients >= 1.2x llama-server, >= 10 req/s, TTFT p95 no
@@ -20,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,9 +51,9 @@ def llama_server_bin() -> Path | None:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str = "/health"):
+    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str = "/health", cwd: str | None = None):
         self.name, self.port = name, port
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
         self.peak_rss = 0
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -142,7 +144,12 @@ def main() -> int:
     ap.add_argument("--background-load", type=int, default=0, metavar="N",
                     help="run N busy-looping processes beside the servers (a co-located job at equal priority)")
     ap.add_argument("--json", default=None, help="also write all rows here")
+    ap.add_argument("--quick", action="store_true", help="levels 1,16, no fixed settings, no peers unless --base")
+    ap.add_argument("--base", default=None, metavar="REV",
+                    help="also serve liteinfer as of git revision REV (a behaviour-change check)")
     args = ap.parse_args()
+    if args.quick:
+        args.levels, args.fixed, args.skip_peers = "1,16", "", True
 
     sys.path.insert(0, str(ROOT))
     from liteinfer.core.catalog import resolve_llm
@@ -155,17 +162,24 @@ def main() -> int:
     print(f"model {model_path}\nthreads {threads}, load average before start {load1:.2f}"
           + ("  WARNING: machine busy, numbers will be low and noisy" if load1 > 0.5 else ""))
 
-    configs: list[tuple[str, list[str], str]] = []
+    configs: list[tuple[str, list[str], str, str | None]] = []
     base = [PY, "-m", "liteinfer", "serve", "-m", model_path, "--threads", str(threads), "--ctx", str(args.ctx),
             "--max-queue", "256"]
-    configs.append(("liteinfer", base, "/health"))
+    configs.append(("liteinfer", base, "/health", str(ROOT)))
+    if args.base:
+        # `python -m liteinfer` run from an exported copy imports that copy (the current folder
+        # comes first on sys.path), with this environment's packages.
+        old = Path(tempfile.mkdtemp(prefix="liteinfer-base-"))
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.base], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+        configs.append((f"liteinfer@{args.base}", base, "/health", str(old)))
     for b in [int(x) for x in args.fixed.split(",") if x]:
-        configs.append((f"liteinfer-fixed{b}", base + ["--max-batch", str(b), "--fixed-batch"], "/health"))
+        configs.append((f"liteinfer-fixed{b}", base + ["--max-batch", str(b), "--fixed-batch"], "/health", None))
     if not args.skip_peers:
         exe = llama_server_bin()
         if exe:
             configs.append(("llama-server", [str(exe), "-m", model_path, "-t", str(threads), "-np", "16", "-cb",
-                                             "-c", str(args.ctx * 2), "--host", "127.0.0.1"], "/health"))
+                                             "-c", str(args.ctx * 2), "--host", "127.0.0.1"], "/health", None))
         else:
             print("llama-server not built: run scripts/build_llama_tools.sh (skipping that peer)")
         configs.append(("llama-cpp-python", [PY, "-m", "llama_cpp.server", "--model", model_path, "--n_threads",
@@ -173,14 +187,14 @@ def main() -> int:
                                              # its default cuts a running stream off when the next
                                              # request arrives: rows would count broken replies
                                              "--interrupt_requests", "False"],
-                        "/v1/models"))
+                        "/v1/models", None))
 
     servers, burners = [], []  # all servers up at once (idle ones cost no CPU), measured interleaved
     try:
-        for name, cmd, ready in configs:
+        for name, cmd, ready, cwd in configs:
             port = free_port()
             try:
-                servers.append(Server(name, cmd + ["--port", str(port)], port, ready))
+                servers.append(Server(name, cmd + ["--port", str(port)], port, ready, cwd))
             except RuntimeError as e:
                 print(f"{name}: {e}")
         for _ in range(args.background_load):
@@ -222,6 +236,12 @@ def main() -> int:
                 mean_adaptive = statistics.mean(adaptive["tok/s_rounds"])
                 line += f"; vs the best fixed picked on the other rounds {held_out:.1f} = {mean_adaptive / held_out:.2f}"
             print(line + " (target >= 0.95)")
+    if args.base:
+        for c in levels:
+            now, then = get("liteinfer", c), get(f"liteinfer@{args.base}", c)
+            if now and then:
+                print(f"c={c}: this tree / {args.base} = {now['tok/s'] / max(then['tok/s'], 1e-9):.2f} tok/s, "
+                      f"TTFT p50 {now['ttft_p50_ms']} vs {then['ttft_p50_ms']} ms")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
