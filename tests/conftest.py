@@ -110,6 +110,14 @@ class ServerProcess:
                 return float(line.rsplit(" ", 1)[1])
         raise KeyError(name)
 
+    def loop_cpu_s(self) -> float:
+        """CPU seconds of the server's main thread, where its event loop runs: work measured here
+        stalled every other request; unlike /health's latency it does not depend on the load."""
+        import psutil
+
+        main = next(t for t in psutil.Process(self.proc.pid).threads() if t.id == self.proc.pid)
+        return main.user_time + main.system_time
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

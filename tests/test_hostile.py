@@ -120,13 +120,6 @@ def test_huge_bodies_are_413_at_once_and_health_stays_fast(srv, tmp_path):
     assert psutil.Process(srv.proc.pid).memory_info().rss - rss0 < 20 * MB
 
 
-def _loop_cpu_s(pid: int) -> float:
-    """CPU seconds of the server's main thread, where its event loop runs: unlike /health's
-    latency, this does not depend on how busy the machine is."""
-    main = next(t for t in psutil.Process(pid).threads() if t.id == pid)
-    return main.user_time + main.system_time
-
-
 def test_classify_json_is_decoded_off_the_loop_and_images_are_bounded(srv):
     """/v1/classify takes up to limits.max_upload_bytes (32 MiB) of JSON with base64 images: one
     image is bounded like a multipart one (20 MB), and parsing and decoding 30 MB of them runs
@@ -141,12 +134,12 @@ def test_classify_json_is_decoded_off_the_loop_and_images_are_bounded(srv):
     assert 28 * MB < len(body) < 32 * MB
     loop_cpu = {}
     for ctype, status in (("text/plain", 415), ("application/json", 404)) * 2:
-        cpu0 = _loop_cpu_s(srv.proc.pid)
+        cpu0 = srv.loop_cpu_s()
         for _ in range(3):
             r = httpx.post(srv.url + "/v1/classify", content=body, headers={**headers, "content-type": ctype},
                            timeout=60)
             assert r.status_code == status, r.text
-        loop_cpu[ctype] = _loop_cpu_s(srv.proc.pid) - cpu0  # the second round: imports and warm-up done
+        loop_cpu[ctype] = srv.loop_cpu_s() - cpu0  # the second round: imports and warm-up done
     # on the loop, three parses and decodes took 0.3-0.6 s of its CPU
     assert loop_cpu["application/json"] < loop_cpu["text/plain"] + 0.1, loop_cpu
 
@@ -156,9 +149,9 @@ def test_tokenize_of_a_long_text_runs_off_the_loop(srv):
     JSON run in a worker thread (on the loop they took seconds of its CPU); a text over
     limits.max_prompt_chars is refused before tokenizing."""
     text = "hello world " * 75_000  # 900 k characters
-    cpu0 = _loop_cpu_s(srv.proc.pid)
+    cpu0 = srv.loop_cpu_s()
     r = httpx.post(srv.url + "/tokenize", json={"content": text, "with_pieces": True}, headers=AUTH, timeout=120)
-    loop_cpu = _loop_cpu_s(srv.proc.pid) - cpu0
+    loop_cpu = srv.loop_cpu_s() - cpu0
     assert r.status_code == 200 and len(r.json()["tokens"]) > 100_000
     assert loop_cpu < 0.2, f"the event loop spent {loop_cpu:.2f} s of CPU on one /tokenize"
     r = httpx.post(srv.url + "/tokenize", json={"content": "x" * 1_000_001}, headers=AUTH, timeout=60)

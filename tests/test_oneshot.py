@@ -107,6 +107,20 @@ def _model_id(server) -> str:
     return httpx.get(server.url + "/health").json()["models"]["embedding"]
 
 
+def test_large_embedding_answers_are_built_off_the_loop(server):
+    """2048 embeddings are ~786 k floats: turning them into JSON took seconds of the event loop's
+    CPU (every other request and /health waited); now a worker thread does it, on the OpenAI and
+    the Ollama route alike."""
+    model, texts = _model_id(server), [f"word {i}" for i in range(2048)]
+    for path, body, key in (("/v1/embeddings", {"model": model, "input": texts}, "data"),
+                            ("/api/embed", {"model": model, "input": texts}, "embeddings")):
+        cpu0 = server.loop_cpu_s()
+        r = httpx.post(server.url + path, json=body, timeout=300)
+        loop_cpu = server.loop_cpu_s() - cpu0
+        assert r.status_code == 200 and len(r.json()[key]) == 2048, r.text[:300]
+        assert loop_cpu < 0.3, f"{path}: the event loop spent {loop_cpu:.2f} s of CPU on one request"
+
+
 def test_float_and_base64_encodings_agree(server):
     body = {"input": "A monkey is playing drums.", "model": _model_id(server)}
     f = httpx.post(server.url + "/v1/embeddings", json={**body, "encoding_format": "float"}).json()

@@ -3,13 +3,14 @@ model when one is configured, else the chat model's pooled embeddings from the G
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 
 from liteinfer.server.fields import Checked
-from liteinfer.server.limits import RequestRejected, check_prompt_chars, off_loop_json_route
+from liteinfer.server.limits import RequestRejected, check_prompt_chars, json_answer, off_loop_json_route
 from liteinfer.server.openai import error_response, find_service, run_batched
 
 router = APIRouter(route_class=off_loop_json_route())
@@ -49,12 +50,16 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     if err:
         return err
     vectors, n_tokens = result
-    data = []
-    for i, v in enumerate(vectors):
-        if body.encoding_format == "base64":  # OpenAI's: little-endian float32 bytes
-            emb: Any = base64.b64encode(v.astype("<f4").tobytes()).decode()
-        else:
-            emb = v.tolist()
-        data.append({"object": "embedding", "index": i, "embedding": emb})
-    return {"object": "list", "data": data, "model": svc.name,
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+    def answer():  # up to 2048 x 1024 floats: seconds of CPU, in a worker thread
+        data = []
+        for i, v in enumerate(vectors):
+            if body.encoding_format == "base64":  # OpenAI's: little-endian float32 bytes
+                emb: Any = base64.b64encode(v.astype("<f4").tobytes()).decode()
+            else:
+                emb = v.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return json_answer({"object": "list", "data": data, "model": svc.name,
+                            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+    return await asyncio.to_thread(answer)

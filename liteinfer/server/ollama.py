@@ -40,7 +40,13 @@ from liteinfer.scheduler.continuous import Event, GenRequest
 from liteinfer.scheduler.dynamic import BatcherClosed
 from liteinfer.server import names
 from liteinfer.server.fields import Checked, first_error
-from liteinfer.server.limits import RequestRejected, check_prompt_chars, check_stop, tokenize_bounded
+from liteinfer.server.limits import (
+    RequestRejected,
+    check_prompt_chars,
+    check_stop,
+    json_answer,
+    tokenize_bounded,
+)
 from liteinfer.server.tools import ChatPlan, ReplySplitter, plan_chat
 
 router = APIRouter()
@@ -541,16 +547,22 @@ async def _embed(request: Request, svc, texts: list[str], dimensions: int | None
         raise _Refusal(400, str(e)) from None
     except asyncio.TimeoutError:
         raise _Refusal(504, f"no result within {timeout:g} s") from None
+    if dimensions is not None and vectors and dimensions > len(vectors[0]):
+        raise _Refusal(400, f"dimensions: {dimensions} is more than this model gives ({len(vectors[0])})")
+    return vectors, n_tokens, time.monotonic() - t0
+
+
+def _vector_lists(vectors, dimensions: int | None) -> list[list[float]]:
+    """Vectors as lists, cut to `dimensions` and re-normalized; up to 2048 x 1024 floats: call it
+    in a worker thread."""
     out = []
     for v in vectors:
         if dimensions is not None:
-            if dimensions > len(v):
-                raise _Refusal(400, f"dimensions: {dimensions} is more than this model gives ({len(v)})")
             v = v[:dimensions]
             norm = float((v * v).sum()) ** 0.5
             v = v / norm if norm > 0 else v
         out.append([float(x) for x in v])
-    return out, n_tokens, time.monotonic() - t0
+    return out
 
 
 @router.post("/api/embed")
@@ -570,8 +582,12 @@ async def embed(request: Request):
     except RequestRejected as e:
         raise _Refusal(e.status, str(e)) from None
     vectors, n_tokens, secs = await _embed(request, svc, texts, body.dimensions)
-    return {"model": body.model, "embeddings": vectors, "total_duration": _ns(secs), "load_duration": 0,
-            "prompt_eval_count": n_tokens}
+
+    def answer():  # seconds of CPU for 2048 vectors: in a worker thread
+        return json_answer({"model": body.model, "embeddings": _vector_lists(vectors, body.dimensions),
+                            "total_duration": _ns(secs), "load_duration": 0, "prompt_eval_count": n_tokens})
+
+    return await asyncio.to_thread(answer)
 
 
 @router.post("/api/embeddings")
@@ -583,7 +599,7 @@ async def embeddings(request: Request):
     if not body.prompt:
         return {"embedding": []}
     vectors, _, _ = await _embed(request, svc, [body.prompt], None)
-    return {"embedding": vectors[0]}
+    return {"embedding": _vector_lists(vectors, None)[0]}
 
 
 # ---- what is served --------------------------------------------------------------------------
