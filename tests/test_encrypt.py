@@ -200,6 +200,42 @@ def test_encrypted_gguf_serves_from_a_memfd_and_no_clear_copy_exists(encrypted_g
         srv.stop()
     log = srv.proc.stdout.read()
     assert "decrypted smollm2.lienc into memory" in log and key_hex not in log
+    assert "process made non-dumpable" in log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_protected_process_memfd_is_closed_to_the_same_users_other_processes():
+    """What protect_process() (plugins.encrypt.protect_process, on by default) buys: as an
+    ordinary user, another process of that user reads the memfd through /proc/PID/fd/N
+    before, and cannot after; the process itself still opens it (llama.cpp does)."""
+    import ctypes
+
+    sys.path.insert(0, str(ROOT / "plugins/encrypt"))
+    from liteinfer_encrypt.loader import protect_process
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: an unprivileged user with a memfd
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # dumpable, as a process the user started (setuid cleared it)
+            fd = os.memfd_create("liteinfer-model", 0)
+            os.write(fd, b"GGUF clear weights")
+            other = f"cat /proc/{os.getpid()}/fd/{fd} >/dev/null 2>&1"
+            before = os.system(other) == 0
+            protected = protect_process()
+            with open(f"/proc/self/fd/{fd}", "rb") as f:
+                itself = f.read() == b"GGUF clear weights"
+            after = os.system(other) == 0
+            os.write(write, json.dumps([before, protected, itself, after]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        assert json.loads(f.read()) == [True, True, True, False]
 
 
 def test_serving_an_encrypted_model_without_its_key_fails_before_binding(encrypted_gguf, tmp_path):

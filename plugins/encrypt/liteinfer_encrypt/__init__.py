@@ -32,6 +32,9 @@ class EncryptSettings(BaseModel):
     # count): the SHA-256 of the whole clear model adds nothing an attacker without the key could
     # defeat, and costs ~0.1-0.3 s per 100 MB at load. `decrypt` always checks it.
     verify_hash: bool = Field(False, description="also check the clear model's SHA-256 when serving")
+    protect_process: bool = Field(True, description="make the process non-dumpable when it loads an encrypted "
+                                  "model: no core dumps, and other processes of the same user cannot read its "
+                                  "memory or open its memfd through /proc (root still can)")
 
 
 # on use: cryptography, llama.cpp and ONNX Runtime load with an encrypted model (start-up time)

@@ -14,6 +14,7 @@ in clear: an encrypted model is served without it (llama.cpp's Q4_1 kernels).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from pathlib import Path
@@ -72,12 +73,30 @@ class MemfdLlamaEngine(LlamaEngine):
             self.fd = -1
 
 
-def _verify(config) -> bool:
-    return bool(plugin_settings(config, "encrypt").verify_hash) if config is not None else True
+def _settings(config):
+    return plugin_settings(config, "encrypt") if config is not None else None
+
+
+def protect_process() -> bool:
+    """PR_SET_DUMPABLE 0: no core dump (it would hold the clear weights), and /proc/PID/{mem,fd,
+    maps,...} of this process become root's, so the same user's other processes can neither read
+    its memory nor open its memfd; the process itself still opens /proc/self/fd/N. Linux only."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
+
+
+def _decrypt(path: Path, config) -> tuple[int, Header]:
+    s = _settings(config)
+    if (s is None or s.protect_process) and protect_process():
+        log.info("process made non-dumpable (plugins.encrypt.protect_process)")
+    return decrypt_to_memfd(path, find_key(config=config), bool(s.verify_hash) if s is not None else True)
 
 
 def load_llm(path: Path, settings, config) -> LlamaEngine:
-    fd, header = decrypt_to_memfd(path, find_key(config=config), _verify(config))
+    fd, header = _decrypt(path, config)
     try:
         _want(header, path, "gguf")
         # the split would write a Q4_0 copy of the weights to the cache: clear weights on disk
@@ -90,7 +109,7 @@ def load_llm(path: Path, settings, config) -> LlamaEngine:
 
 
 def load_oneshot(path: Path, settings, config):
-    fd, header = decrypt_to_memfd(path, find_key(config=config), _verify(config))
+    fd, header = _decrypt(path, config)
     try:
         _want(header, path, "onnx")
         model = load_model(f"/proc/self/fd/{fd}", settings)  # ORT parses it into its own memory
