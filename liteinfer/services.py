@@ -129,14 +129,17 @@ class LLMService:
         if any(not t for t in texts):
             raise LiteInferError("input contains an empty string")
         async with self._embed_lock:
-            vectors = await asyncio.to_thread(self._embed, texts)
+            vectors, n_tokens = await asyncio.to_thread(self._embed, texts)
         if dimensions is not None and dimensions != vectors.shape[1]:
             raise LiteInferError(f"dimensions={dimensions}: this model gives {vectors.shape[1]}")
-        return list(vectors), sum(len(self.engine.tokenize(t)) for t in texts)
+        return list(vectors), n_tokens
 
     def _embed(self, texts: list[str]):
+        """(vectors, prompt tokens): counting tokens is tokenizing every text again, up to
+        limits.max_prompt_chars of them, so it runs here in the worker thread too."""
         with self._embed_thread_lock:
-            return self.engine.embed(texts)
+            vectors = self.engine.embed(texts)
+        return vectors, sum(len(self.engine.tokenize(t)) for t in texts)
 
     # ---- lifecycle
 
