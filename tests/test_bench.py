@@ -7,11 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from liteinfer.bench import parse_perf_csv, perf_metrics, perf_support
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--requests", "2", "--max-tokens", "3", "--threads", "1", "--no-plots"]
 
 
@@ -101,7 +103,7 @@ def test_bench_perf_counts_only_the_measured_run():
 @pytest.mark.skipif(shutil.which("perf") is None, reason="perf not installed")
 def test_classic_perf_stat_over_inference_benchmark():
     r = run("perf", "stat", "-x,", "-e", "task-clock,cycles,instructions,cache-misses", "--",
-            sys.executable, "inference_benchmark.py", *TINY, "--json")
+            sys.executable, str(ROOT / "inference_benchmark.py"), *TINY, "--json")  # tests run in a temp cwd
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["generated_tokens"] == 6
     counts = parse_perf_csv(r.stderr)
