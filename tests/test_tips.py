@@ -333,6 +333,8 @@ def test_doctor_server_names_the_queue_tip_when_the_queue_fills(default_model_pa
         for name in ("liteinfer_queue_limit 1.0", "liteinfer_target_ttft_seconds", "liteinfer_kv_cells_total",
                      "liteinfer_kv_preemptions_total", "liteinfer_outside_cpu_load"):
             assert name in metrics, name
+        if any(Path(p).exists() for p in ("/sys/fs/cgroup/cpu.stat", "/sys/fs/cgroup/cpu/cpu.stat")):
+            assert "liteinfer_cgroup_throttled_seconds_total" in metrics  # read where the kernel has it
         for w in workers:
             w.start()
         deadline = time.monotonic() + 60
@@ -352,6 +354,8 @@ def test_doctor_server_names_the_queue_tip_when_the_queue_fills(default_model_pa
     assert live["live.rejected_queue_full"] > 0 or live["live.queue_full_fraction"] > 0.05, live
     assert "live-queue-full" in ids, (ids, live)
     assert "live.ttft_p95_ms" in live and live["live.window_s"] >= 6
+    if any(Path(p).exists() for p in ("/sys/fs/cgroup/cpu.stat", "/sys/fs/cgroup/cpu/cpu.stat")):
+        assert live["live.cgroup_throttled_s"] is not None and live["live.cgroup_throttled_s"] >= 0
     queue_tip = next(t for t in report["tips"] if t["id"] == "live-queue-full")
     assert "429" in queue_tip["advice"] and queue_tip["needs"] == ["live"]
 

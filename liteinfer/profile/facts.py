@@ -118,6 +118,7 @@ _LIVE = {
     "live.preemptions": "KV-full preemptions in the window",
     "live.kv_fill": "KV cells in use / n_ctx, highest sample",
     "live.outside_cpu_load": "busy cores outside the server / all cores, mean of the samples",
+    "live.cgroup_throttled_s": "seconds the cgroup's CPU quota held the server back in the window (None when not measured)",
     "live.cpu_steal": "CPU time stolen by the hypervisor, fraction, mean of the samples (None when not measured)",
     "live.cpu_freq_ratio": "current / max CPU clock, lowest sample (None when not measured)",
     "live.temperature_c": "hottest thermal zone, highest sample (None when not measured)",

@@ -131,6 +131,8 @@ def reduce(samples: list[dict[str, float]], elapsed: float) -> dict[str, Any]:
         "live.preemptions": int(delta("liteinfer_kv_preemptions_total")),
         "live.kv_fill": round(kv_fill / cells, 3) if kv_fill is not None and cells else None,
         "live.outside_cpu_load": _round(gauge("liteinfer_outside_cpu_load", lambda v: sum(v) / len(v))),
+        "live.cgroup_throttled_s": (round(delta("liteinfer_cgroup_throttled_seconds_total"), 3)
+                                    if "liteinfer_cgroup_throttled_seconds_total" in last else None),
         "live.cpu_steal": _round(gauge("liteinfer_cpu_steal_fraction", lambda v: sum(v) / len(v))),
         "live.cpu_freq_ratio": _round(gauge("liteinfer_cpu_frequency_ratio", min)),
         "live.temperature_c": _round(gauge("liteinfer_cpu_temperature_celsius", max)),

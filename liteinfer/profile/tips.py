@@ -410,7 +410,8 @@ liteinfer (the command, the machine and the numbers, recorded in the doc it link
 every half second for the window (`--api-key KEY` when keys are set) and turns it into the
 `live.*` facts below: how often the queue sat at `server.max_queue` and how many requests got
 429, TTFT and engine-step p95 against the server's targets, KV-cache fill and KV-full
-preemptions, CPU taken by other processes, hypervisor steal, the clock against its maximum and
+preemptions, CPU taken by other processes, hypervisor steal, time the cgroup's CPU quota held the
+server back, the clock against its maximum and
 the hottest temperature sensor (the last three only where the kernel exposes them), free
 memory, threads, sequences per step and prefix-cache reuse. The `live` tips need them; the
 machine tips are evaluated on the machine doctor runs on.

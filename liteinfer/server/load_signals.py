@@ -1,11 +1,13 @@
 """What `liteinfer doctor --server` reads beside the serving metrics: the limits the load is
 measured against (queue limit, TTFT / ITL targets, KV cells), KV-full preemptions, and the
 machine signals that slow a server from outside (other processes' CPU, hypervisor steal,
-clock and temperature where the kernel exposes them). Read when /metrics is rendered.
+the cgroup quota's throttling, clock and temperature where the kernel exposes them). Read when /metrics is rendered.
 A signal the machine does not expose is left out, never reported as 0.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -41,6 +43,21 @@ class LoadSignals:
         return f.current / f.max if f and f.max else None
 
     @staticmethod
+    def _throttled_seconds(root: str = "/sys/fs/cgroup") -> float | None:
+        """Time the cgroup's CPU quota has held this server's cgroup back (cgroup v2 or v1)."""
+        for path, key, scale in ((Path(root, "cpu.stat"), "throttled_usec", 1e-6),
+                                 (Path(root, "cpu", "cpu.stat"), "throttled_time", 1e-9)):
+            try:
+                text = path.read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                if name == key and value.strip().isdigit():
+                    return int(value) * scale
+        return None
+
+    @staticmethod
     def _temperature() -> float | None:
         try:
             temps = psutil.sensors_temperatures()
@@ -63,6 +80,10 @@ class LoadSignals:
         ):
             if value is not None:
                 yield g(name, doc, value=value)
+        throttled = self._throttled_seconds()
+        if throttled is not None:
+            yield CounterMetricFamily("liteinfer_cgroup_throttled_seconds", "time the cgroup's CPU quota held "
+                                      "this server back (cpu.stat)", value=throttled)
         s = self.scheduler()
         if s is None:
             return
