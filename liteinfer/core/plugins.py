@@ -145,7 +145,7 @@ class Registry:
                 plugin = obj if isinstance(obj, Plugin) else obj()
                 if not isinstance(plugin, Plugin):
                     raise TypeError(f"{ep.value} gave a {type(plugin).__name__}, not a liteinfer Plugin")
-            except Exception as e:  # whatever a plugin raises on import, the core runs without it
+            except (Exception, SystemExit) as e:  # whatever a plugin raises on import, the core runs without it
                 self._fail(Failed(ep.name, dist, version, _one_line(e)))
                 continue
             self.add(plugin, entry_point=ep.value, dist=dist, version=version)
