@@ -176,3 +176,22 @@ def test_the_package_never_imports_a_plugin():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in plugin_packages]
     assert not found
+
+
+def test_a_router_factory_that_raises_leaves_only_its_routes_out(caplog):
+    def broken():
+        raise ImportError("no module named 'fastapi_extra'")
+
+    def fine():
+        from fastapi import APIRouter
+
+        router = APIRouter()
+        router.add_api_route("/fine", lambda: {"ok": True})
+        return router
+
+    reg = Registry()
+    reg.add(Plugin(name="a", routes=[broken, fine]))
+    got = reg.routers()
+    assert [[r.path for r in router.routes] for _, router in got] == [["/fine"]]
+    assert reg.loaded[0].errors == ["routes: ImportError: no module named 'fastapi_extra'"]
+    assert any("plugin a: routes: ImportError" in r.message for r in caplog.records)
