@@ -121,6 +121,13 @@ def test_transcript_fields_words_and_english_only_language(stt):
         stt.transcribe(espeak_wav("Hallo"), language="de")
 
 
+def test_silence_and_noise_transcribe_to_nothing(stt):
+    # no words made up from silence or a faint hiss
+    for x in (np.zeros(32000, np.float32), (np.random.RandomState(0).randn(32000) * 0.01).astype(np.float32)):
+        pcm = audio.pcm16(x)
+        assert stt.transcribe(audio.wav_header(16000, len(pcm)) + pcm).text == ""
+
+
 # ---- decoding: containers, rates, channels, bad input ------------------------------------
 
 
