@@ -29,6 +29,13 @@ from liteinfer.engines.llama_cpp_lazy import c_api
 from liteinfer.engines.q4_1_split import prepare
 from liteinfer.hardware.cores import usable_cores
 
+# When the grammar rejects the plain pick, it first checks only this many most likely tokens
+# (one pass over 64 tokens instead of the whole vocabulary, see LlamaEngine._shortlist_sample).
+SHORTLIST = 64
+# ... and a sampled (not greedy) request keeps the shortlist's pick only when the tokens left
+# out of it hold less than this share of the probability
+SHORTLIST_MASS = 1e-4
+
 GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
@@ -238,6 +245,8 @@ class LlamaEngine:
         self._specials: dict[str, int] | None = None
         self._one_token = (llama_cpp.llama_token_data * 1)()
         self._one_array = llama_cpp.llama_token_data_array(self._one_token, 1, -1, False)
+        self._short_tokens = (llama_cpp.llama_token_data * SHORTLIST)()
+        self._short_array = llama_cpp.llama_token_data_array(self._short_tokens, SHORTLIST, -1, False)
 
     @property
     def q4_1_split(self) -> bool:
@@ -440,7 +449,53 @@ class LlamaEngine:
             if self._grammar_allows(seq.grammar, tok):
                 ll.llama_sampler_accept(seq.constrained, tok)  # advances the grammar
                 return tok
+            tok = self._shortlist_sample(seq, idx)
+            if tok is not None:
+                return tok
         return int(ll.llama_sampler_sample(seq.constrained, self.ctx, idx))
+
+    def _shortlist_sample(self, seq: Sequence, idx: int) -> int | None:
+        """The grammar rejected the plain pick: let it judge only the SHORTLIST most likely
+        tokens before it runs over the whole vocabulary (that pass costs ~a millisecond per
+        49k-token vocabulary and structured replies need it on every third token or so).
+        Greedy: the best token the grammar allows among the most likely ones is the best it
+        allows anywhere, so the pick is exact. Sampled: the request's own chain picks among
+        the allowed ones, when the tokens outside the shortlist hold < SHORTLIST_MASS of the
+        probability at this temperature. None: no allowed token there, or a request whose
+        logit_bias reorders the logits (the caller runs the full pass)."""
+        p = seq.params
+        if p.logit_bias:
+            return None
+        # on use: numpy only for grammar requests (as for logprobs: the plain serving path stays numpy-free)
+        import numpy as np
+
+        ll = self._ll
+        row = self._logits_row(idx)
+        k = min(SHORTLIST, self.n_vocab)
+        top = np.argpartition(row, -k)[-k:]
+        logits = row[top]
+        if not p.greedy:
+            scaled = (row.astype(np.float64) - float(logits.max())) / max(p.temperature, 1e-6)
+            inside = float(np.exp(scaled[top]).sum())
+            if 1.0 - inside / float(np.exp(scaled).sum()) > SHORTLIST_MASS:
+                return None
+        data, arr = self._short_tokens, self._short_array
+        for i, (t, v) in enumerate(zip(top.tolist(), logits.tolist())):
+            data[i].id, data[i].logit, data[i].p = t, v, 0.0
+        arr.data, arr.size, arr.selected, arr.sorted = data, k, -1, False
+        ll.llama_sampler_apply(seq.grammar, ctypes.byref(arr))
+        allowed = [i for i in range(k) if data[i].logit != -math.inf]
+        if not allowed:
+            return None
+        if p.greedy:
+            tok = data[max(allowed, key=lambda i: data[i].logit)].id
+        else:
+            ll.llama_sampler_apply(seq.sampler, ctypes.byref(arr))  # top-k/p, min-p, temperature, dist
+            if not 0 <= arr.selected < arr.size or arr.data[arr.selected].logit == -math.inf:
+                return None
+            tok = arr.data[arr.selected].id
+        ll.llama_sampler_accept(seq.constrained, tok)  # advances the grammar
+        return int(tok)
 
     def _replay(self, seq: Sequence, tokens: Seq[int]) -> None:
         """Feed already generated tokens to a resumed sequence's samplers (grammar state,

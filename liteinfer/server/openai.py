@@ -32,7 +32,7 @@ from liteinfer.server.limits import (
     off_loop_json_route,
     tokenize_bounded,
 )
-from liteinfer.server.tools import ChatPlan, ReplySplitter, plan_chat
+from liteinfer.server.tools import CallStreamer, ChatPlan, ReplySplitter, plan_chat
 
 router = APIRouter(route_class=off_loop_json_route())
 
@@ -330,7 +330,7 @@ async def _generate(request: Request, svc, prompt: str | list[int], body: _Sampl
                               {"Retry-After": "1"})
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     meta = {"id": rid, "created": int(time.time()), "model": svc.name}
-    reply = _Reply(svc.engine, chat, plan, params.logprobs)
+    reply = _Reply(svc.engine, chat, plan, params.logprobs, stream=body.stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_sse(svc, gen, queue, meta, reply, include_usage), media_type="text/event-stream",
@@ -346,7 +346,7 @@ class _Reply:
     """One answer being assembled: reasoning / content / tool calls (server/tools.py's
     ReplySplitter) and logprobs in the chat or the legacy completions shape."""
 
-    def __init__(self, engine, chat: bool, plan: ChatPlan | None, logprobs: bool):
+    def __init__(self, engine, chat: bool, plan: ChatPlan | None, logprobs: bool, stream: bool = False):
         self.engine, self.chat, self.plan, self.want_logprobs = engine, chat, plan, logprobs
         self.splitter = (ReplySplitter(plan.format if plan else "none", reasoning=True,
                                        open_think=plan.open_think if plan else False) if chat else None)
@@ -355,6 +355,10 @@ class _Reply:
         self.logprobs: list[dict] = []
         self.offset = 0
         self.tool_calls: list[dict] | None = None
+        # streamed replies whose tool-call section the grammar holds: calls stream as they grow
+        self.streamer = CallStreamer() if stream and plan is not None and plan.stream_calls else None
+        self.fed = 0  # how much of the splitter's tool-call section the streamer has seen
+        self.call_deltas: list[dict] = []
 
     def _token(self, tok: int) -> tuple[str, bytes]:
         raw = self.engine.token_bytes(tok)
@@ -381,12 +385,27 @@ class _Reply:
         reasoning, content = self.splitter.push(text)
         self.reasoning.append(reasoning)
         self.text.append(content)
+        self._feed_calls()
         return reasoning, content, lps
+
+    def _feed_calls(self) -> None:
+        if self.streamer is not None and len(self.splitter.tool_text) > self.fed:
+            self.call_deltas += self.streamer.feed(self.splitter.tool_text[self.fed:])
+            self.fed = len(self.splitter.tool_text)
+
+    def take_call_deltas(self) -> list[dict]:
+        out, self.call_deltas = self.call_deltas, []
+        return out
 
     def finish(self) -> tuple[str, str]:
         if self.splitter is None:
             return "", ""
-        reasoning, content, calls = self.splitter.finish(self.plan.functions if self.plan else [])
+        streamed = self.streamer is not None and bool(self.streamer.calls)
+        reasoning, content, calls = self.splitter.finish(self.plan.functions if self.plan else [],
+                                                         keep_unparsed=not streamed)
+        self._feed_calls()
+        if streamed and calls is not None:
+            calls = self.streamer.calls  # the ids the client has already seen
         self.reasoning.append(reasoning)
         self.text.append(content)
         self.tool_calls = calls
@@ -471,6 +490,9 @@ def _deltas(meta: dict, reply: _Reply, reasoning: str, content: str, lps: list[d
         out.append(_chunk(meta, True, {"reasoning_content": reasoning}, None))
     if content or lps:
         out.append(_chunk(meta, True, {"content": content}, None, lps if reply.want_logprobs else None))
+    calls = reply.take_call_deltas()
+    if calls:
+        out.append(_chunk(meta, True, {"tool_calls": calls}, None))
     return out
 
 
@@ -494,7 +516,7 @@ async def _sse(svc, gen: GenRequest, queue: asyncio.Queue, meta: dict, reply: _R
                     break
                 else:
                     out += _deltas(meta, reply, *reply.finish(), [])
-                    if reply.tool_calls:  # whole calls, one delta each (clients concatenate arguments)
+                    if reply.tool_calls and reply.streamer is None:  # whole calls, one delta each
                         for i, call in enumerate(reply.tool_calls):
                             out.append(_chunk(meta, True, {"tool_calls": [{"index": i, **call}]}, None))
                     out.append(_chunk(meta, chat, None, reply.finish_reason(ev.finish_reason)))

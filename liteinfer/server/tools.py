@@ -86,6 +86,8 @@ class ChatPlan:
     # the prompt ends inside an opened <think> (DeepSeek-R1 / Qwen3 templates write it into
     # the generation prompt): the reply starts as reasoning and only `</think>` ends it
     open_think: bool = False
+    # the grammar holds a tool-call section to the call format: its calls can stream as they grow
+    stream_calls: bool = False
 
 
 def _call_rules(functions: list[dict], fmt: str, rules: dict[str, str]) -> list[str]:
@@ -211,7 +213,10 @@ def plan_chat(messages: list[dict], template_source: str, tools: list[dict] | No
         msgs = _generic_history(messages) if fmt == "generic" else messages
         return ChatPlan(msgs, grammar=answer_grammar)
     functions = _functions(tools)
-    parallel = parallel_tool_calls is not False
+    # OpenAI's default allows several calls; in the generic format (models never trained on tool
+    # calls) a grammar that allows "one more call" lets a small model repeat the same call until
+    # max_tokens (SmolLM2 did, greedy): there, several calls are opt-in (parallel_tool_calls: true)
+    parallel = parallel_tool_calls is True if fmt == "generic" else parallel_tool_calls is not False
     if isinstance(choice, dict):
         wanted = choice["function"]["name"]
         functions = [f for f in functions if f["name"] == wanted]
@@ -237,10 +242,12 @@ def plan_chat(messages: list[dict], template_source: str, tools: list[dict] | No
                 plan.grammar = format_rules({**sub, **merged})
                 return plan
         plan.grammar = tool_grammar(functions, fmt, parallel, answer=answer)
+        plan.stream_calls = True
         return plan
     plan.tools = tools
     if choice != "auto":
         plan.grammar = tool_grammar(functions, fmt, parallel)
+        plan.stream_calls = True
     elif answer_grammar:
         raise ToolRequestError("response_format with tool_choice 'auto' is supported for templates without "
                                "native tool calls only")
@@ -369,8 +376,10 @@ class ReplySplitter:
             self.pending = ""
             return reasoning, content
 
-    def finish(self, functions: list[dict]) -> tuple[str, str, list[dict] | None]:
-        """(reasoning, content, tool_calls) left at the end of the reply."""
+    def finish(self, functions: list[dict], keep_unparsed: bool = True) -> tuple[str, str, list[dict] | None]:
+        """(reasoning, content, tool_calls) left at the end of the reply. A tool-call section
+        that does not parse becomes content, unless `keep_unparsed` is false (its calls were
+        streamed already)."""
         reasoning, content = "", ""
         if self.state == "think":
             reasoning, self.pending = self.pending, ""
@@ -379,11 +388,76 @@ class ReplySplitter:
         calls = None
         if self.tool_text:
             calls = parse_tool_calls(self.tool_text, self.fmt, functions) if functions else None
-            if calls is None:
+            if calls is None and keep_unparsed:
                 content += self.tool_text
         if self.state == "start" and not content:
             content = ""
         return reasoning, content, calls
+
+
+class CallStreamer:
+    """OpenAI tool-call deltas from a grammar-constrained tool-call section as it grows: a
+    call's id and name as soon as its `"name": "...", "arguments": ` is written, then its
+    arguments object piece by piece (clients concatenate them). The grammar guarantees the
+    shape (name first, then an arguments object); anything else stops streaming and leaves
+    the calls to the end of the reply."""
+
+    _HEAD = re.compile(r'"name"\s*:\s*"([A-Za-z0-9_.\-]{1,64})"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
+
+    def __init__(self):
+        self.text = ""
+        self.pos = 0  # scanned up to here
+        self.calls: list[dict] = []  # as streamed: OpenAI tool_calls
+        self.in_args = False
+        self.depth, self.in_str, self.esc = 0, False, False
+        self.off = False
+
+    def feed(self, text: str) -> list[dict]:
+        """Deltas (`delta.tool_calls` entries) for `text`, the next piece of the section."""
+        self.text += text
+        out: list[dict] = []
+        while not self.off:
+            if not self.in_args:
+                m = self._HEAD.search(self.text, self.pos)
+                if m is None or m.end() >= len(self.text):
+                    break  # no head yet, or the arguments' first character not yet written
+                if self.text[m.end()] != "{":
+                    self.off = True
+                    break
+                call = _call(m.group(1), "")
+                self.calls.append(call)
+                out.append({"index": len(self.calls) - 1, "id": call["id"], "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""}})
+                self.pos, self.in_args, self.depth, self.in_str, self.esc = m.end(), True, 0, False, False
+            start, i, end = self.pos, self.pos, None
+            while i < len(self.text):
+                ch = self.text[i]
+                i += 1
+                if self.in_str:
+                    if self.esc:
+                        self.esc = False
+                    elif ch == "\\":
+                        self.esc = True
+                    elif ch == '"':
+                        self.in_str = False
+                elif ch == '"':
+                    self.in_str = True
+                elif ch in "{[":
+                    self.depth += 1
+                elif ch in "}]":
+                    self.depth -= 1
+                    if self.depth == 0:
+                        end = i
+                        break
+            piece = self.text[start:i]
+            self.pos = i
+            if piece:
+                self.calls[-1]["function"]["arguments"] += piece
+                out.append({"index": len(self.calls) - 1, "function": {"arguments": piece}})
+            if end is None:
+                break
+            self.in_args = False
+        return out
 
 
 def _partial_suffix(text: str, markers: list[str]) -> int:
