@@ -226,6 +226,12 @@ def plan(p: Probe, entry: DeviceEntry | None = None, measurements: dict[str, Any
     srv.max_queue = max(8, 4 * max_batch)
     cfg.oneshot.intra_op_threads = n
     cfg.oneshot.max_batch = 8 if budget < 1024 else 32
+    # Speech (serve --voice): Whisper on the chat model's cores, int8 (CTranslate2's CPU kernels);
+    # one transcription at a time, so the queue bound follows the server's
+    cfg.speech.stt_threads = n
+    cfg.speech.stt_compute_type = "int8"
+    cfg.speech.max_queue = max(4, min(16, srv.max_queue // 4))
+    reasons.append(f"speech: Whisper int8 on {n} threads, {cfg.speech.max_queue} transcriptions may wait")
 
     # Power profile: only where there is something to set.
     if not p.power.cpufreq:
