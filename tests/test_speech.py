@@ -299,3 +299,13 @@ def test_piper_voice_round_trips_when_its_extra_is_installed(stt):
             list(piper.speak(text, voice="en-gb"))
     finally:
         piper.close()
+
+
+def test_the_planner_plans_the_speech_threads():
+    from liteinfer.hardware.probe import probe
+    from liteinfer.profile.planner import plan
+
+    p = probe()
+    cfg = plan(p).config
+    assert cfg.speech.stt_threads == cfg.engine.n_threads and cfg.speech.stt_compute_type == "int8"
+    assert 4 <= cfg.speech.max_queue <= 16
