@@ -396,7 +396,8 @@ def resolve_speech_model(name: str) -> Path:
 
 class SpeechService:
     """Speech-to-text (kind "stt": Whisper, one clip at a time through a bounded queue) or
-    text-to-speech (kind "tts": eSpeak NG or piper, streamed; at most speech.max_queue at once).
+    text-to-speech (kind "tts": eSpeak NG or piper, one synthesis at a time too, streamed out as it
+    runs); past speech.max_queue waiting jobs, QueueFull (HTTP 429).
 
         stt = SpeechService.open(config, "stt", "whisper-tiny.en")
         t = await stt.transcribe_async(upload_bytes, language="en")   # engines/stt.Transcript
