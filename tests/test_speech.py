@@ -223,7 +223,7 @@ def test_empty_and_over_long_input_are_refused(tts):
 
 
 def test_sentence_splitter_streams_whole_sentences():
-    sp = SentenceSplitter()
+    sp = SentenceSplitter(first_clause_chars=None)
     pieces = ["The capi", "tal is Paris. It is", " big! Is it", "? Yes", "."]
     out = [s for p in pieces for s in sp.feed(p)] + sp.flush()
     assert out == ["The capital is Paris.", "It is big!", "Is it?", "Yes."]
@@ -231,6 +231,11 @@ def test_sentence_splitter_streams_whole_sentences():
     runon = SentenceSplitter(max_chars=40).feed("word " * 30)
     assert runon and all(len(s) <= 41 for s in runon)
     assert SentenceSplitter().feed("3.5 percent") == []  # no space after the dot: not an end
+    # the first piece may be a clause, so speech starts sooner; later ones are whole sentences
+    sp = SentenceSplitter(first_clause_chars=24)
+    got = [s for p in ["Well, the capital of France, as you may know", ", is Paris, a city. More, later."]
+           for s in sp.feed(p)] + sp.flush()
+    assert got == ["Well, the capital of France,", "as you may know, is Paris, a city.", "More, later."]
 
 
 # ---- voice activity ----------------------------------------------------------------------

@@ -204,11 +204,15 @@ def split_sentences(text: str) -> list[str]:
 class SentenceSplitter:
     """Feed text as an LLM streams it; `feed` returns the sentences that are complete, `flush`
     what is left. A sentence ends at . ! ? ; : followed by a space, or at a line break;
-    `max_chars` cuts a run-on sentence at a comma or space so speech starts early anyway."""
+    `max_chars` cuts a run-on sentence at a comma or space so speech starts early anyway.
+    The very first piece may end at a comma once it has `first_clause_chars` characters: the
+    listener hears something while the rest of the first sentence is still being written."""
 
-    def __init__(self, max_chars: int = 200):
+    def __init__(self, max_chars: int = 200, first_clause_chars: int | None = 24):
         self.buf = ""
         self.max_chars = max_chars
+        self.first_clause_chars = first_clause_chars
+        self.emitted = 0
 
     def feed(self, text: str) -> list[str]:
         self.buf += text
@@ -220,6 +224,12 @@ class SentenceSplitter:
             sentence, self.buf = self.buf[: m.start()].strip(), self.buf[m.end():]
             if sentence:
                 out.append(sentence)
+        if not out and not self.emitted and self.first_clause_chars:
+            cut = self.buf.find(", ", self.first_clause_chars)
+            if cut > 0:
+                out.append(self.buf[:cut + 1].strip())
+                self.buf = self.buf[cut + 2:]
+        self.emitted += len(out)
         while len(self.buf) > self.max_chars:
             cut = max(self.buf.rfind(", ", 0, self.max_chars), self.buf.rfind(" ", 0, self.max_chars))
             cut = cut if cut > 0 else self.max_chars
