@@ -135,15 +135,18 @@ class Progress:
     def __init__(self, label: str, total: int | None, enabled: bool = True, stream: IO[str] | None = None):
         self.label, self.total, self.enabled = label, total or None, enabled
         self.stream = stream or sys.stderr
-        self.done, self.t0, self.last_step = 0, time.monotonic(), -1
+        self.done, self.t0, self.last_step, self.last_draw = 0, time.monotonic(), -1, 0.0
         self.tty = self.stream.isatty()
 
     def update(self, n: int) -> None:
         self.done += n
         if not self.enabled:
             return
-        if self.tty:
-            self._draw(end="")
+        if self.tty:  # redrawn at most 10 times a second, and at the end
+            now = time.monotonic()
+            if now - self.last_draw >= 0.1 or (self.total and self.done >= self.total):
+                self.last_draw = now
+                self._draw(end="")
             return
         step = int(10 * self.done / self.total) if self.total else -1
         if step > self.last_step:  # 0%, 10%, ... each once
@@ -164,7 +167,7 @@ class Progress:
             text = f"{self.label} [{bar:<{width}}] {pct:3d}% {mb:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s"
         else:
             text = f"{self.label} {mb:.1f} MB {rate:.1f} MB/s"
-        print(("\r" if self.tty else "") + text, end=end, file=self.stream, flush=True)
+        print(("\r" + text + "\x1b[K") if self.tty else text, end=end, file=self.stream, flush=True)
 
 
 def _copy_stream(src: IO[bytes], out_path: Path, progress: Progress) -> str:
