@@ -210,8 +210,14 @@ def plan_chat(messages: list[dict], template_source: str, tools: list[dict] | No
     if not tools or choice == "none":
         if choice not in ("none", "auto") and not tools:
             raise ToolRequestError(f"tool_choice {choice!r} needs tools")
-        msgs = _generic_history(messages) if fmt == "generic" else messages
-        return ChatPlan(msgs, grammar=answer_grammar)
+        if fmt != "generic":
+            return ChatPlan(messages, grammar=answer_grammar)
+        if tools and not answer_grammar:
+            # tools offered but not to be called now: the replayed history shows calls as JSON
+            # replies, and a small model answers the tool result with another one; the
+            # answer's grammar keeps it to text (it does not start with "{")
+            answer_grammar = "root ::= " + ANY_TEXT_NOT_JSON.split(" ::= ", 1)[1]
+        return ChatPlan(_generic_history(messages), grammar=answer_grammar)
     functions = _functions(tools)
     # OpenAI's default allows several calls; in the generic format (models never trained on tool
     # calls) a grammar that allows "one more call" lets a small model repeat the same call until
