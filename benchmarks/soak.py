@@ -232,7 +232,8 @@ def main() -> int:
         (f"slowest well-formed request {worst * 1000:.0f} ms vs 3 x baseline p99 = {limit * 1000:.0f} ms",
          worst <= limit),
     ]
-    print()
+    print(f"\nload average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min) on "
+          f"{os.cpu_count()} cores")
     for text, ok in checks:
         print(f"   [{'PASS' if ok else 'FAIL'}] {text}")
     return 0 if all(ok for _, ok in checks) else 1
