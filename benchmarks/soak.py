@@ -212,6 +212,11 @@ def main() -> int:
           f"load average {load:.2f} on {os.cpu_count()} cores" + (" (busy machine: numbers are upper bounds)"
                                                                   if load > 0.5 else ""))
     try:
+        # warm-up, not counted: one request per client (the first ones on a cold server took 130 s
+        # at 16 clients on a busy machine, 7x the soak's p50, and made the baseline's p99 meaningless)
+        t0 = time.monotonic()
+        warm, _ = asyncio.run(_phase(port, pid, args.clients, 1.0, False, args.seed + 1000))
+        print(f"warm-up: {warm.requests} requests in {time.monotonic() - t0:.0f} s, not counted")
         base, base_rss = asyncio.run(_phase(port, pid, args.clients, args.baseline_minutes * 60, False, args.seed))
         _report("baseline (well-formed only)", base, base_rss, args.baseline_minutes * 60)
         soak, rss = asyncio.run(_phase(port, pid, args.clients, args.minutes * 60, True, args.seed + 1))
