@@ -87,16 +87,18 @@ def wer(refs, hyps) -> float:
 def bench_stt(config: DeviceConfig, clips: list[bytes], refs: list[str]) -> dict:
     stt = SpeechService.open(config, "stt", config.speech.stt_model)
     stt.transcribe(clips[0])  # warm-up
-    rtfs, hyps, total_c, total_a = [], [], 0.0, 0.0
+    rtfs, hyps, total_c, total_a, cpu = [], [], 0.0, 0.0, 0.0
     for data in clips:
         samples = decode(data)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         t = stt.batcher.run_sync((samples, {}))
         dt = time.perf_counter() - t0
+        cpu += time.process_time() - c0  # all of this process's threads: steadier than wall time on a busy box
         rtfs.append(dt / t.duration)
         total_c, total_a = total_c + dt, total_a + t.duration
         hyps.append(t.text)
     out = {"rtf_p50": pct(rtfs, 0.5), "rtf_p95": pct(rtfs, 0.95), "rtf_total": total_c / total_a,
+           "cpu_s_per_audio_s": cpu / total_a,
            "audio_s_mean": total_a / len(clips), "wer": wer(refs, hyps), "threads": stt.engine.threads,
            "beam": stt.engine.beam_size}
     # the peer: faster-whisper with its defaults, on the same decoded clips
@@ -240,7 +242,9 @@ def main() -> int:
         print(f"stt  whisper-tiny.en int8 {s['threads']} threads beam {s['beam']}: RTF p50 {s['rtf_p50']:.3f} "
               f"p95 {s['rtf_p95']:.3f} total {s['rtf_total']:.3f} (clips {s['audio_s_mean']:.1f} s), WER "
               f"{s['wer']:.3f}; faster-whisper direct (defaults) RTF {s['peer_rtf_total']:.3f} "
-              f"(ratio {s['rtf_total'] / s['peer_rtf_total']:.2f})", flush=True)
+              f"(ratio {s['rtf_total'] / s['peer_rtf_total']:.2f}); CPU seconds per audio second "
+              f"{s['cpu_s_per_audio_s']:.3f} (wall RTF on an idle machine with {s['threads']} threads is about "
+              f"{s['cpu_s_per_audio_s'] / s['threads']:.3f})", flush=True)
     if "tts" in only:
         res["tts"] = {"espeak-ng": bench_tts(config, "espeak-ng")}
         try:
