@@ -243,7 +243,7 @@ def main() -> int:
               f"p95 {s['rtf_p95']:.3f} total {s['rtf_total']:.3f} (clips {s['audio_s_mean']:.1f} s), WER "
               f"{s['wer']:.3f}; faster-whisper direct (defaults) RTF {s['peer_rtf_total']:.3f} "
               f"(ratio {s['rtf_total'] / s['peer_rtf_total']:.2f}); CPU seconds per audio second "
-              f"{s['cpu_s_per_audio_s']:.3f} (wall RTF on an idle machine with {s['threads']} threads is about "
+              f"{s['cpu_s_per_audio_s']:.3f} (so on {s['threads']} free cores the wall RTF is at best "
               f"{s['cpu_s_per_audio_s'] / s['threads']:.3f})", flush=True)
     if "tts" in only:
         res["tts"] = {"espeak-ng": bench_tts(config, "espeak-ng")}
