@@ -223,6 +223,7 @@ def main() -> int:
     ap.add_argument("--no-concurrent", action="store_true", help="skip the run beside 4 chat clients")
     ap.add_argument("--only", choices=["stt", "tts", "loop", "loop4", "rss"], action="append", default=None,
                     help="loop4: only the loop beside 4 chat clients")
+    ap.add_argument("--beam", type=int, default=None, help="Whisper's beam (default speech.stt_beam_size, 5)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
     from liteinfer.core.catalog import resolve_llm
@@ -230,6 +231,8 @@ def main() -> int:
     model = args.model or str(resolve_llm("smollm2-135m"))
     config = DeviceConfig()
     config.speech.stt_model, config.speech.tts_model = "whisper-tiny.en", "espeak-ng"
+    if args.beam:
+        config.speech.stt_beam_size = args.beam
     only = set(args.only or ["stt", "tts", "loop", "loop4", "rss"])
     if args.no_concurrent:
         only.discard("loop4")
