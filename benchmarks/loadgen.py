@@ -70,7 +70,8 @@ async def _one(host: str, port: int, body: dict, res: LoadResult) -> None:
             if chunk.get("usage"):
                 usage_tokens = chunk["usage"].get("completion_tokens")
             for choice in chunk.get("choices") or []:
-                if (choice.get("delta") or {}).get("content"):
+                delta = choice.get("delta") or {}
+                if delta.get("content") or delta.get("tool_calls"):
                     n_tokens += 1
                     first = first or time.perf_counter()
         res.requests += 1
@@ -85,7 +86,9 @@ async def _one(host: str, port: int, body: dict, res: LoadResult) -> None:
 
 
 async def run_load(host: str, port: int, concurrency: int, per_client: int, max_tokens: int = 32,
-                   model: str | None = None, system: str | None = None) -> LoadResult:
+                   model: str | None = None, system: str | None = None, extra: dict | None = None) -> LoadResult:
+    """C clients, each sending `per_client` streamed chat requests one after another; `extra`
+    adds request fields (response_format, tools...)."""
     res = LoadResult(concurrency)
 
     async def client(i: int) -> None:
@@ -97,6 +100,7 @@ async def run_load(host: str, port: int, concurrency: int, per_client: int, max_
                     "stream_options": {"include_usage": True}}
             if model:
                 body["model"] = model
+            body.update(extra or {})
             await _one(host, port, body, res)
 
     t0 = time.perf_counter()

@@ -85,7 +85,7 @@ def own_cpu(pid: int) -> float:
     return mine
 
 
-def profile(model_path: str, threads: int, levels: list[int], n_tokens: int) -> None:
+def profile(model_path: str, threads: int, levels: list[int], n_tokens: int, shortlist: bool = True) -> None:
     """Where a constrained step's time goes, in-process on the engine the server runs: decode
     (llama_decode), sampling, and how often the grammar rejected the plain pick (each rejection
     is a pass of the grammar over the whole vocabulary)."""
@@ -115,6 +115,8 @@ def profile(model_path: str, threads: int, levels: list[int], n_tokens: int) -> 
         return ok
 
     eng._sample, eng._grammar_allows = timed_sample, counted_allows
+    if not shortlist:  # every rejection runs the grammar over the whole vocabulary
+        eng._shortlist_sample = lambda seq, idx: None
     tool_plan = plan_chat([{"role": "user", "content": "x"}], "", [TOOL], "required")
     grammars = {"plain": None, "json_schema": json_schema_grammar(FACTS), "tool_call": tool_plan.grammar}
     print(f"{'mode':<12}{'c':>4}{'tok/s':>8}{'ms/step':>9}{'sample ms/step':>16}{'rejected':>10}")
@@ -155,6 +157,8 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write all rows here")
     ap.add_argument("--profile", action="store_true",
                     help="instead: in-process on the engine, time decode vs sampling and count grammar rejections")
+    ap.add_argument("--no-shortlist", action="store_true",
+                    help="with --profile: without the 64-token shortlist (the full-vocabulary grammar pass)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -169,7 +173,7 @@ def main() -> int:
     print(f"model {model_path}\nthreads {threads}, load average before start {load_before:.2f}"
           + ("  WARNING: machine busy, numbers will be low and noisy" if load_before > 0.5 else ""), flush=True)
     if args.profile:
-        profile(model_path, threads, levels, args.max_tokens)
+        profile(model_path, threads, levels, args.max_tokens, shortlist=not args.no_shortlist)
         return 0
 
     port = free_port()
