@@ -13,7 +13,11 @@ from conftest import ServerProcess
 
 from liteinfer.engines.llama import SamplingParams
 
-TIE_TOLERANCE = 0.5
+# A batch's matmuls sum in another order than a lone sequence's, so a near-tie may flip. On an
+# AMD EPYC (Zen 4) machine the prompt "Tell me one fact about the number 2." left its alone
+# run at token 13 with a top-2 logit margin of 0.525, at this commit and at 78e77ac alike;
+# cross-talk between sequences shows as divergence at margins of several logits.
+TIE_TOLERANCE = 1.0
 PROMPTS = [f"Tell me one fact about the number {i}." for i in range(1, 9)] + [
     "Name a color.", "What is a cat?", "Write a short greeting.", "What is 3+5?",
     "Describe the sun.", "Say something about rain.", "What do bees make?", "Name a planet.",
