@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_write_text
+from liteinfer.core.plugins import validate_sections
 
 SCHEMA_VERSION = 1
 KVType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
@@ -163,6 +164,9 @@ class DeviceConfig(_Section):
     power: PowerSettings = Field(default_factory=PowerSettings)
     # What the profiler saw and which library entry matched: informational, free-form.
     device: dict[str, Any] = Field(default_factory=dict)
+    # Plugins' sections ({"encrypt": {...}}), each validated by the model its plugin registers
+    # (core/plugins.py); a section whose plugin is not installed is kept as it is.
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 def _field_path(loc: tuple) -> str:
@@ -194,10 +198,12 @@ def load_config(path: str | os.PathLike | None, must_exist: bool = False) -> Dev
             "re-run `python hw_profiler.py` to write a current file"
         )
     try:
-        return DeviceConfig.model_validate(data)
+        config = DeviceConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         raise LiteInferError(f"{p}: field {_field_path(err['loc'])}: {err['msg']}") from None
+    validate_sections(config.plugins, str(p))
+    return config
 
 
 def save_config(config: DeviceConfig, path: str | os.PathLike) -> None:
