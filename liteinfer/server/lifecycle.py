@@ -76,5 +76,7 @@ def run(app, config: DeviceConfig, lifecycle: Lifecycle) -> None:
     uv = uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level="warning",
                         access_log=False,  # access logs cost CPU that the engine's threads need
                         http=protocol_class(limits), h11_max_incomplete_event_size=limits.max_header_bytes,
+                        # loop pinned: with uvloop installed (ray[serve] pulls it) "auto" would switch to it
+                        loop="asyncio",
                         timeout_keep_alive=5, timeout_graceful_shutdown=5, lifespan="on")
     DrainingServer(uv, lifecycle, config.server.drain_s).run()
