@@ -120,11 +120,15 @@ def test_sixteen_concurrent_requests_match_their_alone_runs(server, serving_engi
         alone = engine.detokenize(gen)
         if text == alone:
             continue
-        k = 0  # first token where the batched text leaves the alone run
-        while k < len(gen) and text.startswith(engine.detokenize(gen[: k + 1])):
+        # the first character that differs, then the alone token holding it; the token before it
+        # may be where they split too (the batched run picked a longer token that starts alike)
+        d = next((i for i, (a, b) in enumerate(zip(text, alone)) if a != b), min(len(text), len(alone)))
+        k = 0
+        while k < len(gen) and len(engine.detokenize(gen[: k + 1])) <= d:
             k += 1
-        assert k < len(ref.margins) and ref.margins[k] < TIE_TOLERANCE, (
-            f"batched {text!r} != alone {alone!r} at token {k}, top-2 margin {ref.margins[k]:.3f}")
+        margins = [ref.margins[i] for i in (k - 1, k) if 0 <= i < len(ref.margins)]
+        assert margins and min(margins) < TIE_TOLERANCE, (
+            f"batched {text!r} != alone {alone!r} at token {k}, top-2 margins {margins}")
     # they really shared steps: more than one sequence per step on average
     assert server.metric("liteinfer_sequences_per_step_sum") - steps_before > 0
     hist = server.metric("liteinfer_sequences_per_step_count")
