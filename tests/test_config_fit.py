@@ -37,9 +37,11 @@ def test_amx_repack_buffers_are_named():
     p.cpu.isa = [*p.cpu.isa, "amx"]
     cfg = DeviceConfig()
     cfg.engine.use_extra_bufts = True
-    assert not_applicable(cfg, p)[0].startswith("engine.use_extra_bufts=true (an AMX CPU")
-    cfg.engine.use_extra_bufts = None  # None: the engine decides (off with AMX)
-    assert not_applicable(cfg, p) == []
+    # a build with AMX code on this AMX CPU: forcing the repack buffers on is named
+    assert not_applicable(cfg, p, repack_safe=False)[0].startswith("engine.use_extra_bufts=true (a llama.cpp build")
+    assert not_applicable(cfg, p) == []  # the AMX-off build: safe on an AMX CPU too
+    cfg.engine.use_extra_bufts = None  # None: the engine decides (off only where unsafe)
+    assert not_applicable(cfg, p, repack_safe=False) == []
 
 
 def test_serve_names_them_in_one_line(default_model_path):

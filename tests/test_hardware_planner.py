@@ -99,11 +99,16 @@ def test_tight_memory_switches_kv_to_q8_with_flash_attention():
     assert any(r.startswith("kv: q8_0") for r in cfg.device["reasons"])
 
 
-def test_amx_cpu_turns_repack_buffers_off():
+def test_amx_cpu_keeps_repack_buffers_with_the_amx_off_build():
+    """The guard follows the build, not the CPU flags: the project's llama.cpp build has no AMX
+    code (scripts/llama_cmake_flags.sh), so an AMX CPU keeps the repack buffers (the engine's
+    default, None) and the plan says why."""
     p = probe(HW / "container-2cpu-4g")
     p.cpu.isa = sorted({*p.cpu.isa, "amx", "amx_int8"})
     cfg = plan(p, None, SMOLLM).config
-    assert cfg.engine.use_extra_bufts is False
+    assert cfg.engine.use_extra_bufts is None
+    assert any(r.startswith("use_extra_bufts on: this llama.cpp build has no AMX code")
+               for r in cfg.device["reasons"])
 
 
 def test_no_measurements_no_entry_still_plans():

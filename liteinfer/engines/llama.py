@@ -25,7 +25,7 @@ from liteinfer.core.catalog import check_gguf
 from liteinfer.core.config import EngineSettings
 from liteinfer.core.errors import LiteInferError
 from liteinfer.engines.chat_template import CHATML, ChatTemplate, split_special
-from liteinfer.engines.llama_cpp_lazy import c_api
+from liteinfer.engines.llama_cpp_lazy import c_api, repack_buffers_safe
 from liteinfer.engines.q4_1_split import prepare
 from liteinfer.hardware.cores import usable_cores
 
@@ -163,14 +163,6 @@ def _drop_mapped_pages(path: Path) -> None:
         pass  # not Linux: memory stays as it was, nothing breaks
 
 
-def _cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_tile" in f.read()
-    except OSError:
-        return False
-
-
 class LlamaEngine:
     def __init__(self, model_path: str | os.PathLike, settings: EngineSettings | None = None):
         llama_cpp = c_api()
@@ -187,8 +179,8 @@ class LlamaEngine:
         mparams.n_gpu_layers = 0
         mparams.use_mmap = s.use_mmap
         mparams.use_mlock = s.use_mlock
-        # AMX weight-repack buffers crash multi-token decode on Intel AMX CPUs (see FACTS.md).
-        mparams.use_extra_bufts = (not _cpu_has_amx()) if s.use_extra_bufts is None else s.use_extra_bufts
+        # repack buffers crash batched decode only in a build with AMX code on an AMX CPU
+        mparams.use_extra_bufts = repack_buffers_safe() if s.use_extra_bufts is None else s.use_extra_bufts
         load_path, self._offsets = self.path, None
         if s.split_q4_1:
             try:

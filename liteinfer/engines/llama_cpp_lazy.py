@@ -47,3 +47,31 @@ def c_api() -> types.ModuleType:
             raise
         pkg.__dict__.update({k: v for k, v in vars(low).items() if not k.startswith("_")})
     return pkg
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+def repack_buffers_safe(system_info: str | None = None, cpu_has_amx: bool | None = None) -> bool:
+    """Whether llama.cpp's weight-repack buffers (`use_extra_bufts`) are safe to turn on here.
+
+    The batched-decode crash comes from ggml's AMX buffer type alone, and ggml registers that
+    type only when the build carries AMX code (compiled with AMX_INT8: the CPU backend then
+    lists `AMX_INT8 = 1` in `llama_print_system_info()`) AND the CPU has AMX tiles. The
+    project's builds turn AMX off (scripts/llama_cmake_flags.sh), so the repack buffers, and
+    with them the Q4_1 split's repacked kernels, stay on on AMX CPUs too; only a build with
+    AMX code running on an AMX CPU turns them off. Arguments are for tests: by default this
+    build's system info and /proc/cpuinfo."""
+    if system_info is None:
+        try:
+            system_info = c_api().llama_print_system_info().decode(errors="replace")
+        except LiteInferError:
+            return True  # no llama.cpp installed: nothing to crash
+    if "AMX_INT8 = 1" not in system_info:
+        return True
+    return not (_cpu_has_amx() if cpu_has_amx is None else cpu_has_amx)

@@ -23,9 +23,12 @@ def stale_fields(config: DeviceConfig, p: Probe) -> list[str]:
     return [f"device.fingerprint.{k}: {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]]
 
 
-def not_applicable(config: DeviceConfig, p: Probe, model_bytes: int | None = None) -> list[str]:
+def not_applicable(config: DeviceConfig, p: Probe, model_bytes: int | None = None,
+                   repack_safe: bool = True) -> list[str]:
     """Config fields that do not fit this machine, each as `field=value (why)`: the server
-    still starts, and names them in one warning line."""
+    still starts, and names them in one warning line. `repack_safe`: llama.cpp's repack
+    buffers are safe with this build on this CPU (engines' repack_buffers_safe(); the
+    project's AMX-off build: always)."""
     out: list[str] = []
     cores = p.usable_cores
     e = config.engine
@@ -33,8 +36,9 @@ def not_applicable(config: DeviceConfig, p: Probe, model_bytes: int | None = Non
                         ("oneshot.intra_op_threads", config.oneshot.intra_op_threads)):
         if value and value > cores:
             out.append(f"{name}={value} (this machine has {cores} usable cores: threads time-share them)")
-    if e.use_extra_bufts and "amx" in p.cpu.isa:
-        out.append("engine.use_extra_bufts=true (an AMX CPU: llama.cpp's repack buffers crash multi-token decode)")
+    if e.use_extra_bufts and not repack_safe:
+        out.append("engine.use_extra_bufts=true (a llama.cpp build with AMX code on an AMX CPU: its repack "
+                   "buffers crash multi-token decode)")
     limit = p.memory.memlock_limit_mb
     if e.use_mlock and limit is not None and (model_bytes is None or model_bytes / 2**20 > limit):
         out.append(f"engine.use_mlock=true (RLIMIT_MEMLOCK is {limit} MB: llama.cpp cannot lock the weights)")

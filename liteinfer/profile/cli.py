@@ -137,9 +137,13 @@ def advice(p, cfg=None, load_avg: float | None = None) -> list[dict[str, str]]:
     if c.arch == "x86_64" and "avx2" not in c.isa:
         add("isa", "no AVX2: llama.cpp uses SSE kernels; use Q4_0 and models up to ~0.5B, and build "
             "llama-cpp-python on this machine (GGML_NATIVE=ON)", f"{HARDWARE}/intel-amd-mini.md")
-    if "amx" in c.isa:
-        add("isa", "AMX CPU: llama.cpp's AMX repack buffers crash multi-token decode; keep "
-            "engine.use_extra_bufts false (the planner does)", SECTIONS["build"])
+    # the llama.cpp bindings load only on an AMX CPU, where the build decides (memory)
+    from liteinfer.engines.llama_cpp_lazy import repack_buffers_safe
+
+    if "amx" in c.isa and not repack_buffers_safe(cpu_has_amx=True):
+        add("isa", "AMX CPU and a llama.cpp build with AMX code: its AMX repack buffers crash multi-token "
+            "decode; keep engine.use_extra_bufts false (the planner does), or rebuild with AMX off "
+            "(scripts/build_llama_wheel.sh) to keep the repacked kernels", SECTIONS["build"])
     if c.arch in ("aarch64", "arm64") and "dotprod" not in c.isa:
         add("isa", "no dotprod (Armv8.0 cores): Q4_0 is the fastest quant type; K-quants run slower here",
             f"{HARDWARE}/raspberry-pi.md")

@@ -17,6 +17,7 @@ from liteinfer.core.catalog import pull
 from liteinfer.core.config import DeviceConfig, EngineSettings
 from liteinfer.core.errors import LiteInferError
 from liteinfer.engines.llama import LlamaEngine
+from liteinfer.engines.llama_cpp_lazy import repack_buffers_safe
 from liteinfer.hardware.devices import DeviceEntry, Match, best_match
 from liteinfer.hardware.fingerprint import fingerprint
 from liteinfer.hardware.probe import Probe, probe
@@ -218,9 +219,13 @@ def plan(p: Probe, entry: DeviceEntry | None = None, measurements: dict[str, Any
         "mlock on: weights stay resident" if eng.use_mlock else
         f"mlock off: RLIMIT_MEMLOCK {p.memory.memlock_limit_mb} MB" if not lock_ok else "mlock off"
     )
-    if "amx" in p.cpu.isa:
+    if not repack_buffers_safe(cpu_has_amx="amx" in p.cpu.isa):
         eng.use_extra_bufts = False
-        reasons.append("use_extra_bufts off: AMX repack buffers crash llama.cpp decode")
+        reasons.append("use_extra_bufts off: this llama.cpp build has AMX code, and its AMX repack buffers "
+                       "crash batched decode on this CPU")
+    elif "amx" in p.cpu.isa:
+        reasons.append("use_extra_bufts on: this llama.cpp build has no AMX code, so the repack buffers are "
+                       "safe on this AMX CPU")
 
     # Server and one-shot limits follow the batch.
     srv.max_queue = max(8, 4 * max_batch)

@@ -27,6 +27,7 @@ from liteinfer.core.catalog import allow_fetch, resolve_llm
 from liteinfer.core.config import DeviceConfig, load_config
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.plugins import check_model, registry
+from liteinfer.engines.llama_cpp_lazy import repack_buffers_safe
 from liteinfer.hardware.fingerprint import not_applicable, stale_fields
 from liteinfer.hardware.probe import probe
 from liteinfer.server.auth import load_api_keys
@@ -262,7 +263,9 @@ def _warn_inapplicable(config: DeviceConfig, llm: bool) -> None:
     if llm:
         with contextlib.suppress(LiteInferError, OSError):
             size = resolve_llm(config.model).stat().st_size  # pulled already: no download
-    odd = not_applicable(config, probe(), size)
+    # the build's AMX code only matters where the config forces the repack buffers on
+    safe = not (llm and config.engine.use_extra_bufts) or repack_buffers_safe()
+    odd = not_applicable(config, probe(), size, repack_safe=safe)
     if odd:
         logging.getLogger("liteinfer.server").warning("config fields that do not apply to this machine: %s",
                                                       "; ".join(odd))
