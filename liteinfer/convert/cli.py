@@ -14,7 +14,7 @@ from liteinfer.convert.cli_onnx import add_minilm, add_torch
 
 
 def add_hf(conv: argparse._SubParsersAction) -> None:
-    p = conv.add_parser("hf", help="Hugging Face llama-family safetensors folder -> GGUF")
+    p = conv.add_parser("hf", help="Hugging Face model folder (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, GPT-2) -> GGUF")
     p.add_argument("src", type=Path, help="folder with config.json, *.safetensors, tokenizer.json")
     p.add_argument("out", type=Path, help="output .gguf file")
     p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16"], help="weight type (default f32)")
@@ -25,9 +25,9 @@ def add_hf(conv: argparse._SubParsersAction) -> None:
 
 def _hf_main(args: argparse.Namespace) -> int:
     # on use: keeps `liteinfer --help` fast
-    from liteinfer.convert.hf import convert_hf
+    from liteinfer.convert.hf import convert_any
 
-    out = convert_hf(args.src, args.out, outtype=args.outtype, pre=args.pre, progress=sys.stderr.isatty())
+    out = convert_any(args.src, args.out, outtype=args.outtype, pre=args.pre, progress=sys.stderr.isatty())
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -67,7 +67,7 @@ def tensor_map(n_layers: int) -> dict[str, str]:
     return m
 
 
-def load_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise LiteInferError(f"{folder}: not a folder (expected a Hugging Face model folder)")
@@ -78,16 +78,66 @@ def load_config(folder: Path) -> dict:
         cfg = json.loads(cfg_path.read_text())
     except ValueError as e:
         raise LiteInferError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise LiteInferError(f"{cfg_path}: not a JSON object")
+    return cfg
+
+
+def builtin_limit(cfg: dict) -> str | None:
+    """Why our numpy converter cannot take this llama-family config (None: it can)."""
+    if cfg.get("rope_scaling"):
+        return f"rope_scaling {cfg['rope_scaling']} is not supported yet"
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        return "attention/MLP biases are not supported (llama family without bias)"
+    if cfg.get("sliding_window"):
+        return "sliding-window attention is not supported"
+    return None
+
+
+def load_config(folder: Path) -> dict:
+    """config.json of a llama-family folder our numpy converter (and ReferenceLlama) takes."""
+    cfg = read_config(folder)
     archs = set(cfg.get("architectures") or [])
     if not archs & SUPPORTED_ARCHS:
         raise LiteInferError(f"{folder}: architecture {sorted(archs)} not supported (llama family only)")
-    if cfg.get("rope_scaling"):
-        raise LiteInferError(f"{folder}: rope_scaling {cfg['rope_scaling']} is not supported yet")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise LiteInferError(f"{folder}: attention/MLP biases are not supported (llama family without bias)")
-    if cfg.get("sliding_window"):
-        raise LiteInferError(f"{folder}: sliding-window attention is not supported")
+    limit = builtin_limit(cfg)
+    if limit:
+        raise LiteInferError(f"{folder}: {limit}")
     return cfg
+
+
+def _builtin_takes(folder: Path, cfg: dict) -> bool:
+    """Llama/Mistral with a plain byte-level BPE tokenizer.json (or none: the error says so)."""
+    if not set(cfg.get("architectures") or []) & SUPPORTED_ARCHS or builtin_limit(cfg):
+        return False
+    tok_path = folder / "tokenizer.json"
+    if not tok_path.is_file():
+        return not (folder / "tokenizer.model").is_file()
+    try:
+        model = json.loads(tok_path.read_text()).get("model") or {}
+    except ValueError:
+        return True  # the builtin path reports the broken file
+    return model.get("type") == "BPE" and not model.get("byte_fallback")
+
+
+def convert_any(folder: str | Path, out: str | Path, outtype: str = "f32", pre: str | None = None,
+                progress: bool = True) -> Path:
+    """OUT.gguf from a HF folder of any supported family: ours for plain Llama/Mistral, else llama.cpp's."""
+    # on use: the llama.cpp bridge is only needed here (start-up)
+    from liteinfer.convert.llamacpp import FAMILIES, convert_llamacpp, supported_text
+
+    folder, out = Path(folder), Path(out)
+    if outtype not in OUTTYPES:
+        raise LiteInferError(f"unknown --outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
+    cfg = read_config(folder)
+    archs = cfg.get("architectures") or []
+    arch = next((a for a in archs if a in FAMILIES), None)
+    if arch is None:
+        raise LiteInferError(f"{folder}: architecture {archs or cfg.get('model_type')} is not supported; "
+                             f"supported: {supported_text()}")
+    if _builtin_takes(folder, cfg):
+        return convert_hf(folder, out, outtype=outtype, pre=pre, progress=progress)
+    return convert_llamacpp(folder, out, arch, outtype=outtype, pre=pre, progress=progress)
 
 
 def convert_hf(folder: str | Path, out: str | Path, outtype: str = "f32", pre: str | None = None,
