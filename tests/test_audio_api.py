@@ -166,3 +166,18 @@ def test_full_queue_is_429_with_retry_after_and_metrics_count_the_work(voice_ser
 def test_health_and_stats_name_the_speech_models(voice_server):
     h = httpx.get(voice_server.url + "/health", timeout=10).json()
     assert h["models"] == {"stt": "whisper-tiny.en", "tts": "espeak-ng"}
+
+
+def test_models_lists_the_speech_models_and_every_alias_answers(client, question):
+    listed = [m.id for m in client.models.list().data]
+    stt_ids = ["whisper-tiny.en", "whisper-1", "gpt-4o-mini-transcribe", "gpt-4o-transcribe"]
+    tts_ids = ["espeak-ng", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
+    assert listed == stt_ids + tts_ids  # --no-llm: speech only, each served name before its aliases
+    for name in stt_ids:
+        assert "keys" in _words(client.audio.transcriptions.create(model=name, file=question.open("rb")).text), name
+    for name in tts_ids:
+        audio = client.audio.speech.create(model=name, voice="alloy", input="Yes.", response_format="pcm")
+        assert len(audio.content) > 4800, name  # > 0.1 s of 24 kHz 16-bit speech
+    with pytest.raises(openai.NotFoundError) as e:
+        client.audio.transcriptions.create(model="tts-1", file=question.open("rb"))
+    assert "whisper-1" in str(e.value)  # the not-found message names what is served

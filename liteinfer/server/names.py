@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from liteinfer.core.config import DeviceConfig
 
 LISTED_KINDS = ("llm", "embedding")  # Ollama's listings: the classifier has no /api route
-ALL_KINDS = ("llm", "embedding", "classifier")
+ALL_KINDS = ("llm", "embedding", "classifier", "stt", "tts")  # /v1/models: speech too (OpenAI lists whisper-1...)
 
 
 def _bare(name: str) -> str:
@@ -22,8 +22,8 @@ def _bare(name: str) -> str:
 
 def listed(services: dict, config: DeviceConfig, kinds: Iterable[str] = LISTED_KINDS,
            ready_only: bool = True) -> list[tuple[str, object]]:
-    """(name, service) for each model of `kinds` (ready ones) and each of the LLM's aliases,
-    the served name first."""
+    """(name, service) for each model of `kinds` (ready ones) and each of the LLM's aliases (and a
+    speech model's: whisper-1, tts-1...), the served name first."""
     out: list[tuple[str, object]] = []
     for kind in kinds:
         svc = services.get(kind)
@@ -32,6 +32,9 @@ def listed(services: dict, config: DeviceConfig, kinds: Iterable[str] = LISTED_K
         out.append((svc.name, svc))
         if kind == "llm":
             out += [(a, svc) for a in config.server.aliases if a != svc.name]
+        elif kind in ("stt", "tts"):
+            extra = config.speech.stt_aliases if kind == "stt" else config.speech.tts_aliases
+            out += [(a, svc) for a in extra if a != svc.name]
     return out
 
 
