@@ -3,7 +3,7 @@
     liteinfer plugins            # one line per plugin; a plugin that failed says why
     liteinfer plugins --json
 
-Commands are those the plugin registered on this run's parser; routes come from calling its
+Commands and serve options are those the plugin registered on this run's parser; routes come from calling its
 router factories (so this command imports FastAPI when a plugin has routes).
 """
 
@@ -34,7 +34,7 @@ def describe() -> list[dict]:
         rows.append({
             "name": p.name, "version": e.version, "dist": e.dist, "entry_point": e.entry_point,
             "description": p.description, "status": "error" if e.errors else "ok",
-            "commands": e.commands, "routes": _routes(e, routers),
+            "commands": e.commands, "serve_options": e.serve_options, "routes": _routes(e, routers),
             "engines": [{"suffix": t.suffix, "description": t.description,
                          "kinds": [k for k, f in (("llm", t.load_llm), ("oneshot", t.load_oneshot)) if f]}
                         for t in p.engines],
@@ -53,6 +53,8 @@ def _line(row: dict) -> str:
     parts = []
     if row["commands"]:
         parts.append("commands: " + ", ".join(row["commands"]))
+    if row["serve_options"]:
+        parts.append("serve options: " + ", ".join(row["serve_options"]))
     if row["routes"]:
         parts.append("routes: " + ", ".join(row["routes"]))
     if row["engines"]:

@@ -14,6 +14,7 @@ and the object says what it adds, each part optional (docs/plugins.md):
         engines=[EngineType(".lienc", ...)],  # model files this plugin loads, by suffix
         catalog=[CatalogSource("mine", resolve)],  # resolve(name) -> Path | None for names the catalog lacks
         config={"hello": HelloSettings},      # pydantic model for device_config.json's plugins.hello
+        serve=[ServeMode("--ray", add_arguments, run)],  # another way to run `serve`, by a flag of its own
     )
 
 Discovery happens once per process, on first use (`registry()`). A plugin whose import or
@@ -83,6 +84,23 @@ class CatalogSource:
 
 
 @dataclass(frozen=True)
+class ServeMode:
+    """Another way to run `liteinfer serve`, chosen by a flag of its own (plugins/ray_serve: --ray).
+
+    add_arguments(group): adds the mode's options, `flag` among them, to serve's parser (an
+        argument group titled by the plugin); an option a core one has is refused by argparse
+        and the mode left out whole
+    run(args) -> int: serves instead of the one-box server when `flag` was given; `args` holds
+        all of serve's options too (liteinfer.server.app.config_from_args turns them into a
+        DeviceConfig). Without `flag`, an option of the mode is a one-line error.
+    """
+
+    flag: str
+    add_arguments: Callable[[argparse._ArgumentGroup], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
 class Plugin:
     name: str
     description: str = ""
@@ -91,6 +109,7 @@ class Plugin:
     engines: Sequence[EngineType] = ()
     catalog: Sequence[CatalogSource] = ()
     config: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    serve: Sequence[ServeMode] = ()
 
 
 @dataclass
@@ -102,6 +121,7 @@ class Loaded:
     dist: str  # the installed distribution ("liteinfer-hello"), "" when registered in-process
     version: str
     commands: list[str] = field(default_factory=list)
+    serve_options: list[str] = field(default_factory=list)  # options its serve modes added to `serve`
     errors: list[str] = field(default_factory=list)  # a part that failed (a command hook, a router)
 
 
@@ -124,6 +144,7 @@ class Registry:
     def __init__(self) -> None:
         self.loaded: list[Loaded] = []
         self.failed: list[Failed] = []
+        self._serve_actions: dict[int, list[argparse.Action]] = {}  # id(ServeMode) -> the options it added
 
     # ---- discovery
 
@@ -200,6 +221,51 @@ class Registry:
                     self._part_failed(entry, "commands", e)
                     continue
                 entry.commands += [n for n in sub.choices if n not in before]
+
+    def add_serve_options(self, parser: argparse.ArgumentParser) -> None:
+        """Every plugin's serve modes add their options to `serve`'s parser, each in a group of
+        its own; one that clashes with an option already there (or raises) is left out whole."""
+        for entry in self.loaded:
+            for mode in entry.plugin.serve:
+                actions, strings = list(parser._actions), dict(parser._option_string_actions)
+                exclusive = list(parser._mutually_exclusive_groups)
+                group = parser.add_argument_group(f"{entry.plugin.name} plugin")
+                try:
+                    mode.add_arguments(group)
+                    if mode.flag not in parser._option_string_actions:
+                        raise ValueError(f"serve mode {mode.flag} did not add its flag")
+                except Exception as e:  # argparse's "conflicting option string", or the plugin's own bug
+                    parser._actions[:] = actions
+                    parser._option_string_actions.clear()
+                    parser._option_string_actions.update(strings)
+                    parser._action_groups.remove(group)
+                    parser._mutually_exclusive_groups[:] = exclusive
+                    self._part_failed(entry, "serve options", e)
+                    continue
+                added = parser._actions[len(actions):]
+                self._serve_actions[id(mode)] = added
+                entry.serve_options += [a.option_strings[0] for a in added]
+
+    def serve_mode(self, args: argparse.Namespace) -> ServeMode | None:
+        """The serve mode whose flag `args` has; an option of a mode given without its flag is a
+        LiteInferError naming both."""
+        chosen = None
+        for entry in self.loaded:
+            for mode in entry.plugin.serve:
+                added = self._serve_actions.get(id(mode), [])
+                flag = next((a for a in added if mode.flag in a.option_strings), None)
+                if flag is None:  # left out (a clash): its options are not on the parser
+                    continue
+                if getattr(args, flag.dest, None):
+                    if chosen is not None:
+                        raise LiteInferError(f"{chosen.flag} and {mode.flag}: give one of them")
+                    chosen = mode
+                    continue
+                for action in added:
+                    if getattr(args, action.dest, action.default) != action.default:
+                        raise LiteInferError(f"{action.option_strings[0]} is an option of {mode.flag}: give "
+                                             f"{mode.flag} too")
+        return chosen
 
     def routers(self) -> list[tuple[Loaded, Any]]:
         """(plugin, APIRouter) for every route factory that works."""

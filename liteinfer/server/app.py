@@ -284,6 +284,9 @@ def _lean_process() -> None:
 
 
 def serve_main(args) -> int:
+    mode = registry().serve_mode(args)  # a plugin's way to serve (--ray), chosen by its flag
+    if mode is not None:
+        return mode.run(args)
     _lean_process()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -317,6 +320,7 @@ def serve_main(args) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching and a chat page")
     add_serve_arguments(p)
+    registry().add_serve_options(p)  # plugins' serve modes (--ray): their options, after the core's
     p.set_defaults(func=serve_main)
 
 

@@ -1,0 +1,137 @@
+"""`liteinfer serve --ray`: connect to Ray (or start one on this machine), deploy the ingress
+and the replicas as one Ray Serve application, wait for SIGINT/SIGTERM, then take the
+application down (and the Ray this command started)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from liteinfer.core.errors import LiteInferError
+
+# serve's options that are not the replica's business (keys travel on their own, the mode's
+# own options stay with the driver)
+DRIVER_ONLY = {"func", "command", "api_key", "api_key_file", "ray", "replicas", "autoscale", "address",
+               "replica_cpus", "ray_resource", "app_name", "route_prefix", "target_ongoing"}
+
+
+def plan(args: argparse.Namespace, config, usable_cores: int) -> dict:
+    """What gets deployed, from the options and the driver's config: pure, for the tests."""
+    local = args.address is None
+    if args.autoscale:
+        lo, hi = args.autoscale
+        count = {"autoscaling_config": {
+            "min_replicas": lo, "max_replicas": hi, "initial_replicas": max(lo, 1),
+            "target_ongoing_requests": args.target_ongoing or config.scheduler.max_batch}}
+        most = hi
+    else:
+        most = args.replicas or 1
+        count = {"num_replicas": most}
+    if args.replica_cpus:
+        cpus = args.replica_cpus
+    else:  # a local Ray: this machine's cores shared out; a cluster: 1 each, threads from each node's config
+        cpus = max(1, usable_cores // most) if local else 1
+    # engine threads: --threads, else the reserved CPUs when they were given or shared out here,
+    # else each node's config (the planned count for that device)
+    threads = args.threads or (cpus if args.replica_cpus or (local and most > 1) else None)
+    actor = {"num_cpus": cpus}
+    if args.ray_resource:
+        actor["resources"] = dict(args.ray_resource)
+    return {
+        "local": local, "cpus": cpus, "threads": threads,
+        "replica": {**count, "ray_actor_options": actor,
+                    # what one replica takes before Ray queues in front of it: its batch and its queue
+                    "max_ongoing_requests": config.scheduler.max_batch + config.server.max_queue,
+                    "max_queued_requests": config.server.max_queue * most,
+                    "health_check_period_s": 5.0, "health_check_timeout_s": 30.0,
+                    "graceful_shutdown_timeout_s": max(1.0, config.server.drain_s)},
+        # the ingress holds every open request's stream: no CPU of its own to reserve, no cap of 5
+        "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 10_000},
+        "name": args.app_name or "liteinfer",
+        "route_prefix": args.route_prefix or "/",
+    }
+
+
+def _deploy_error(e: BaseException) -> str:
+    """The replica's own line when it could not start, else the first line of Ray's error."""
+    from liteinfer_ray.deployments import StartError
+
+    text = str(e)
+    for line in text.splitlines():
+        at = line.find(StartError.PREFIX)
+        if at >= 0:
+            return line[at + len(StartError.PREFIX):].strip()
+    first = next((x.strip() for x in text.splitlines() if x.strip()), type(e).__name__)
+    return f"Ray Serve could not deploy: {first}"
+
+
+def serve_ray(args: argparse.Namespace) -> int:
+    from liteinfer.core.catalog import allow_fetch, resolve_llm
+    from liteinfer.core.plugins import check_model
+    from liteinfer.hardware.cores import usable_cores
+    from liteinfer.server.app import config_from_args
+    from liteinfer.server.auth import load_api_keys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)  # the flags checked here, once, before Ray starts
+    if args.route_prefix is not None and not args.route_prefix.startswith("/"):
+        raise LiteInferError(f"--route-prefix {args.route_prefix!r}: start it with /")
+    p = plan(args, config, usable_cores())
+    if p["local"] and not args.no_llm:  # this machine serves: a model not pulled fails here, in one line
+        allow_fetch(False)
+        check_model(resolve_llm(config.model), "llm", config)
+    keys = load_api_keys(args.api_key, args.api_key_file, config.server.api_keys)
+    replica_args = {k: v for k, v in vars(args).items() if k not in DRIVER_ONLY}
+    settings = {"keys": keys, "limits": config.limits.model_dump(), "request_timeout_s": config.server.request_timeout_s,
+                "protect_docs": config.server.protect_docs if config.server.protect_docs is not None else bool(keys)}
+
+    # on use: Ray is the plugin's dependency, not liteinfer's (start-up time)
+    import ray
+    from ray import serve
+
+    from liteinfer_ray.deployments import LiteInferIngress, LiteInferReplica
+
+    if p["local"]:
+        ray.init(num_cpus=usable_cores(), include_dashboard=False, configure_logging=False)
+    else:
+        ray.init(address=args.address, configure_logging=False)
+    started_here = p["local"]
+    try:
+        serve.start(http_options={"host": config.server.host, "port": config.server.port})
+        replica = LiteInferReplica.options(**p["replica"]).bind(replica_args, keys, p["threads"])
+        app = LiteInferIngress.options(**p["ingress"]).bind(replica, settings)
+        try:
+            serve.run(app, name=p["name"], route_prefix=p["route_prefix"])
+        except Exception as e:
+            raise LiteInferError(_deploy_error(e)) from None
+        how = (f"autoscaling {args.autoscale[0]}-{args.autoscale[1]} replicas" if args.autoscale
+               else f"{p['replica']['num_replicas']} replica{'s' * (p['replica']['num_replicas'] > 1)}")
+        prefix = p["route_prefix"].rstrip("/")
+        where = "a local Ray" if p["local"] else f"Ray at {args.address}"
+        print(f"liteinfer serving {config.model if not args.no_llm else 'one-shot models'} on "
+              f"http://{config.server.host}:{config.server.port}{prefix} (Ray Serve on {where}: {how}, "
+              f"{p['cpus']} CPU{'s' * (p['cpus'] > 1)} each){' (API key required)' if keys else ''}", flush=True)
+        _wait_for_signal()
+        print("stopping: taking the application down", file=sys.stderr, flush=True)
+        serve.delete(p["name"])
+    finally:
+        if started_here:
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal while Ray shuts down ends it at once
+        signal.signal(sig, lambda *_: os._exit(130))
