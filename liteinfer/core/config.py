@@ -64,6 +64,11 @@ class SchedulerSettings(_Section):
     target_ttft_ms: float = Field(1500.0, gt=0)
     target_itl_ms: float = Field(200.0, gt=0, description="target inter-token latency")
     prefix_cache: bool = True
+    speculative: bool = Field(True, description="prompt-lookup speculation: draft tokens copied from the "
+                              "sequence's own prompt and output, verified in the batched step (per request: "
+                              "`speculative` field); it pauses itself where it does not pay")
+    speculative_max_draft: int = Field(8, ge=1, le=64, description="most draft tokens per sequence and step")
+    speculative_max_batch: int = Field(8, ge=1, description="no drafts when more sequences decode together")
 
 
 class OneShotSettings(_Section):

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,23 @@ def common_prefix_len(a: Seq[int], b: Seq[int]) -> int:
     return n
 
 
+def verify_draft(draft: Seq[int], sample_at: Callable[[int], int]) -> tuple[list[int], int]:
+    """The tokens one speculative step emits, and how many drafts they accepted.
+    `sample_at(i)` samples from the model at position i (0 = after the pending token, i = after
+    draft[i-1]) with the request's own sampler; it is called in order, and only while every
+    earlier draft was accepted. The draft is deterministic (a point mass), so the standard
+    speculative sampling rule (accept t with probability p(t), else sample from p without t,
+    renormalised) is exactly this: sample from p, keep going while the sample is the draft.
+    Emits 1..len(draft)+1 tokens, each one draw of the sampler, as without speculation."""
+    out: list[int] = []
+    for i in range(len(draft) + 1):
+        tok = sample_at(i)
+        out.append(tok)
+        if i == len(draft) or tok != draft[i]:
+            break
+    return out, len(out) - 1
+
+
 class KVCacheFull(LiteInferError):
     """No room in the KV cache for this step even after evicting cached prefixes."""
 
@@ -69,6 +87,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token -> added logit; <= -100 bans
     logprobs: bool = False  # record each sampled token's logprob (from the raw logits row)
     top_logprobs: int = 0  # ... and this many most likely alternatives, sorted
+    speculative: bool | None = None  # prompt-lookup drafts for this request; None = the scheduler's setting
 
     @property
     def greedy(self) -> bool:
@@ -107,6 +126,10 @@ class Sequence:
     constrained: object = None
     grammar: object = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    # speculation (scheduler/prompt_lookup.py): tokens guessed to follow the pending one; the
+    # next step runs them too and keeps the ones the model samples itself (see LlamaEngine.step)
+    draft: list[int] = field(default_factory=list)
+    n_accepted: int = 0  # drafts the last step accepted
 
     @property
     def n_pending(self) -> int:
@@ -598,13 +621,20 @@ class LlamaEngine:
     # ---- the batched step ---------------------------------------------------------------
     def step(self, plan: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
         """Feed each sequence's next `n` uncached tokens in ONE llama_decode; sample where a
-        sequence's last token ran. Returns [(sequence, new_token)] for those sequences."""
+        sequence's last token ran. Returns [(sequence, new_token)] for those sequences.
+
+        A decoding sequence (one pending token) with a `draft` runs the draft after its pending
+        token, with logits at each: it samples position by position with its own chain while
+        the samples equal the draft (verify_draft), so it may return several
+        (sequence, token) pairs, in order. The KV cells of the drafts it rejected are removed."""
         b = self._batch
         n = 0
         outputs: list[tuple[Sequence, int]] = []
         for seq, k in plan:
             k = min(k, seq.n_pending)
-            if n + k > self.n_batch:
+            if seq.draft and seq.n_pending != 1:
+                seq.draft = []
+            if n + k + len(seq.draft) > self.n_batch:
                 raise ValueError(f"step plan has more than n_batch={self.n_batch} tokens")
             last = len(seq.tokens) - 1
             for j in range(seq.n_cached, seq.n_cached + k):
@@ -616,6 +646,10 @@ class LlamaEngine:
                 if j == last:
                     outputs.append((seq, n))
                 n += 1
+            for j, tok in enumerate(seq.draft, start=last + 1):
+                b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = tok, j, 1, True
+                b.seq_id[n][0] = seq.slot
+                n += 1
         if n == 0:
             return []
         b.n_tokens = n
@@ -624,6 +658,8 @@ class LlamaEngine:
         while rc == 1 and self._evict_lru():  # no KV room: drop cached prefixes and retry
             rc = self._ll.llama_decode(self.ctx, b)
         if rc == 1:
+            for seq, _ in plan:  # llama.cpp took nothing of this batch: the drafts go too
+                seq.draft = []
             raise KVCacheFull("KV cache full: too many tokens in flight for n_ctx")
         if rc != 0:
             raise LiteInferError(f"llama_decode failed ({rc})")
@@ -636,16 +672,30 @@ class LlamaEngine:
             seq.n_cached += k
         results = []
         for seq, idx in outputs:
-            if seq.record_margins:
-                seq.margins.append(self._top2_margin(idx))
-            tok = self._sample(seq, idx)
-            if seq.params.logprobs:
-                seq.logprobs.append(self._logprob(idx, tok, seq.params.top_logprobs))
-            seq.tokens.append(tok)
-            results.append((seq, tok))
+            draft, seq.draft = seq.draft, []
+            emitted, accepted = verify_draft(draft, lambda i, seq=seq, idx=idx: self._sample_at(seq, idx + i))
+            for tok in emitted:
+                seq.tokens.append(tok)
+                results.append((seq, tok))
+            seq.n_accepted = accepted
+            if draft:
+                # the pending token and the accepted drafts are in the KV; the rest is not the sequence's
+                seq.n_cached += accepted
+                self.stats.decode_tokens += accepted
+                if accepted < len(draft) and not self._ll.llama_memory_seq_rm(self.mem, seq.slot, seq.n_cached, -1):
+                    raise LiteInferError("llama.cpp could not remove rejected draft tokens from the KV cache")
         self.stats.steps += 1
         self.stats.decode_seconds += time.perf_counter() - t0
         return results
+
+    def _sample_at(self, seq: Sequence, idx: int) -> int:
+        """Sample from the logits row `idx` with the sequence's chain (margins and logprobs as asked)."""
+        if seq.record_margins:
+            seq.margins.append(self._top2_margin(idx))
+        tok = self._sample(seq, idx)
+        if seq.params.logprobs:
+            seq.logprobs.append(self._logprob(idx, tok, seq.params.top_logprobs))
+        return tok
 
     def _logits_row(self, idx: int):
         # on use: numpy only for logprobs / embeddings: the serving path stays numpy-free (memory)

@@ -24,6 +24,7 @@ from liteinfer.core.errors import LiteInferError, QueueFull
 from liteinfer.engines.llama import KVCacheFull, LlamaEngine, SamplingParams, Sequence, common_prefix_len
 from liteinfer.engines.text_stream import TextStream
 from liteinfer.scheduler.continuous_policy import BatchController, Signals
+from liteinfer.scheduler.prompt_lookup import Speculator, break_even_rate
 
 
 def _machine_cores() -> int:
@@ -59,6 +60,7 @@ class GenRequest:
     reused_tokens: int = 0
     admitted: float | None = None
     first_token: float | None = None
+    speculator: Speculator | None = None  # prompt-lookup drafts (None: this request does not speculate)
 
     def __post_init__(self) -> None:
         self.n_prompt = len(self.prompt_tokens)  # the client's prompt, even after a preemption
@@ -83,6 +85,7 @@ class ContinuousScheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.preemptions = 0  # requests pushed back because the KV cache was full (/metrics)
+        self.drafted = self.accepted = 0  # speculative draft tokens run / accepted, all requests
 
     # ---- API for the server (any thread) ---------------------------------------------------
     @property
@@ -187,16 +190,22 @@ class ContinuousScheduler:
         try:
             results = self.engine.step(plan)
         except KVCacheFull:
+            for r in self.running:  # the step did not run: its drafts count for nothing
+                if r.speculator is not None:
+                    r.speculator.last_draft = 0
             self._preempt_newest()
             return
         dt = time.perf_counter() - t0
         self.steps += 1
-        self.controller.observe(n_decode, n_prompt, dt)
+        n_draft = self._account_drafts(plan)
+        self.controller.observe(n_decode, n_prompt + n_draft, dt)  # a draft token costs about a prompt token
         if self.metrics:
             self.metrics.observe_step(len(plan), n_decode, n_prompt, dt, self)
+        owner = {id(r.seq): r for r in self.running}
         for seq, token in results:
-            req = next(r for r in self.running if r.seq is seq)
-            self._on_token(req, token)
+            req = owner[id(seq)]
+            if req in self.running:  # a stop in the middle of accepted drafts ends it: drop the rest
+                self._on_token(req, token)
 
     def _signals(self, now: float) -> Signals:
         oldest = now - self.waiting[0].arrived if self.waiting else 0.0
@@ -248,11 +257,12 @@ class ContinuousScheduler:
 
     def _plan(self, prefill_chunk: int) -> tuple[list[tuple[Sequence, int]], int, int]:
         plan, n_decode, budget = [], 0, self.engine.n_batch
-        for r in self.running:  # decoding sequences first: one token each keeps them streaming
-            if r.seq.n_pending == 1:
-                plan.append((r.seq, 1))
-                n_decode += 1
+        decoding = [r for r in self.running if r.seq.n_pending == 1]
+        for r in decoding:  # decoding sequences first: one token each keeps them streaming
+            plan.append((r.seq, 1))
+            n_decode += 1
         budget -= n_decode
+        budget -= self._draft(decoding, budget)
         prompt_budget = min(prefill_chunk, budget) if n_decode else budget
         n_prompt = 0
         for r in self.running:  # then prompt chunks, oldest first
@@ -263,6 +273,55 @@ class ContinuousScheduler:
                 prompt_budget -= take
                 n_prompt += take
         return plan, n_decode, n_prompt
+
+    # ---- speculation (scheduler/prompt_lookup.py) -----------------------------------------
+    def _speculates(self, req: GenRequest) -> bool:
+        p = req.params
+        on = self.settings.speculative if p.speculative is None else p.speculative
+        # logprobs are streamed one event per token, each with its own row: one token per step
+        return on and not p.logprobs
+
+    def _draft(self, decoding: list[GenRequest], budget: int) -> int:
+        """Give decoding sequences prompt-lookup drafts within `budget` batch tokens; returns
+        how many draft tokens the step takes. None when more sequences decode than
+        speculative_max_batch; otherwise a request drafts while its acceptance beats the rate
+        at which a draft token pays for itself in a batch this size (break_even_rate, 20% margin)."""
+        s = self.settings
+        if not decoding or len(decoding) > s.speculative_max_batch:
+            return 0
+        c = self.controller  # adaptive off: a fixed policy, drafts wherever a match is found
+        need = 1.2 * break_even_rate(c.coef if c.fitted and s.adaptive else None, len(decoding))
+        used = 0
+        for r in decoding:
+            if r.speculator is None:
+                if not self._speculates(r):
+                    continue
+                r.speculator = Speculator(s.speculative_max_draft)
+            seq = r.seq
+            limit = min(budget - used, r.params.max_tokens - r.completion_tokens - 1,
+                        self.engine.max_seq_len - len(seq.tokens) - 1)
+            seq.draft = r.speculator.propose(seq.tokens, limit, need) if limit > 0 else []
+            used += len(seq.draft)
+        return used
+
+    def _account_drafts(self, plan: list[tuple[Sequence, int]]) -> int:
+        """After a step: each speculating request learns how its drafts did; returns the draft tokens run."""
+        total = accepted = 0
+        for r in self.running:
+            sp = r.speculator
+            if sp is None or r.seq is None:
+                continue
+            n = sp.last_draft
+            if n:
+                sp.record(n, r.seq.n_accepted)
+                total += n
+                accepted += r.seq.n_accepted
+        self.drafted += total
+        self.accepted += accepted
+        if self.metrics and total:
+            self.metrics.speculative_drafted.inc(total)
+            self.metrics.speculative_accepted.inc(accepted)
+        return total
 
     def _on_token(self, req: GenRequest, token: int) -> None:
         if req.first_token is None:

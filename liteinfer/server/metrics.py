@@ -39,6 +39,10 @@ class Metrics:
         self.prompt_tokens = Counter("liteinfer_prompt_tokens", "prompt tokens of finished requests", registry=r)
         self.reused_tokens = Counter("liteinfer_prefix_reused_tokens", "prompt tokens served from the prefix cache",
                                      registry=r)
+        self.speculative_drafted = Counter("liteinfer_speculative_drafted_tokens",
+                                           "prompt-lookup draft tokens run in engine steps", registry=r)
+        self.speculative_accepted = Counter("liteinfer_speculative_accepted_tokens",
+                                            "draft tokens the model sampled itself (kept)", registry=r)
         self.rejected = Counter("liteinfer_rejected_requests", "requests turned away", ["reason"], registry=r)
         self.cancelled = Counter("liteinfer_cancelled_requests", "requests cancelled (client gone)", registry=r)
         self.rss = Gauge("liteinfer_resident_memory_bytes", "server resident memory", registry=r)

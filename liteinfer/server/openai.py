@@ -132,13 +132,15 @@ class _SamplingFields(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    speculative: bool | None = Field(None, description="liteinfer extension: prompt-lookup speculation "
+                                     "for this request (null = the server's scheduler.speculative)")
 
     def sampling(self, default_max: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(max_tokens=self.max_tokens or default_max, temperature=self.temperature,
                               top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed, stop=stop,
                               presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                              logit_bias=_logit_bias(self.logit_bias))
+                              logit_bias=_logit_bias(self.logit_bias), speculative=self.speculative)
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
