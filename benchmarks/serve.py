@@ -30,7 +30,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loadgen import LoadResult, run_load  # noqa: E402
+from loadgen import LoadResult, _one, run_load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -117,6 +117,115 @@ def measure(servers: list[Server], levels: list[int], max_tokens: int, rounds: i
     return rows
 
 
+# ---- speculation: the copy-heavy workload, and the chat mix with speculation on and off ----
+
+COPY_TASKS = [
+    "Quote, word for word, every sentence of this passage that mentions {word}:",
+    "Rewrite this passage exactly as it is, but with British spelling:",
+    "Copy this passage and put the word {word} in capitals everywhere:",
+]
+CODE_TASKS = [
+    "Rename the variable `{word}` to `{word}_value` in this code and show the whole code:",
+    "Add a comment above each function of this code and show the whole code:",
+]
+
+
+def copy_passages(n_tokens: tuple[int, int] = (300, 800)) -> list[tuple[str, str]]:
+    """(kind, passage) pairs of about 300-800 tokens (4 characters a token) from this
+    repository's own prose and code: real text, the same in every run."""
+    out = []
+    for path, kind in (("docs/architecture.md", "text"), ("docs/api.md", "text"), ("README.md", "text"),
+                       ("liteinfer/scheduler/continuous.py", "code"), ("liteinfer/engines/text_stream.py", "code"),
+                       ("liteinfer/scheduler/continuous_policy.py", "code")):
+        text = (ROOT / path).read_text()
+        size = 4 * (n_tokens[0] + (len(out) * 97) % (n_tokens[1] - n_tokens[0]))
+        for start in range(len(text) // 5, len(text) - size, size * 2):
+            out.append((kind, text[start : start + size]))
+            if len(out) % 3 == 0:
+                break
+    return out
+
+
+async def run_bodies(port: int, concurrency: int, per_client: int, make_body, extra: dict | None) -> LoadResult:
+    """Like loadgen.run_load, with the request body made by make_body(client, request)."""
+    res = LoadResult(concurrency)
+
+    async def client(i: int) -> None:
+        for j in range(per_client):
+            await _one("127.0.0.1", port, {**make_body(i, j), **(extra or {})}, res)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def copy_body_maker(max_tokens: int):
+    passages = copy_passages()
+    words = ["the", "request", "token", "engine", "batch", "step"]
+
+    def make(i: int, j: int) -> dict:
+        kind, passage = passages[(i * 5 + j) % len(passages)]
+        tasks = CODE_TASKS if kind == "code" else COPY_TASKS
+        task = tasks[(i + j) % len(tasks)].format(word=words[(i + 2 * j) % len(words)])
+        return {"messages": [{"role": "user", "content": f"{task}\n\n{passage}"}], "max_tokens": max_tokens,
+                "temperature": 0, "stream_options": {"include_usage": True}}
+
+    return make
+
+
+def chat_body_maker(max_tokens: int):
+    def make(i: int, j: int) -> dict:  # loadgen.run_load's chat mix
+        return {"messages": [{"role": "user", "content": f"Question {i}-{j}: tell me something about the number "
+                              f"{i * 7 + j}."}], "max_tokens": max_tokens, "temperature": 0,
+                "stream_options": {"include_usage": True}}
+
+    return make
+
+
+def measure_variants(targets: list[tuple[str, Server, dict | None]], workload: str, make_body, levels: list[int],
+                     rounds: int, per_level: dict[int, int]) -> list[dict]:
+    """Like measure(), over (label, server, extra request fields) targets, interleaved."""
+    rows = []
+    for c in levels:
+        total = {label: LoadResult(c) for label, _, _ in targets}
+        per_round: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+        for r in range(rounds):
+            for label, srv, extra in targets[r % len(targets):] + targets[: r % len(targets)]:
+                res = asyncio.run(run_bodies(srv.port, c, max(1, per_level.get(c, 16) // c), make_body, extra))
+                t = total[label]
+                t.requests, t.errors, t.tokens = t.requests + res.requests, t.errors + res.errors, t.tokens + res.tokens
+                t.seconds += res.seconds
+                t.ttft += res.ttft
+                t.latency += res.latency
+                per_round[label].append(round(res.tok_per_s, 1))
+        for label, srv, _ in targets:
+            row = {"server": label, "workload": workload, **total[label].row(), "rss_mb": round(srv.peak_rss / 2**20),
+                   "tok/s_rounds": per_round[label]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def speculation_report(rows: list[dict]) -> None:
+    def get(server, workload, c):
+        return next((r for r in rows if r["server"] == server and r["workload"] == workload and r["c"] == c), None)
+
+    print()
+    for workload, target in (("copy", 1.5), ("chat", 0.97)):
+        for c in sorted({r["c"] for r in rows if r["workload"] == workload}):
+            on, off = get("liteinfer", workload, c), get("liteinfer spec-off", workload, c)
+            peer = get("llama-server", workload, c)
+            if on and off:
+                line = (f"{workload} c={c}: speculation on / off = {on['tok/s']} / {off['tok/s']} tok/s = "
+                        f"{on['tok/s'] / max(off['tok/s'], 1e-9):.2f}")
+                if c == 1:
+                    line += f" (target >= {target})"
+                if peer:
+                    line += f"; liteinfer / llama-server = {on['tok/s'] / max(peer['tok/s'], 1e-9):.2f}"
+                print(line)
+
+
 def best_fixed_held_out(fixed: list[dict]) -> float | None:
     """The best fixed setting's tok/s without the winner's curse: the maximum of five noisy
     measurements is biased up by the noise itself (five identical servers here spread 4% at
@@ -145,11 +254,22 @@ def main() -> int:
                     help="run N busy-looping processes beside the servers (a co-located job at equal priority)")
     ap.add_argument("--json", default=None, help="also write all rows here")
     ap.add_argument("--quick", action="store_true", help="levels 1,16, no fixed settings, no peers unless --base")
+    ap.add_argument("--speculation", action="store_true",
+                    help="only the speculation workloads: copy-heavy (quoting or rewriting a 300-800-token "
+                    "passage) and the chat mix, liteinfer with speculation on and off (request field), "
+                    "at --levels (default 1,16), beside llama-server")
+    ap.add_argument("--copy-max-tokens", type=int, default=128)
     ap.add_argument("--base", default=None, metavar="REV",
                     help="also serve liteinfer as of git revision REV (a behaviour-change check)")
     args = ap.parse_args()
     if args.quick:
         args.levels, args.fixed, args.skip_peers = "1,16", "", True
+    if args.speculation:
+        args.fixed = ""
+        if args.levels == ap.get_default("levels"):
+            args.levels = "1,16"
+        if args.ctx == ap.get_default("ctx"):
+            args.ctx = 16384  # 16 clients with 300-800-token passages and their replies
 
     sys.path.insert(0, str(ROOT))
     from liteinfer.core.catalog import resolve_llm
@@ -178,16 +298,23 @@ def main() -> int:
     if not args.skip_peers:
         exe = llama_server_bin()
         if exe:
-            configs.append(("llama-server", [str(exe), "-m", model_path, "-t", str(threads), "-np", "16", "-cb",
-                                             "-c", str(args.ctx * 2), "--host", "127.0.0.1"], "/health", None))
+            peer = [str(exe), "-m", model_path, "-t", str(threads), "-np", "16", "-cb", "-c",
+                    str(args.ctx if args.speculation else args.ctx * 2), "--host", "127.0.0.1"]
+            configs.append(("llama-server", peer, "/health", None))
+            if args.speculation:  # its own prompt lookup (n-gram drafts), sized like ours
+                configs.append(("llama-server lookup", peer + ["--spec-type", "ngram-simple",
+                                                               "--spec-ngram-simple-size-n", "3",
+                                                               "--spec-ngram-simple-size-m", "8"], "/health", None))
         else:
             print("llama-server not built: run scripts/build_llama_tools.sh (skipping that peer)")
-        configs.append(("llama-cpp-python", [PY, "-m", "llama_cpp.server", "--model", model_path, "--n_threads",
-                                             str(threads), "--n_ctx", str(args.ctx), "--host", "127.0.0.1",
-                                             # its default cuts a running stream off when the next
-                                             # request arrives: rows would count broken replies
-                                             "--interrupt_requests", "False"],
-                        "/v1/models", None))
+        if not args.speculation:
+            configs.append(("llama-cpp-python", [PY, "-m", "llama_cpp.server", "--model", model_path,
+                                                 "--n_threads", str(threads), "--n_ctx", str(args.ctx),
+                                                 "--host", "127.0.0.1",
+                                                 # its default cuts a running stream off when the next
+                                                 # request arrives: rows would count broken replies
+                                                 "--interrupt_requests", "False"],
+                            "/v1/models", None))
 
     servers, burners = [], []  # all servers up at once (idle ones cost no CPU), measured interleaved
     try:
@@ -199,13 +326,34 @@ def main() -> int:
                 print(f"{name}: {e}")
         for _ in range(args.background_load):
             burners.append(subprocess.Popen([PY, "-c", "while True: pass"]))
-        rows = measure(servers, levels, args.max_tokens, args.rounds)
+        if args.speculation:
+            targets = [(srv.name, srv, None) for srv in servers]
+            lite = next((srv for srv in servers if srv.name == "liteinfer"), None)
+            if lite:
+                targets.insert(1, ("liteinfer spec-off", lite, {"speculative": False}))
+            for srv in servers:  # warm-up
+                asyncio.run(run_bodies(srv.port, 1, 2, copy_body_maker(8), None))
+            rows = measure_variants(targets, "copy", copy_body_maker(args.copy_max_tokens), levels, args.rounds,
+                                    {1: 4, 16: 16})
+            rows += measure_variants(targets, "chat", chat_body_maker(args.max_tokens), levels, args.rounds,
+                                     {1: 8, 16: 32})
+        else:
+            rows = measure(servers, levels, args.max_tokens, args.rounds)
     finally:
         for b in burners:
             b.kill()
         for srv in servers:
             srv.stop()
 
+    if args.speculation:
+        print(f"load average after: {os.getloadavg()}")
+        for r in rows:
+            print(f"{r['server']:<20}{r['workload']:>6}{r['c']:>4}{r['req/s']:>8}{r['tok/s']:>8}{r['ttft_p50_ms']:>8}"
+                  f"{r['ttft_p95_ms']:>8}{r['rss_mb']:>8}{r['errors']:>5}")
+        speculation_report(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     print()
     hdr = f"{'server':<20}{'c':>4}{'req/s':>8}{'tok/s':>8}{'ttft50':>8}{'ttft95':>8}{'rss MB':>8}{'err':>5}"
     print(hdr)
