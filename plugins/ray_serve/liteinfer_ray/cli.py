@@ -96,9 +96,19 @@ def serve_ray(args: argparse.Namespace) -> int:
     from liteinfer_ray.deployments import LiteInferIngress, LiteInferReplica
 
     if p["local"]:
-        ray.init(num_cpus=usable_cores(), include_dashboard=False, configure_logging=False)
-    else:
-        ray.init(address=args.address, configure_logging=False)
+        # Ray starts its workers at niceness 15: on a machine doing other work too, the replicas
+        # would yield to everything else, where `serve` runs at the user's priority
+        os.environ.setdefault("RAY_worker_niceness", "0")
+    if not p["local"]:
+        _check_reachable(args.address)
+    try:
+        if p["local"]:  # "local": a new Ray of its own, even where `ray start` left a cluster running
+            ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, configure_logging=False)
+        else:
+            ray.init(address=args.address, configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        what = "start a local Ray" if p["local"] else f"connect to Ray at {args.address}"
+        raise LiteInferError(f"could not {what}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     started_here = p["local"]
     try:
         serve.start(http_options={"host": config.server.host, "port": config.server.port})
@@ -125,6 +135,24 @@ def serve_ray(args: argparse.Namespace) -> int:
             finally:
                 ray.shutdown()
     return 0
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """HOST:PORT or ray://HOST:PORT answers a TCP connect: Ray itself waits minutes on a wrong
+    address before it says so."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise LiteInferError(f"--address {address!r}: give HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise LiteInferError(f"--address {address}: nothing answers there ({e.strerror or e}); is "
+                             "`ray start --head` running on that machine, and the port open?") from None
 
 
 def _wait_for_signal() -> None:
