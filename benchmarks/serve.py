@@ -259,6 +259,8 @@ def main() -> int:
                     "passage) and the chat mix, liteinfer with speculation on and off (request field), "
                     "at --levels (default 1,16), beside llama-server")
     ap.add_argument("--copy-max-tokens", type=int, default=128)
+    ap.add_argument("--copy-requests", type=int, default=4,
+                    help="copy-heavy requests per target, round and level at one client (chat: twice as many)")
     ap.add_argument("--base", default=None, metavar="REV",
                     help="also serve liteinfer as of git revision REV (a behaviour-change check)")
     args = ap.parse_args()
@@ -334,9 +336,9 @@ def main() -> int:
             for srv in servers:  # warm-up
                 asyncio.run(run_bodies(srv.port, 1, 2, copy_body_maker(8), None))
             rows = measure_variants(targets, "copy", copy_body_maker(args.copy_max_tokens), levels, args.rounds,
-                                    {1: 4, 16: 16})
+                                    {1: args.copy_requests, 16: 16})
             rows += measure_variants(targets, "chat", chat_body_maker(args.max_tokens), levels, args.rounds,
-                                     {1: 8, 16: 32})
+                                     {1: 2 * args.copy_requests, 16: 32})
         else:
             rows = measure(servers, levels, args.max_tokens, args.rounds)
     finally:

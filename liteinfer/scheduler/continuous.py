@@ -197,7 +197,7 @@ class ContinuousScheduler:
             return
         dt = time.perf_counter() - t0
         self.steps += 1
-        n_draft = self._account_drafts(plan)
+        n_draft = self._account_drafts()
         self.controller.observe(n_decode, n_prompt + n_draft, dt)  # a draft token costs about a prompt token
         if self.metrics:
             self.metrics.observe_step(len(plan), n_decode, n_prompt, dt, self)
@@ -283,7 +283,7 @@ class ContinuousScheduler:
 
     def _draft(self, decoding: list[GenRequest], budget: int) -> int:
         """Give decoding sequences prompt-lookup drafts within `budget` batch tokens; returns
-        how many draft tokens the step takes. None when more sequences decode than
+        how many draft tokens the step takes. No drafts when more sequences decode than
         speculative_max_batch; otherwise a request drafts while its acceptance beats the rate
         at which a draft token pays for itself in a batch this size (break_even_rate, 20% margin)."""
         s = self.settings
@@ -304,7 +304,7 @@ class ContinuousScheduler:
             used += len(seq.draft)
         return used
 
-    def _account_drafts(self, plan: list[tuple[Sequence, int]]) -> int:
+    def _account_drafts(self) -> int:
         """After a step: each speculating request learns how its drafts did; returns the draft tokens run."""
         total = accepted = 0
         for r in self.running:
