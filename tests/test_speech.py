@@ -263,9 +263,14 @@ def test_vad_finds_the_end_of_an_utterance():
 def test_end_of_utterance_policy_hysteresis():
     eou = EndOfUtterance(threshold=0.5, min_speech_s=0.064, min_silence_s=0.096, frame_s=0.032)
     seq = [0.1, 0.9, 0.2, 0.9, 0.9, 0.4, 0.4, 0.1, 0.9, 0.2, 0.2, 0.2, 0.9]
-    events = [eou.feed(p) for p in seq]
+    events, silence = [], []
+    for p in seq:
+        events.append(eou.feed(p))
+        silence.append(eou.silence_frames)
     # a lone frame is no speech; 0.4 is above the end threshold (0.35); one quiet frame is a pause
     assert events == [None, None, None, None, "start", None, None, None, None, None, None, "end", None]
+    # the pause so far inside an utterance (what starts the voice loop's early transcription)
+    assert silence == [0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 2, 0, 0]
 
 
 # ---- optional parts load lazily ----------------------------------------------------------

@@ -102,6 +102,11 @@ class EndOfUtterance:
         return None
 
     @property
+    def silence_frames(self) -> int:
+        """Frames of silence so far at the end of the utterance under way (0 outside one)."""
+        return self._below if self.in_speech else 0
+
+    @property
     def speech_end_s(self) -> float | None:
         """Where the last utterance's speech stopped (before the trailing silence)."""
         return None if self.end_frame is None else self.end_frame * self.frame_s
