@@ -112,13 +112,13 @@ class Server:
             self.peak_rss = max(self.peak_rss, total)
             time.sleep(0.25)
 
-    def cpu_seconds(self) -> dict[int, float]:
-        """CPU time (user + system) of every process in the tree, by pid."""
+    def cpu_seconds(self) -> dict[int, tuple[str, float]]:
+        """(name, CPU time: user + system) of every process in the tree, by pid."""
         out = {}
         for q in self.tree():
             try:
                 t = q.cpu_times()
-                out[q.pid] = t.user + t.system
+                out[q.pid] = (_proc_name(q), t.user + t.system)
             except psutil.Error:
                 pass
         return out
@@ -128,11 +128,11 @@ class Server:
         out: dict[str, Counter] = {}
         for q in self.tree():
             try:
-                name = q.name() if not q.cmdline() or not q.cmdline()[0].startswith("ray::") else q.cmdline()[0]
+                name = _proc_name(q)
                 mem = q.memory_full_info()
             except psutil.Error:
                 continue
-            c = out.setdefault(name.split(" ")[0][:48], Counter())
+            c = out.setdefault(name, Counter())
             c["rss_mb"] += mem.rss >> 20
             c["pss_mb"] += mem.pss >> 20
             c["n"] += 1
@@ -153,7 +153,14 @@ class Server:
         self.log.close()
 
 
-def measure(srv: Server, clients: int, per_client: int, max_tokens: int) -> tuple[LoadResult, float]:
+def _proc_name(q: psutil.Process) -> str:
+    """Ray's workers by their title (ray::ServeReplica:liteinfer:LiteInferReplica), the rest by name."""
+    cmd = q.cmdline()
+    name = cmd[0] if cmd and cmd[0].startswith("ray::") else q.name()
+    return name.split(" ")[0].split(".")[0][:48]
+
+
+def measure(srv: Server, clients: int, per_client: int, max_tokens: int) -> tuple[LoadResult, Counter]:
     """The load's result, and the CPU seconds the server's whole process tree spent on it: the
     cost per request that decides req/s where the cores are the limit, and that other work on
     the machine changes far less than it changes wall-clock rates."""
@@ -162,7 +169,10 @@ def measure(srv: Server, clients: int, per_client: int, max_tokens: int) -> tupl
     before = srv.cpu_seconds()
     res = asyncio.run(run_load("127.0.0.1", srv.port, clients, per_client, max_tokens))
     after = srv.cpu_seconds()
-    return res, sum(t - before.get(pid, 0.0) for pid, t in after.items())
+    by_name: Counter = Counter()
+    for pid, (name, t) in after.items():
+        by_name[name] += t - before.get(pid, (name, 0.0))[1]
+    return res, by_name
 
 
 def main() -> int:
@@ -184,13 +194,16 @@ def main() -> int:
     order = list(servers)
     totals = {name: LoadResult(a.clients) for name in servers}
     peak, start, memory, cpu = Counter(), {}, {}, Counter()
+    cpu_names: dict[str, Counter] = {name: Counter() for name in servers}
     print(f"{a.clients} clients x {a.per_client} streamed requests, {a.max_tokens} tokens each; "
           f"{psutil.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     for r in range(a.rounds):
         for name in order if r % 2 == 0 else order[::-1]:
             srv = Server(name, ["-m", a.model, *servers[name]], env)
             try:
-                res, cpu_s = measure(srv, a.clients, a.per_client, a.max_tokens)
+                res, cpu_by = measure(srv, a.clients, a.per_client, a.max_tokens)
+                cpu_s = sum(cpu_by.values())
+                cpu_names[name].update(cpu_by)
                 if name.startswith("ray"):
                     memory[name] = srv.memory_by_process()  # after the load: the replicas' KV cache in use
             finally:
@@ -225,6 +238,10 @@ def main() -> int:
         print(f"Ray Serve, 2 replicas on these {psutil.cpu_count()} CPUs (1 thread each, the same cores): "
               f"{r2['req/s'] / d['req/s']:.2f}x direct req/s, TTFT p95 {r2['ttft_p95_ms'] / d['ttft_p95_ms']:.2f}x: "
               "no gain is expected without more cores")
+    for name, by in cpu_names.items():
+        n = max(1, totals[name].requests)
+        print(f"{name} CPU per request by process: " + ", ".join(
+            f"{k} {1000 * v / n:.0f} ms" for k, v in by.most_common() if 1000 * v / n >= 1))
     for name, procs in memory.items():
         rss = sum(p["rss_mb"] for p in procs.values())
         pss = sum(p["pss_mb"] for p in procs.values())

@@ -38,9 +38,10 @@ class RayServer:
     whatever is left at the end goes with the process group), ready when /health answers 200
     and every replica has reported."""
 
-    def __init__(self, plugin_dir, log_path, *args: str, replicas: int = 2, timeout: float = 300):
+    def __init__(self, plugin_dir, log_path, *args: str, replicas: int = 2, prefix: str = "", timeout: float = 300):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.base = self.url + prefix  # where the application answers (--route-prefix)
         self.log_path = log_path
         self.log = open(log_path, "w")  # Ray logs a lot: a file, never an unread pipe
         self.proc = subprocess.Popen(
@@ -51,7 +52,7 @@ class RayServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve --ray exited: {self.tail()}")
             try:
-                if (httpx.get(self.url + "/health", timeout=5).status_code == 200
+                if (httpx.get(self.base + "/health", timeout=5).status_code == 200
                         and len(self.replicas()) == replicas):
                     return
             except httpx.HTTPError:
@@ -65,10 +66,10 @@ class RayServer:
         return open(self.log_path).read()[-3000:]
 
     def replicas(self) -> list[dict]:
-        return httpx.get(self.url + "/cluster", headers=AUTH, timeout=10).json()["replicas"]
+        return httpx.get(self.base + "/cluster", headers=AUTH, timeout=10).json()["replicas"]
 
     def metrics(self) -> str:
-        return httpx.get(self.url + "/metrics", headers=AUTH, timeout=10).text
+        return httpx.get(self.base + "/metrics", headers=AUTH, timeout=10).text
 
     def stop(self) -> None:
         if self.proc.poll() is None:

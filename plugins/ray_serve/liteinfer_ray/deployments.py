@@ -268,12 +268,13 @@ class LiteInferIngress:
         deadline = time.monotonic() + RETRY_S
         backoff = 0.1
         while True:
-            gen = handle.request.remote(req)
+            gen = _NoCall()
             try:
+                gen = handle.request.remote(req)  # may raise at once too (no replica, Ray's queue full)
                 first = await asyncio.wait_for(gen.__anext__(), self.first_timeout)
                 break
             except RETRYABLE as e:
-                gen.cancel()
+                _cancel(gen)
                 if time.monotonic() + backoff > deadline:
                     log.warning("no replica answered within %.0f s: %s", RETRY_S, type(e).__name__)
                     self.counts["unavailable"] += 1
@@ -285,20 +286,20 @@ class LiteInferIngress:
                 await asyncio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
             except BackPressureError:
-                gen.cancel()
+                _cancel(gen)
                 self.counts["backpressure"] += 1
                 return await _send_json(send, 429, _error_body(
-                    429, "every replica is busy and Ray's queue is full; retry later", "server_error",
-                    "queue_full"), [(b"retry-after", b"1")])
+                    429, "server busy: every replica is full and so is Ray's queue in front of them; retry later",
+                    "rate_limit_error", "queue_full"), [(b"retry-after", b"1")])
             except asyncio.TimeoutError:
-                gen.cancel()
+                _cancel(gen)
                 return await _send_json(send, 504, _error_body(
                     504, "no answer from the replica in time", "server_error", "timeout"))
             except (asyncio.CancelledError, GeneratorExit):
-                gen.cancel()
+                _cancel(gen)
                 raise
             except Exception as e:  # the replica's own failure (a bug): one JSON error, as the server's
-                gen.cancel()
+                _cancel(gen)
                 log.warning("replica failed: %s", e)
                 return await _send_json(send, 500, _error_body(
                     500, f"internal error: {type(e).__name__}", "server_error", "internal"))
@@ -313,7 +314,7 @@ class LiteInferIngress:
                 if not item["more"]:
                     return
         except (asyncio.CancelledError, GeneratorExit):  # the client went away: so does the replica's work
-            gen.cancel()
+            _cancel(gen)
             raise
         except Exception as e:  # the replica died mid-stream: end the stream, never leave it hanging
             self.counts["broken_streams"] += 1
@@ -321,6 +322,22 @@ class LiteInferIngress:
             await send({"type": "http.response.body", "body": _stream_error(content_type), "more_body": False})
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _cancel(response) -> None:
+    """Cancel a call to a replica; a call that already failed raises its error again from
+    cancel() (Ray re-reads the result), which here is already handled."""
+    try:
+        response.cancel()
+    except Exception:  # the call is over either way
+        pass
+
+
+class _NoCall:
+    """Stands in for the response of a call that raised before it existed."""
+
+    def cancel(self) -> None:
+        pass
 
 
 def _stream_error(content_type: bytes) -> bytes:

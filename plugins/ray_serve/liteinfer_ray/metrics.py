@@ -26,7 +26,11 @@ def merge(texts: dict[str, str], extra: str = "", label: str = "replica") -> str
     sample, then `extra` (the ingress's own, unlabelled)."""
     merged: dict[str, Metric] = {}
     for replica, text in sorted(texts.items()):
-        for fam in text_string_to_metric_families(text):
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:  # a replica's text that does not parse: left out, the others still shown
+            continue
+        for fam in families:
             into = merged.get(fam.name)
             if into is None:
                 into = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
