@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from liteinfer.evaluate.cli_onnx import add_classify, add_embed
+from liteinfer.evaluate.cli_onnx import add_classify, add_embed, add_retrieval
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,34 @@ def add_kld(ev: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--ref", required=True, help="reference GGUF (e.g. the FP32 model)")
     p.set_defaults(func=_kld_main)
+
+
+def add_acc(ev: argparse._SubParsersAction) -> None:
+    p = ev.add_parser("acc", help="next-token top-1 accuracy of a GGUF LLM on a text (vs --ref: the ratio)")
+    _common(p)
+    p.add_argument("--ref", default=None, help="reference GGUF (e.g. the FP32 model): accuracy ratio, KLD, top-1")
+    p.set_defaults(func=_acc_main)
+
+
+def _acc_main(args: argparse.Namespace) -> int:
+    # on use: keeps `liteinfer --help` fast
+    from liteinfer.evaluate.llm import Reference, accuracy, read_text
+
+    text, show = read_text(args.text), sys.stderr.isatty()
+    if args.ref is None:
+        r = accuracy(args.model, text, args.ctx, args.max_tokens, progress=show)
+    else:
+        r = Reference(args.ref, text, args.ctx, args.max_tokens, progress=show).compare(args.model, progress=show)
+    if args.json:
+        print(json.dumps(r))
+    elif args.ref is None:
+        print(f"next-token top-1 accuracy {r['accuracy']:.2%} over {r['tokens']} tokens in {r['windows']} windows "
+              f"of {args.ctx}")
+    else:
+        print(f"next-token top-1 accuracy {r['accuracy']:.2%} vs {r['ref_accuracy']:.2%} for the reference "
+              f"(ratio {r['accuracy_ratio']:.4f}); agreement {r['top1']:.2%}, KLD {r['kld']:.5f}, "
+              f"ppl ratio {r['ppl_ratio']:.4f}  {r['tokens']} tokens")
+    return 0
 
 
 def _ppl_main(args: argparse.Namespace) -> int:
@@ -56,11 +84,12 @@ def _kld_main(args: argparse.Namespace) -> int:
         print(json.dumps(r))
     else:
         print(f"KLD {r['kld']:.5f} (p99 {r['kld_p99']:.4f}, max {r['kld_max']:.3f})  top-1 {r['top1']:.2%}  "
+              f"accuracy ratio {r['accuracy_ratio']:.4f}  "
               f"ppl {r['ppl']:.4f} vs ref {r['ppl_ref']:.4f} (ratio {r['ppl_ratio']:.4f})  {r['tokens']} tokens")
     return 0
 
 
-EVALS = [add_ppl, add_kld, add_classify, add_embed]
+EVALS = [add_ppl, add_kld, add_acc, add_classify, add_embed, add_retrieval]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""`liteinfer eval classify|embed ...`: ONNX model accuracy (evaluate/cli.py lists these)."""
+"""`liteinfer eval classify|embed|retrieval ...`: ONNX model accuracy (evaluate/cli.py lists these)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,34 @@ def add_embed(ev: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N texts only")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_main)
+
+
+def add_retrieval(ev: argparse._SubParsersAction) -> None:
+    p = ev.add_parser("retrieval", help="ONNX embedding model: retrieval top-1 on queries vs passages made from a "
+                                        "text, and cosine to --ref")
+    p.add_argument("-m", "--model", required=True, help="embedding .onnx")
+    p.add_argument("--text", dest="data", required=True,
+                   help="text file: one record per line or %%-separated (each record: query = first third)")
+    p.add_argument("--ref", default=None, help="reference .onnx (the FP32 model): ratio and cosine")
+    p.add_argument("--limit", type=int, default=300, help="number of passages (default 300)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_retrieval_main)
+
+
+def _retrieval_main(args: argparse.Namespace) -> int:
+    # on use: pulls in numpy and onnxruntime (start-up, memory)
+    from liteinfer.evaluate.retrieval import evaluate_retrieval
+
+    r = evaluate_retrieval(args.model, args.data, args.ref, limit=args.limit)
+    if args.json:
+        print(json.dumps(r))
+    elif args.ref is None:
+        print(f"retrieval top-1 {r['retrieval_top1']:.2%} over {r['passages']} passages")
+    else:
+        print(f"size 1/{1 / r['size_ratio']:.2f} of the reference; retrieval top-1 {r['retrieval_top1']:.2%} vs "
+              f"{r['ref_retrieval_top1']:.2%} (ratio {r['retrieval_ratio']:.4f}) over {r['passages']} passages; "
+              f"mean cosine {r['mean_cosine']:.4f} (p05 {r['p05_cosine']:.4f}, min {r['min_cosine']:.4f})")
+    return 0
 
 
 def _main(args: argparse.Namespace) -> int:

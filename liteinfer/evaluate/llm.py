@@ -1,4 +1,6 @@
-"""LLM accuracy on the real engine: perplexity, KL divergence to a reference, top-1 agreement.
+"""LLM accuracy on the real engine: perplexity, KL divergence to a reference, top-1 agreement,
+next-token top-1 accuracy (the model's most likely token is the text's next token), alone or
+as a ratio to a reference's (e.g. the FP32 model's) on the same scored tokens.
 
 Text is tokenized once and cut into windows of `ctx` tokens; each window is one fresh
 sequence (LlamaEngine.logits), and only its second half is scored, so every scored token
@@ -132,8 +134,11 @@ class Reference:
         try:
             self.n_vocab = eng.n_vocab
             self.windows = make_windows(eng.tokenize(text, add_special=False), ctx, max_tokens)
-            self.logprobs = [window_logprobs(eng, w, ctx // 2).astype(np.float16)
-                             for w in _progress(self.windows, "reference", progress)]
+            self.logprobs, self.correct = [], 0
+            for w in _progress(self.windows, "reference", progress):
+                lp = window_logprobs(eng, w, ctx // 2)
+                self.correct += int((lp.argmax(-1) == np.asarray(w[ctx // 2 :])).sum())  # before float16 ties
+                self.logprobs.append(lp.astype(np.float16))
         finally:
             eng.close()
         self.targets = [np.asarray(w[ctx // 2 :]) for w in self.windows]
@@ -151,21 +156,44 @@ class Reference:
         try:
             if eng.n_vocab != self.n_vocab:
                 raise LiteInferError(f"{model}: vocabulary {eng.n_vocab} differs from the reference's {self.n_vocab}")
-            klds, agree, nll = [], 0, 0.0
+            klds, agree, correct, nll = [], 0, 0, 0.0
             for w, ref_lp, t in _progress(list(zip(self.windows, self.logprobs, self.targets, strict=True)),
                                           "compare", progress):
                 lp = window_logprobs(eng, w, self.ctx // 2)
                 ref = ref_lp.astype(np.float32)
                 klds.append((np.exp(ref) * (ref - lp)).sum(-1))
                 agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
+                correct += int((lp.argmax(-1) == t).sum())
                 nll -= float(lp[np.arange(len(t)), t].astype(np.float64).sum())
         finally:
             eng.close()
         kld = np.concatenate(klds)
         ppl = math.exp(nll / self.tokens)
         return {"kld": float(kld.mean()), "kld_p99": float(np.percentile(kld, 99)), "kld_max": float(kld.max()),
-                "top1": agree / self.tokens, "ppl": ppl, "ppl_ref": self.ppl, "ppl_ratio": ppl / self.ppl,
+                "top1": agree / self.tokens, "accuracy": correct / self.tokens,
+                "ref_accuracy": self.correct / self.tokens,
+                "accuracy_ratio": correct / max(self.correct, 1),
+                "ppl": ppl, "ppl_ref": self.ppl, "ppl_ratio": ppl / self.ppl,
                 "tokens": self.tokens, "windows": len(self.windows)}
+
+
+def accuracy(model: str | Path, text: str, ctx: int = 256, max_tokens: int | None = None,
+             progress: bool = False) -> dict:
+    """Next-token top-1 accuracy: how often the model's most likely token is the text's next token."""
+    # on use: numpy is heavy (start-up, memory)
+    import numpy as np
+
+    eng = open_engine(model, ctx)
+    try:
+        wins = make_windows(eng.tokenize(text, add_special=False), ctx, max_tokens)
+        correct, n = 0, 0
+        for w in _progress(wins, "accuracy", progress):
+            lp = window_logprobs(eng, w, ctx // 2)
+            correct += int((lp.argmax(-1) == np.asarray(w[ctx // 2 :])).sum())
+            n += len(lp)
+    finally:
+        eng.close()
+    return {"accuracy": correct / n, "tokens": n, "windows": len(wins)}
 
 
 def kl_divergence(model: str | Path, ref: str | Path, text: str, ctx: int = 256, max_tokens: int | None = None,
