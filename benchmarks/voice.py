@@ -138,11 +138,12 @@ def utterance(text: str):
     return np.concatenate([np.zeros(4800, np.float32), speech, np.zeros(19200, np.float32)])
 
 
-def bench_loop(config: DeviceConfig, model: str, n: int) -> dict:
+def bench_loop(config: DeviceConfig, model: str, n: int, early: bool = True) -> dict:
     # the voice loop's own code, as `liteinfer voice --realtime` runs it
     from liteinfer.cli.voice import Assistant, run_turns
 
     assistant = Assistant(config, model, max_tokens=48)
+    assistant.early_stt = early
     try:
         run_turns(assistant, utterance("Hello."), realtime=False)  # warm-up
         rows = []
@@ -157,6 +158,8 @@ def bench_loop(config: DeviceConfig, model: str, n: int) -> dict:
             "detected_p50_s": pct([t.detected_s for t in rows], 0.5),
             "transcribed_p50_s": pct([t.transcribed_s for t in rows], 0.5),
             "first_token_p50_s": pct([t.first_token_s for t in rows], 0.5),
+            "early_stt": sum(t.early_stt for t in rows),
+            "first_sentence_chars_p50": pct([len(t.sentences[0]) for t in rows if t.sentences], 0.5),
             "reply_example": rows[0].reply if rows else ""}
 
 
@@ -258,10 +261,15 @@ def main() -> int:
             print(f"tts  {name}: RTF p50 {t['rtf_p50']:.4f} p95 {t['rtf_p95']:.4f}, first chunk p50 "
                   f"{t['first_chunk_p50_s'] * 1000:.0f} ms", flush=True)
     if "loop" in only:
-        lp = res["loop"] = bench_loop(config, model, args.utterances)
-        print(f"loop end of speech -> first audio over {lp['n']}: p50 {lp['first_audio_p50_s']:.2f} s p95 "
-              f"{lp['first_audio_p95_s']:.2f} s (stages p50: detected {lp['detected_p50_s']:.2f}, transcribed "
-              f"{lp['transcribed_p50_s']:.2f}, first token {lp['first_token_p50_s']:.2f})", flush=True)
+        # the peer: the same loop with Whisper started at the end of utterance, not in the pause
+        for key, early in (("loop_stt_at_end", False), ("loop", True)):
+            lp = res[key] = bench_loop(config, model, args.utterances, early)
+            print(f"loop ({'Whisper from the pause' if early else 'Whisper at the end'}) end of speech -> first "
+                  f"audio over {lp['n']}: p50 {lp['first_audio_p50_s']:.2f} s p95 {lp['first_audio_p95_s']:.2f} s "
+                  f"(stages p50: detected {lp['detected_p50_s']:.2f}, transcribed {lp['transcribed_p50_s']:.2f}, "
+                  f"first token {lp['first_token_p50_s']:.2f}; early transcripts {lp['early_stt']}; first "
+                  f"sentence p50 {lp['first_sentence_chars_p50']} chars); {load_note()}", flush=True)
+        print(f"loop first audio p50, pause / end: {res['loop']['first_audio_p50_s'] / res['loop_stt_at_end']['first_audio_p50_s']:.2f}")
     if "loop4" in only:
         with ChatLoad(model) as load:
             lc = res["loop_with_4_chat_clients"] = bench_loop(config, model, args.utterances)

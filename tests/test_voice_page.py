@@ -4,6 +4,7 @@ answers, and the answer is read aloud (a real `serve --voice` process)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -63,10 +64,18 @@ def test_microphone_button_transcribes_answers_and_speaks(voice_llm_server, fake
             heard = page.inner_text(".msg.user").lower()
             assert "capital" in heard and "france" in heard, heard
             page.wait_for_selector(".msg.assistant[data-state='done']", timeout=180_000)
-            assert page.inner_text(".msg.assistant .content").strip()
-            page.wait_for_selector("#spoken", state="attached", timeout=60_000)
-            page.wait_for_function("document.getElementById('spoken').currentTime > 0", timeout=30_000)
-            assert int(page.get_attribute("#spoken", "data-bytes")) > 20_000  # > 0.4 s of 24 kHz speech
+            answer = page.inner_text(".msg.assistant .content").strip()
+            assert answer
+            # spoken sentence by sentence: every piece played, in order, and together they are the answer
+            page.wait_for_selector("#speech[data-state='done']", state="attached", timeout=120_000)
+            pieces = page.query_selector_all("#speech audio.spoken")
+            texts = [a.get_attribute("data-text") for a in pieces]
+            print("answer:", repr(answer), "spoken as:", texts)
+            assert re.sub(r"\s+", "", "".join(texts)) == re.sub(r"\s+", "", answer)
+            assert page.evaluate("[...document.querySelectorAll('#speech audio')].every((a) => a.played.length > 0)")
+            assert int(page.get_attribute("#speech", "data-bytes")) > 20_000  # > 0.4 s of 24 kHz speech
+            if len(texts) > 1:  # the first sentence went to speech while the answer was still streaming
+                assert page.get_attribute("#speech", "data-first-at") == "streaming"
             assert not page.query_selector(".msg.error")
         finally:
             browser.close()
