@@ -6,6 +6,9 @@ FastAPI deployment does it, one `session.run` per request in FastAPI's worker th
 No batching, no queue: concurrent requests run concurrently, each with the session's own
 intra-op threads. Same model file, same tokenizer, same pooling and the same OpenAI response
 format (base64 floats) as liteinfer's /v1/embeddings, so only the serving strategy differs.
+`--stack same` (the default) also serves HTTP the way liteinfer does (uvicorn's h11 protocol on
+an asyncio loop); `--stack auto` is uvicorn's own choice (httptools and uvloop when installed:
+ray[serve] pulls uvloop in, a plain FastAPI install has neither).
 """
 
 from __future__ import annotations
@@ -60,11 +63,14 @@ def main() -> int:
     ap.add_argument("model", type=Path)
     ap.add_argument("--port", type=int, default=8001)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--stack", choices=("same", "auto"), default="same",
+                    help="same: h11 on asyncio, as liteinfer serves; auto: uvicorn's choice (httptools, uvloop)")
     args = ap.parse_args()
     import uvicorn
 
+    stack = {"http": "h11", "loop": "asyncio"} if args.stack == "same" else {}
     uvicorn.run(build_app(args.model, args.threads), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False)
+                access_log=False, **stack)
     return 0
 
 

@@ -323,8 +323,10 @@ class OneShotService:
         return [self.top_k(p, top_k) for p in self.batcher.map(self.prepare_images(images))]
 
     async def classify_async(self, images: list[Any], top_k: int = 5) -> list[list]:
-        items = await asyncio.to_thread(self.prepare_images, images)  # image decoding is not free
-        return [self.top_k(p, top_k) for p in await self.batcher.submit_many(items)]
+        # image decoding is not free: a worker thread decodes and queues the items itself, so
+        # the event loop is woken once, by the results (not also between decoding and queueing)
+        futures = await asyncio.to_thread(lambda: self.batcher.submit_many_futures(self.prepare_images(images)))
+        return [self.top_k(p, top_k) for p in await self.batcher.results(futures)]
 
     # ---- lifecycle
 

@@ -168,3 +168,34 @@ def test_async_submit_and_cancellation():
     asyncio.run(main())
     b.close()
     assert 100 in seen and 200 not in seen
+
+
+def test_items_queued_by_a_worker_thread_are_awaited_with_results():
+    """classify_async's path: a worker thread prepares and queues the items itself, the event
+    loop only awaits the results; one failed item fails the await and drops the items not yet run."""
+    seen, hold = [], threading.Event()
+
+    def run(xs):
+        if xs == [7]:
+            hold.wait(5)  # still running when the failure reaches the caller
+        seen.extend(xs)
+        return [ValueError("bad") if x < 0 else x * 2 for x in xs]
+
+    b = DynamicBatcher(run, max_batch=1, max_delay_ms=0)
+
+    async def main():
+        futures = await asyncio.to_thread(b.submit_many_futures, [1, 2])
+        assert await b.results(futures) == [2, 4]
+        futures = await asyncio.to_thread(b.submit_many_futures, [-1, 7, 8])
+        with pytest.raises(ValueError, match="bad"):
+            await b.results(futures)
+        for _ in range(500):  # the loop passes the cancellation on to the queued item on its next turn
+            if futures[2].cancelled():
+                break
+            await asyncio.sleep(0.01)
+        assert futures[2].cancelled()
+        hold.set()
+
+    asyncio.run(main())
+    b.close()
+    assert seen[:3] == [1, 2, -1] and 8 not in seen  # 7 may have started before the failure came back

@@ -160,11 +160,18 @@ class DynamicBatcher:
         return await asyncio.wrap_future(self.submit_future(item))
 
     async def submit_many(self, items: Sequence[Any]) -> list[Any]:
-        futures = [asyncio.wrap_future(f) for f in self.submit_many_futures(items)]
+        return await self.results(self.submit_many_futures(items))
+
+    @staticmethod
+    async def results(futures: Sequence[Future]) -> list[Any]:
+        """Await the results of queued items (submit_many_futures, called here or by a worker
+        thread that prepared the items: one thread hop less); when the caller goes away or one
+        item fails, the rest are dropped."""
+        wrapped = [asyncio.wrap_future(f) for f in futures]
         try:
-            return list(await asyncio.gather(*futures))
+            return list(await asyncio.gather(*wrapped))
         except BaseException:
-            for f in futures:  # the caller is gone or one item failed: drop the rest
+            for f in wrapped:  # the caller is gone or one item failed: drop the rest
                 f.cancel()
             raise
 

@@ -14,6 +14,7 @@ from liteinfer.server.limits import RequestRejected, check_prompt_chars, json_an
 from liteinfer.server.openai import error_response, find_service, run_batched
 
 router = APIRouter(route_class=off_loop_json_route())
+INLINE_ANSWER_FLOATS = 16384  # answers up to this many floats (~60 us of encoding) render on the event loop
 
 
 class EmbeddingRequest(Checked):
@@ -51,7 +52,7 @@ async def embeddings(body: EmbeddingRequest, request: Request):
         return err
     vectors, n_tokens = result
 
-    def answer():  # up to 2048 x 1024 floats: seconds of CPU, in a worker thread
+    def answer():  # up to 2048 x 1024 floats: seconds of CPU, in a worker thread when large
         data = []
         for i, v in enumerate(vectors):
             if body.encoding_format == "base64":  # OpenAI's: little-endian float32 bytes
@@ -62,4 +63,6 @@ async def embeddings(body: EmbeddingRequest, request: Request):
         return json_answer({"object": "list", "data": data, "model": svc.name,
                             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
+    if sum(v.size for v in vectors) <= INLINE_ANSWER_FLOATS:
+        return answer()  # a few vectors render in microseconds: a thread hop would cost more
     return await asyncio.to_thread(answer)
