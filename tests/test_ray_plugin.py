@@ -268,3 +268,42 @@ def test_a_request_runs_through_the_app_in_process_and_a_closed_stream_disconnec
 
     asyncio.run(scenario())
     assert events == ["startup", "stream closed", "shutdown"]
+
+
+def test_a_chat_stream_counts_as_started_only_with_its_first_token(plugin_modules):
+    """The role-only event that opens a chat stream is held back with the response start
+    until the first token: a replica that dies before it leaves the client nothing to undo,
+    and the ingress sends the request to another replica."""
+    import asyncio
+
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+    from liteinfer_ray.asgi import call
+
+    app = FastAPI()
+    gate = asyncio.Event()
+    role = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+    token = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n'
+
+    @app.get("/chat")
+    async def chat():
+        async def gen():
+            yield role
+            await gate.wait()  # prefill
+            yield token
+            yield b"data: [DONE]\n\n"
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    async def scenario():
+        it = call(app, {"method": "GET", "path": "/chat", "query_string": b"", "body": b"", "client": None,
+                        "headers": []})
+        first = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0.3)
+        assert not first.done()  # the role event alone: nothing sent yet
+        gate.set()
+        item = await first
+        assert item["status"] == 200 and item["body"].startswith(role) and token in item["body"]
+        rest = b"".join([i["body"] async for i in it])
+        assert (item["body"] + rest).endswith(b"data: [DONE]\n\n")
+
+    asyncio.run(scenario())

@@ -3,10 +3,12 @@ model loads, the scheduler thread starts) and one request at a time as ASGI mess
 
 A request travels from the ingress as a dict (method, path, query, headers, body) and its
 response comes back as a stream of dicts: the first holds the status, the headers and the
-first body bytes together, so nothing reaches the client before the replica has produced
-body bytes (a replica that dies before that point loses nothing the client saw, and the
-ingress can send the request elsewhere); then one dict per batch of body bytes, every
-message that is ready coalesced into one, as the one-box server coalesces its writes.
+first part of the answer together (for an SSE stream, the first event after the role-only
+one that opens a chat stream), so nothing reaches the client before the replica has
+produced part of the answer: a replica that dies before that point loses nothing the
+client saw, and the ingress sends the request elsewhere. Then one dict per batch of body
+bytes, every message that is ready coalesced into one, as the one-box server coalesces
+its writes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,22 @@ def request_dict(scope: dict, body: bytes, path: str) -> dict:
             "client": list(scope["client"]) if scope.get("client") else None, "body": body}
 
 
+ROLE_ONLY = b'"delta": {"role": "assistant", "content": ""}'  # server/openai.py's opening chat chunk
+
+
+def _first_token_in(start: dict, body: list[bytes]) -> bool:
+    """Whether the body so far holds part of the answer. An SSE chat stream opens with a
+    role-only event before its first token: that one alone does not count, so a replica that
+    dies before the first token loses nothing the client saw."""
+    data = b"".join(body)
+    if not data:
+        return False
+    content_type = dict(start.get("headers", [])).get(b"content-type", b"")
+    if not content_type.startswith(b"text/event-stream"):
+        return True
+    return any(ROLE_ONLY not in event for event in data.split(b"\n\n")[:-1])  # whole events only
+
+
 async def call(app, req: dict, extra_headers: list[tuple[bytes, bytes]] = ()) -> AsyncIterator[dict[str, Any]]:
     """Run one request through `app`; yields {"status", "headers", "body", "more"} first, then
     {"body", "more"} until "more" is False. Closing the iterator early (the client went away)
@@ -94,14 +112,14 @@ async def call(app, req: dict, extra_headers: list[tuple[bytes, bytes]] = ()) ->
             await out.put(None)  # the app returned (or raised): no more messages
 
     task = asyncio.create_task(run())
-    start: dict | None = None
+    start: dict | bool | None = None  # the response start message; True once sent
+    pending: list[bytes] = []
     try:
         done = False
         while not done:
             batch = [await out.get()]
             while not out.empty():
                 batch.append(out.get_nowait())
-            chunks: list[bytes] = []
             more = True
             for m in batch:
                 if m is None:
@@ -109,7 +127,7 @@ async def call(app, req: dict, extra_headers: list[tuple[bytes, bytes]] = ()) ->
                 elif m["type"] == "http.response.start":
                     start = m
                 elif m["type"] == "http.response.body":
-                    chunks.append(m.get("body", b""))
+                    pending.append(m.get("body", b""))
                     if not m.get("more_body", False):
                         done, more = True, False
             if start is None:
@@ -117,13 +135,17 @@ async def call(app, req: dict, extra_headers: list[tuple[bytes, bytes]] = ()) ->
                     exc = task.exception() if task.done() and not task.cancelled() else None
                     raise RuntimeError(f"the app sent no response ({type(exc).__name__ if exc else 'no error'})")
                 continue
-            if not chunks and more:
-                continue
-            item: dict[str, Any] = {"body": b"".join(chunks), "more": more}
             if start is not True:
-                item["status"] = start["status"]
-                item["headers"] = [*start.get("headers", []), *extra_headers]
-                start = True  # sent
+                if more and not _first_token_in(start, pending):
+                    continue  # nothing of the answer yet: hold the start back
+                item = {"status": start["status"], "headers": [*start.get("headers", []), *extra_headers],
+                        "body": b"".join(pending), "more": more}
+                start = True
+            elif pending or not more:
+                item = {"body": b"".join(pending), "more": more}
+            else:
+                continue
+            pending = []
             yield item
     finally:
         gone.set()
