@@ -60,7 +60,8 @@ def test_voice_answers_a_spoken_question_with_speech(tmp_path, default_model_pat
     src = tmp_path / "question.wav"
     src.write_bytes(wav_header(16000, len(pcm)) + pcm)
     reply = tmp_path / "reply.wav"
-    r = liteinfer("voice", "-i", str(src), "-o", str(reply), "-m", str(default_model_path), "--max-tokens", "40")
+    r = liteinfer("voice", "-i", str(src), "-o", str(reply), "-m", str(default_model_path), "--max-tokens", "40",
+                  "--early-stt")
     assert r.returncode == 0, r.stderr[-3000:]
     turns = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(turns) == 1

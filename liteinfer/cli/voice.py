@@ -148,7 +148,7 @@ class Assistant:
         self.tts = _speech_service(config, "tts")
         self.engine = open_engine(model)
         self.max_tokens, self.voice = max_tokens, voice
-        self.early_stt = True  # start Whisper in the pause (listen); False: at the end of utterance
+        self.early_stt = False  # True: start Whisper in the pause (listen; --early-stt); False: at the end
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
 
     def close(self) -> None:
@@ -385,6 +385,7 @@ def _live_main(args, config: DeviceConfig) -> int:
     mic = Microphone()  # fails in one line before any model loads
     print(f"listening on {mic.device['name']} (Ctrl-C ends)", file=sys.stderr, flush=True)
     assistant = Assistant(config, args.model, args.max_tokens, voice=args.voice)
+    assistant.early_stt = args.early_stt
     player = _Player(mic.sd, assistant.tts.rate)
     pcm_out: list[bytes] = []
 
@@ -415,6 +416,7 @@ def _voice_main(args) -> int:
     config = _speech_config(args)
     samples = decode(path.read_bytes(), max_seconds=config.speech.max_audio_s)
     assistant = Assistant(config, args.model, args.max_tokens, voice=args.voice)
+    assistant.early_stt = args.early_stt
     pcm_out: list[bytes] = []
     try:
         turns = run_turns(assistant, samples, args.realtime, pcm_out.append)
@@ -470,5 +472,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", default="smollm2-135m", help="chat model (catalog name or .gguf)")
     p.add_argument("--max-tokens", type=int, default=80)
     p.add_argument("--realtime", action="store_true", help="feed the input at a microphone's pace")
+    p.add_argument("--early-stt", action="store_true", help="start transcribing in the pause, before the end "
+                   "of utterance (measured no faster on a busy 2-core box: docs/voice.md)")
     _speech_args(p, stt=True, tts=True)
     p.set_defaults(func=_voice_main)
