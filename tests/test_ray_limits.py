@@ -52,3 +52,39 @@ def test_past_the_replicas_and_rays_queue_the_answer_is_429_with_retry_after(sma
         else:
             assert r.json()["choices"][0]["message"]["content"] is not None
     assert f"liteinfer_ray_backpressure_total {codes[429]}\n" in small_server.metrics()
+
+
+def test_a_replica_that_cannot_start_is_one_line_naming_its_node(tmp_path):
+    """What the replica could not do on its node (here: a one-shot model nobody pulled; the
+    driver checks the chat model itself before Ray starts, the replicas check the rest) comes
+    back as serve's one-line error, and the local Ray goes down with the command."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from _plugin_install import env_with
+
+    plugin_dir = pip_install_target(ROOT / "plugins/ray_serve", tmp_path / "plugin")
+    proc = subprocess.Popen([sys.executable, "-m", "liteinfer", "serve", "--ray", "--no-llm", "--embedding-model",
+                             "no-such-embedder", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env_with(plugin_dir), start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=400)
+        last = err.strip().splitlines()[-1]
+        assert proc.returncode == 1 and last.startswith("error: unknown one-shot model 'no-such-embedder'"), err[-2000:]
+        assert "(node " in last
+        for _ in range(30):  # Ray's processes (its process group) end with the command
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("Ray's processes outlived serve --ray")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -56,11 +56,19 @@ def plan(args: argparse.Namespace, config, usable_cores: int) -> dict:
     }
 
 
-def _deploy_error(e: BaseException) -> str:
-    """The replica's own line when it could not start, else the first line of Ray's error."""
+def _deploy_error(e: BaseException, app_name: str) -> str:
+    """The replica's own line when it could not start (Ray keeps it in the deployment's status
+    message), else the first line of Ray's error."""
+    from ray import serve
+
     from liteinfer_ray.deployments import StartError
 
     text = str(e)
+    try:
+        app = serve.status().applications.get(app_name)
+        text = "\n".join([*(d.message for d in app.deployments.values()), app.message, text]) if app else text
+    except Exception:  # the controller is gone too: Ray's error is all there is
+        pass
     for line in text.splitlines():
         at = line.find(StartError.PREFIX)
         if at >= 0:
@@ -117,7 +125,7 @@ def serve_ray(args: argparse.Namespace) -> int:
         try:
             serve.run(app, name=p["name"], route_prefix=p["route_prefix"])
         except Exception as e:
-            raise LiteInferError(_deploy_error(e)) from None
+            raise LiteInferError(_deploy_error(e, p["name"])) from None
         how = (f"autoscaling {args.autoscale[0]}-{args.autoscale[1]} replicas" if args.autoscale
                else f"{p['replica']['num_replicas']} replica{'s' * (p['replica']['num_replicas'] > 1)}")
         prefix = p["route_prefix"].rstrip("/")

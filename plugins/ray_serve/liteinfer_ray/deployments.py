@@ -151,8 +151,9 @@ class LiteInferReplica:
             raise RuntimeError("the scheduler thread stopped")
 
     async def __del__(self):
-        self._reporter.cancel()
-        await self.lifespan.shutdown()  # services closed: the engine's memory goes back
+        if hasattr(self, "_reporter"):  # not when __init__ failed
+            self._reporter.cancel()
+            await self.lifespan.shutdown()  # services closed: the engine's memory goes back
 
 
 def _error_body(status: int, message: str, type_: str, code: str) -> bytes:
