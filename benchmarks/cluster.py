@@ -183,14 +183,21 @@ def main() -> int:
     ap.add_argument("--per-client", type=int, default=8, help="requests each client sends per measurement")
     ap.add_argument("--rounds", type=int, default=2, help="each server started and measured this many times")
     ap.add_argument("--no-two", action="store_true", help="leave out the 2-replica run")
+    ap.add_argument("--only", default=None, help="comma-separated servers to run: direct,ray-1,ray-2")
+    ap.add_argument("--ray-threads", type=int, default=None,
+                    help="engine threads of the 1-replica Ray server (default: the config's, all cores)")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
 
     plugin = install_plugin()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (plugin, os.environ.get("PYTHONPATH", "")) if p)}
     servers = {"direct": [], "ray-1": ["--ray", "--replicas", "1"], "ray-2": ["--ray", "--replicas", "2"]}
+    if a.ray_threads:
+        servers["ray-1"] += ["--threads", str(a.ray_threads)]
     if a.no_two:
         del servers["ray-2"]
+    if a.only:
+        servers = {k: v for k, v in servers.items() if k in a.only.split(",")}
     order = list(servers)
     totals = {name: LoadResult(a.clients) for name in servers}
     peak, start, memory, cpu = Counter(), {}, {}, Counter()
@@ -226,6 +233,8 @@ def main() -> int:
     for name, row in rows.items():
         print(f"{name:<7} {row['req/s']:>6} {row['tok/s']:>7} {row['ttft_p50_ms']:>7} ms {row['ttft_p95_ms']:>6} ms "
               f"{row['errors']:>6} {row['cpu_ms_per_req']:>8} ms {row['peak_rss_mb']:>10} MB {row['start_s']:>9} s")
+    if "direct" not in rows or "ray-1" not in rows:
+        return 0
     d, r1 = rows["direct"], rows["ray-1"]
     ratio = r1["req/s"] / d["req/s"] if d["req/s"] else float("nan")
     ttft = r1["ttft_p95_ms"] / d["ttft_p95_ms"] if d["ttft_p95_ms"] else float("nan")

@@ -19,6 +19,22 @@ DRIVER_ONLY = {"func", "command", "api_key", "api_key_file", "ray", "replicas", 
                "replica_cpus", "ray_resource", "app_name", "route_prefix", "target_ongoing"}
 
 
+# Ray settings for a local Ray (and for `ray start` on a cluster's nodes, docs/cluster.md):
+# workers at the user's priority, not Ray's niceness 15 (on a machine doing other work the
+# replicas would yield to everything else); and Ray Serve's request path on one event loop
+# per process and over gRPC (what RAY_SERVE_THROUGHPUT_OPTIMIZED turns on, without its
+# direct ingress, which needs HAProxy): measured here, the CPU a 32-token streamed request
+# costs the ingress, the proxy and the replica's Ray side went from about 0.4 s to 0.1 s
+# (benchmarks/cluster.py, docs/cluster.md)
+RAY_ENV = {
+    "RAY_worker_niceness": "0",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+
+
 def plan(args: argparse.Namespace, config, usable_cores: int) -> dict:
     """What gets deployed, from the options and the driver's config: pure, for the tests."""
     local = args.address is None
@@ -103,10 +119,9 @@ def serve_ray(args: argparse.Namespace) -> int:
 
     from liteinfer_ray.deployments import LiteInferIngress, LiteInferReplica
 
-    if p["local"]:
-        # Ray starts its workers at niceness 15: on a machine doing other work too, the replicas
-        # would yield to everything else, where `serve` runs at the user's priority
-        os.environ.setdefault("RAY_worker_niceness", "0")
+    if p["local"]:  # the Ray started here inherits these (a cluster's nodes: docs/cluster.md)
+        for name, value in RAY_ENV.items():
+            os.environ.setdefault(name, value)
     if not p["local"]:
         _check_reachable(args.address)
     try:
