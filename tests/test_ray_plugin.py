@@ -199,7 +199,8 @@ def test_the_deployment_plan(plugin_modules):
                                                   "target_ongoing_requests": 8}
     assert p["replica"]["ray_actor_options"] == {"num_cpus": 1, "resources": {"rpi5": 1.0}}
     p = cli.plan(_args(address="auto", replica_cpus=4, target_ongoing=3, autoscale=(0, 2)), config, 2)
-    assert (p["cpus"], p["threads"]) == (4, 4)
+    assert (p["cpus"], p["threads"]) == (4, None)  # Ray reserves 4; the node's plan says how many threads
+    assert cli.plan(_args(replica_cpus=1), config, 4)["threads"] == 1  # a local Ray: as given
     assert p["replica"]["autoscaling_config"]["initial_replicas"] == 1
     assert p["replica"]["autoscaling_config"]["target_ongoing_requests"] == 3
     assert cli.plan(_args(replicas=2, threads=3), config, 4)["threads"] == 3  # --threads wins

@@ -65,8 +65,8 @@ def add_arguments(g: argparse._ArgumentGroup) -> None:
                    help="a running Ray cluster: ray://HEAD:10001 (Ray Client), HEAD:6379 or auto; default: start "
                    "a Ray of its own on this machine")
     g.add_argument("--replica-cpus", type=positive, default=None, metavar="N",
-                   help="CPUs Ray reserves for each replica, and its engine threads unless --threads or the config "
-                   "say otherwise (default: a local Ray's cores shared out between the replicas; 1 on a cluster)")
+                   help="CPUs Ray reserves for each replica (default: a local Ray's cores shared out between the "
+                   "replicas, and those are its engine threads; on a cluster 1, threads from each node's config)")
     g.add_argument("--ray-resource", type=resource, action="append", default=[], metavar="NAME[=N]",
                    help="a custom resource every replica needs (`ray start --resources`): one model per device class")
     g.add_argument("--app-name", default=None, metavar="NAME", help="the Ray Serve application (default liteinfer)")

@@ -51,9 +51,10 @@ def plan(args: argparse.Namespace, config, usable_cores: int) -> dict:
         cpus = args.replica_cpus
     else:  # a local Ray: this machine's cores shared out; a cluster: 1 each, threads from each node's config
         cpus = max(1, usable_cores // most) if local else 1
-    # engine threads: --threads, else the reserved CPUs when they were given or shared out here,
-    # else each node's config (the planned count for that device)
-    threads = args.threads or (cpus if args.replica_cpus or (local and most > 1) else None)
+    # engine threads: --threads; on a local Ray the CPUs given or shared out (replicas that share
+    # this machine's cores must not each take all of them); on a cluster each node's config (the
+    # count planned for that device), --replica-cpus being what Ray reserves there
+    threads = args.threads or (cpus if local and (args.replica_cpus or most > 1) else None)
     actor = {"num_cpus": cpus}
     if args.ray_resource:
         actor["resources"] = dict(args.ray_resource)
