@@ -193,6 +193,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ctx", type=int, default=None, help="KV cache cells shared by all sequences")
     p.add_argument("--fixed-batch", action="store_true", help="turn the adaptive controller off")
+    p.add_argument("--no-speculative", action="store_true",
+                   help="no prompt-lookup drafts (scheduler.speculative false): greedy answers then never "
+                        "depend on whether a step ran drafts")
     p.add_argument("--embedding-model", default=None)
     p.add_argument("--classifier-model", default=None)
     p.add_argument("--no-llm", action="store_true",
@@ -222,6 +225,8 @@ def config_from_args(args) -> DeviceConfig:
         config.scheduler.max_batch = args.max_batch
     if args.fixed_batch:
         config.scheduler.adaptive = False
+    if getattr(args, "no_speculative", False):
+        config.scheduler.speculative = False
     if args.threads:
         config.engine.n_threads = args.threads
     if args.ctx:
