@@ -41,6 +41,7 @@ from liteinfer.engines.stt import WhisperEngine
 from liteinfer.engines.tts import EspeakTTS, PiperTTS
 from liteinfer.hardware.cores import usable_cores
 from liteinfer.scheduler.continuous import ContinuousScheduler, GenRequest
+from liteinfer.scheduler.cpu_share import COMPUTE_SHARE
 from liteinfer.scheduler.dynamic import DynamicBatcher
 from liteinfer.scheduler.dynamic_policy import OneShotController
 
@@ -422,6 +423,8 @@ class SpeechService:
         # takes every core it is given; a synthesis streams its chunks out while it runs (eSpeak NG
         # writes a minute of speech in ~0.1 s, so a queued one waits little)
         run = self._run_stt if kind == "stt" else self._run_tts
+        # cores a job holds: Whisper's threads; a synthesis is one thread (eSpeak NG, piper's ONNX session)
+        self.threads = (getattr(engine, "threads", 1) or 1) if kind == "stt" else 1
         self.batcher = DynamicBatcher(run, max_batch=1, max_delay_ms=0, max_queue=self.settings.max_queue,
                                       on_batch=on_batch, name=self.name)
 
@@ -446,7 +449,8 @@ class SpeechService:
 
     def _run_stt(self, items: list) -> list:
         samples, opts = items[0]
-        return [self.engine.transcribe(samples, **opts)]
+        with COMPUTE_SHARE.job(self.threads):  # the LLM steps around it (scheduler/cpu_share.py)
+            return [self.engine.transcribe(samples, **opts)]
 
     def prepare_audio(self, data: bytes, language: str | None = None):
         """Decoded samples (float32, 16 kHz); raises BadAudio / AudioTooLong / LiteInferError."""
@@ -499,10 +503,11 @@ class SpeechService:
         job = items[0]
         chunks = self.speak(job.text, job.voice, job.speed, job.fmt)
         try:
-            for chunk in chunks:
-                if job.cancelled.is_set():  # the client went away: stop synthesizing
-                    break
-                job.sink(chunk)
+            with COMPUTE_SHARE.job(self.threads):  # the LLM steps around it (scheduler/cpu_share.py)
+                for chunk in chunks:
+                    if job.cancelled.is_set():  # the client went away: stop synthesizing
+                        break
+                    job.sink(chunk)
         finally:
             chunks.close()
             job.sink(None)

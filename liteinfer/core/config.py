@@ -69,6 +69,10 @@ class SchedulerSettings(_Section):
                               "`speculative` field); it pauses itself where it does not pay")
     speculative_max_draft: int = Field(8, ge=1, le=64, description="most draft tokens per sequence and step")
     speculative_max_batch: int = Field(8, ge=1, description="no drafts when more sequences decode together")
+    speech_first: bool = Field(True, description="while a transcription or synthesis runs, LLM steps use "
+                               "the cores it leaves, pausing when it holds them all (docs/voice.md)")
+    speech_max_pause_s: float = Field(3.0, ge=0, description="longest pause of LLM steps per speech job; "
+                                      "then one thread beside it")
 
 
 class OneShotSettings(_Section):

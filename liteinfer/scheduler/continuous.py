@@ -24,6 +24,7 @@ from liteinfer.core.errors import LiteInferError, QueueFull
 from liteinfer.engines.llama import KVCacheFull, LlamaEngine, SamplingParams, Sequence, common_prefix_len
 from liteinfer.engines.text_stream import TextStream
 from liteinfer.scheduler.continuous_policy import BatchController, Signals
+from liteinfer.scheduler.cpu_share import COMPUTE_SHARE, ComputeShare
 from liteinfer.scheduler.prompt_lookup import Speculator, break_even_rate
 
 
@@ -68,9 +69,11 @@ class GenRequest:
 
 class ContinuousScheduler:
     def __init__(self, engine: LlamaEngine, settings: SchedulerSettings | None = None,
-                 max_queue: int = 64, metrics=None):
+                 max_queue: int = 64, metrics=None, share: ComputeShare | None = COMPUTE_SHARE):
         self.engine = engine
         self.settings = settings or SchedulerSettings()
+        self.share = share if self.settings.speech_first else None  # speech jobs first (cpu_share.py)
+        self.threads = engine.n_threads  # the controller's choice; a step may run on fewer (share)
         self.engine.prefix_cache = self.settings.prefix_cache
         self.max_queue = max_queue
         self.metrics = metrics
@@ -178,10 +181,14 @@ class ContinuousScheduler:
         if (decision.max_batch, decision.prefill_chunk) != (previous.max_batch, previous.prefill_chunk):
             log.info("controller: max_batch %d -> %d, prefill_chunk %d -> %d (%s)", previous.max_batch,
                      decision.max_batch, previous.prefill_chunk, decision.prefill_chunk, decision.reason)
-        if decision.threads and decision.threads != self.engine.n_threads:
-            log.info("controller: compute threads %d -> %d (%s)", self.engine.n_threads, decision.threads,
-                     decision.reason)
-            self.engine.set_threads(decision.threads)
+        if decision.threads and decision.threads != self.threads:
+            log.info("controller: compute threads %d -> %d (%s)", self.threads, decision.threads, decision.reason)
+            self.threads = decision.threads
+        threads = self.threads
+        if self.share is not None:  # speech jobs hold cores: step on what they leave (scheduler/cpu_share.py)
+            threads = self.share.threads_for_llm(threads, self.settings.speech_max_pause_s)
+        if threads != self.engine.n_threads:
+            self.engine.set_threads(threads)
         self._admit(decision.max_batch)
         plan, n_decode, n_prompt = self._plan(decision.prefill_chunk)
         if not plan:

@@ -16,6 +16,8 @@ import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
+from liteinfer.scheduler.cpu_share import COMPUTE_SHARE
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 ONESHOT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -52,6 +54,9 @@ class Metrics:
         self.prefill_chunk = Gauge("liteinfer_controller_prefill_chunk", "controller: prompt tokens per step",
                                    registry=r)
         self.threads = Gauge("liteinfer_engine_threads", "llama.cpp compute threads in use", registry=r)
+        self.speech_pause = Gauge("liteinfer_llm_paused_for_speech_seconds",
+                                  "total time LLM steps waited while speech jobs held every core", registry=r)
+        self.speech_pause.set_function(lambda: COMPUTE_SHARE.paused_s)
         per_model = {"registry": r, "labelnames": ["model"]}
         self.oneshot_batch = Histogram("liteinfer_oneshot_batch_size", "inputs per one-shot batch",
                                        buckets=ONESHOT_BATCH_BUCKETS, **per_model)
