@@ -4,6 +4,7 @@ same model, same threads, same load, in one run.
     .venv/bin/python benchmarks/serve.py [--levels 1,4,16,32] [--fixed 1,4,8,16,32] [--max-tokens 32]
     .venv/bin/python benchmarks/serve.py --background-load 1   # beside a busy co-located job
     .venv/bin/python benchmarks/serve.py --quick --base e20f317  # this tree against a commit
+    .venv/bin/python benchmarks/serve.py --long-prompt --conversation  # long context (context_load.py)
 
 Prints req/s, tok/s, TTFT p50/p95 and peak server RSS per concurrency, then the ratios the
 serving issue targets: tok/s at 16 clients >= 1.2x llama-server, >= 10 req/s, TTFT p95 no
@@ -30,6 +31,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
+import context_load  # noqa: E402
 from loadgen import LoadResult, _one, run_load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,6 +228,36 @@ def speculation_report(rows: list[dict]) -> None:
                 print(line)
 
 
+def reused_tokens(port: int) -> float:
+    """liteinfer's /metrics counter of prompt tokens served from its prefix cache."""
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        if line.startswith("liteinfer_prefix_reused_tokens_total"):
+            return float(line.split()[-1])
+    return float("nan")
+
+
+def run_context(servers: list[Server], args) -> list[dict]:
+    """--long-prompt / --conversation: llama-server gets cache_prompt on in each request (liteinfer
+    turns unknown fields away with a 400; its prefix cache is always on)."""
+    targets = [(srv.name, srv.port, {"cache_prompt": True} if srv.name.startswith("llama-server") else None)
+               for srv in servers]
+    for _, port, extra in targets:  # warm-up
+        asyncio.run(context_load.chat_once(port, {"messages": context_load.long_prompt(0, 200), "max_tokens": 4,
+                                                  **(extra or {})}))
+    lite = next((srv for srv in servers if srv.name == "liteinfer"), None)
+    rows = []
+    if args.long_prompt:
+        rows += context_load.measure_long(targets, args.long_prompts, args.rounds, args.long_tokens, 8)
+    if args.conversation:
+        before = reused_tokens(lite.port) if lite else 0
+        rows += context_load.measure_conversations(targets, args.conversations, args.rounds, args.turns,
+                                                   args.reply_tokens)
+        if lite:
+            print(f"liteinfer /metrics liteinfer_prefix_reused_tokens_total over the conversations: "
+                  f"+{reused_tokens(lite.port) - before:.0f}")
+    return rows
+
+
 def best_fixed_held_out(fixed: list[dict]) -> float | None:
     """The best fixed setting's tok/s without the winner's curse: the maximum of five noisy
     measurements is biased up by the noise itself (five identical servers here spread 4% at
@@ -261,11 +293,27 @@ def main() -> int:
     ap.add_argument("--copy-max-tokens", type=int, default=128)
     ap.add_argument("--copy-requests", type=int, default=4,
                     help="copy-heavy requests per target, round and level at one client (chat: twice as many)")
+    ap.add_argument("--long-prompt", action="store_true",
+                    help="only the long-prompt workload: TTFT of distinct ~2,000-token prompts at one client, "
+                    "beside llama-server (-np 16 -kvu, cache_prompt on); --ctx defaults to 8192")
+    ap.add_argument("--long-tokens", type=int, default=2000)
+    ap.add_argument("--long-prompts", type=int, default=4, help="long prompts per server and round")
+    ap.add_argument("--conversation", action="store_true",
+                    help="only the conversation workload (may go with --long-prompt): TTFT per turn of "
+                    "--turns-turn conversations at one client, each turn the previous answer plus a new question")
+    ap.add_argument("--turns", type=int, default=8)
+    ap.add_argument("--conversations", type=int, default=2, help="conversations per server and round")
+    ap.add_argument("--reply-tokens", type=int, default=48, help="max_tokens of each conversation turn")
     ap.add_argument("--base", default=None, metavar="REV",
                     help="also serve liteinfer as of git revision REV (a behaviour-change check)")
     args = ap.parse_args()
     if args.quick:
         args.levels, args.fixed, args.skip_peers = "1,16", "", True
+    context = args.long_prompt or args.conversation
+    if context:
+        args.fixed = ""
+        if args.ctx == ap.get_default("ctx"):
+            args.ctx = 8192  # a 2,000-token prompt, or 8 turns, with room to spare
     if args.speculation:
         args.fixed = ""
         if args.levels == ap.get_default("levels"):
@@ -301,7 +349,9 @@ def main() -> int:
         exe = llama_server_bin()
         if exe:
             peer = [str(exe), "-m", model_path, "-t", str(threads), "-np", "16", "-cb", "-c",
-                    str(args.ctx if args.speculation else args.ctx * 2), "--host", "127.0.0.1"]
+                    str(args.ctx if args.speculation or context else args.ctx * 2), "--host", "127.0.0.1"]
+            if context:  # one KV pool of --ctx cells for all 16 slots, like liteinfer's (else ctx/16 each)
+                peer.append("-kvu")
             configs.append(("llama-server", peer, "/health", None))
             if args.speculation:  # its own prompt lookup (n-gram drafts), sized like ours
                 configs.append(("llama-server lookup", peer + ["--spec-type", "ngram-simple",
@@ -309,7 +359,7 @@ def main() -> int:
                                                                "--spec-ngram-simple-size-m", "8"], "/health", None))
         else:
             print("llama-server not built: run scripts/build_llama_tools.sh (skipping that peer)")
-        if not args.speculation:
+        if not args.speculation and not context:
             configs.append(("llama-cpp-python", [PY, "-m", "llama_cpp.server", "--model", model_path,
                                                  "--n_threads", str(threads), "--n_ctx", str(args.ctx),
                                                  "--host", "127.0.0.1",
@@ -328,7 +378,9 @@ def main() -> int:
                 print(f"{name}: {e}")
         for _ in range(args.background_load):
             burners.append(subprocess.Popen([PY, "-c", "while True: pass"]))
-        if args.speculation:
+        if context:
+            rows = run_context(servers, args)
+        elif args.speculation:
             targets = [(srv.name, srv, None) for srv in servers]
             lite = next((srv for srv in servers if srv.name == "liteinfer"), None)
             if lite:
@@ -347,6 +399,12 @@ def main() -> int:
         for srv in servers:
             srv.stop()
 
+    if context:
+        print(f"load average after: {os.getloadavg()}")
+        context_load.report(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     if args.speculation:
         print(f"load average after: {os.getloadavg()}")
         for r in rows:
