@@ -114,6 +114,57 @@ def test_mixed_plan_and_recipe_round_trip(work):
     _run(out)
 
 
+def test_target_size_fp32_fraction(work):
+    """--target-size FP32/N: the whole output file at most 1/N of the model's FP32 GGUF."""
+    from liteinfer.core.errors import LiteInferError
+    from liteinfer.quant.gguf.mixed import fp32_bytes, target_size_mb
+
+    d, _, src = work
+    assert fp32_bytes(src) == src.stat().st_size  # an F32 source is its own FP32 file
+    assert target_size_mb("FP32/4", src) == pytest.approx(src.stat().st_size / 4 / 1e6)
+    assert target_size_mb("12.5", src) == 12.5
+    for bad in ("FP32/0", "FP32/x", "half", "-3"):
+        with pytest.raises(LiteInferError, match="--target-size"):
+            target_size_mb(bad, src)
+    out = d / "fp32-4.gguf"
+    r = _ok("quantize", src, out, "--mixed", "--target-size", "FP32/4", "--calib", d / "calib.txt",
+            "--candidates", "q4_0,q8_0", "--sensitivity", "proxy", *FAST)
+    assert out.stat().st_size <= src.stat().st_size / 4
+    assert out.stat().st_size > src.stat().st_size / 6  # the budget was used, not just the smallest plan
+    assert "plan (proxy)" in r.stdout
+    bad = _cli("quantize", src, d / "x.gguf", "--mixed", "--target-size", "FP32/eight", "--calib", d / "calib.txt")
+    assert bad.returncode != 0 and "--target-size" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_types_gguf_py_lacks(work):
+    """q2_0 (unknown to gguf-py 0.19) and mxfp4 quantize, read back through ggml's own
+    dequantizer (equal to gguf-py's where gguf-py has the type), and run in the engine."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from liteinfer.convert.reference import ReferenceLlama
+    from liteinfer.quant.gguf.quantize import bits_per_weight, quantize, read_dequantized
+
+    d, _, src = work
+    assert bits_per_weight("q2_0") == 2.25 and bits_per_weight("mxfp4") == 4.25
+    ref = ReferenceLlama.from_gguf(src)
+    quant = [t.name for t in read_tensors(src) if t.quantizable]
+    errs = {}
+    for qtype in ("q2_0", "mxfp4"):
+        out = d / f"{qtype}-all.gguf"
+        tensors = quantize(src, out, "q8_0", overrides=dict.fromkeys(quant, qtype))
+        assert {t.type_name for t in tensors if t.quantizable} == {qtype}
+        deq = {n: w for n, _, _, w in read_dequantized(out, set(quant))}
+        w0 = ref.gguf_weight(quant[0])
+        errs[qtype] = float(np.linalg.norm(deq[quant[0]] - w0) / np.linalg.norm(w0))
+        if qtype == "mxfp4":
+            t = next(t for t in GGUFReader(str(out)).tensors if t.name == quant[0])
+            assert np.array_equal(dequantize(t.data, t.tensor_type).reshape(deq[quant[0]].shape), deq[quant[0]])
+        _run(out)
+    assert 0 < errs["mxfp4"] < errs["q2_0"] < 1.0, errs  # fewer bits, more error; both near the weights
+
+
 def test_allocation_is_optimal_on_small_instances():
     """The Lagrangian + greedy allocation against brute force on random instances."""
     import numpy as np

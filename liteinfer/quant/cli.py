@@ -29,13 +29,14 @@ def add_gguf_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--type", default=None, help="uniform type: q4_k_m (default), q4_0, q8_0, q5_k_m, q6_k, iq4_xs, ...")
     g.add_argument("--mixed", action="store_true", help="per-tensor types from measured sensitivity")
     g.add_argument("--target-bpw", type=float, default=None, help="--mixed size budget in bits per weight")
-    g.add_argument("--target-size", type=float, default=None, metavar="MB", help="--mixed size budget in MB")
+    g.add_argument("--target-size", default=None, metavar="MB|FP32/N",
+                   help="--mixed size budget: MB, or FP32/8 (the whole file at most 1/8 of the model's FP32 GGUF)")
     g.add_argument("--recipe", default=None, help="apply a saved recipe JSON (per-tensor types)")
     g.add_argument("--save-recipe", default=None, help="where --mixed writes its recipe (default OUT.recipe.json)")
     g.add_argument("--imatrix", default=None, help="importance matrix (GGUF, ours or llama-imatrix's)")
     g.add_argument("--save-imatrix", default=None, help="write the importance matrix computed from --calib")
     g.add_argument("--candidates", default=None, help="--mixed candidate types, comma-separated "
-                   "(default q2_k,q3_k,iq4_xs,q4_k,q5_k,q6_k,q8_0)")
+                   "(default q2_0,q2_k,q3_k,mxfp4,iq4_xs,q4_k,q5_k,q6_k,q8_0)")
     g.add_argument("--sensitivity", default="auto", choices=["auto", "kl", "proxy"],
                    help="per-tensor cost: KL divergence (exact, slower) or weighted weight error")
     g.add_argument("--ctx", type=int, default=256, help="calibration window length (tokens)")
@@ -153,6 +154,7 @@ def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None,
         calibrate,
         check_budget,
         plan_mixed,
+        target_size_mb,
     )
     from liteinfer.quant.gguf.quantize import ggml_type  # on use: start-up time
     from liteinfer.quant.gguf.sensitivity import DEFAULT_TYPES  # on use: start-up time
@@ -170,6 +172,8 @@ def _mixed(args, src: Path, dst: Path, show: bool, recipe: Recipe | None = None,
     types = [t.strip() for t in args.candidates.split(",") if t.strip()] if args.candidates else list(DEFAULT_TYPES)
     for t in types:
         ggml_type(t)
+    if args.target_size is not None:
+        args.target_size = target_size_mb(args.target_size, src)  # FP32/N: from this source's tensor table
     check_budget(src, args.target_bpw, args.target_size, types)
     cal = calibrate(src, args.calib, args.ctx, args.calib_windows, args.imatrix, show, hessians=args.gptq)
     _save_imatrix(args, cal)

@@ -16,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from tqdm import tqdm
 
+from liteinfer.core.catalog import check_gguf
 from liteinfer.quant.gptq import gptq_round, spans
 
 QK = 256
@@ -137,16 +138,18 @@ def refine_file(path: str | Path, weights: dict[str, np.ndarray], hessians: dict
     H is poorly determined and GPTQ would fit the calibration text, so it is damped 10x harder.
     Returns the relative change of the layer-output error ||dW X|| per tensor (negative = better).
     """
-    r = GGUFReader(str(path), mode="r+")
-    todo = [t for t in r.tensors if t.tensor_type.name.lower() in SUPPORTED and t.name in hessians
-            and t.name in weights]
+    header = check_gguf(Path(path))  # our header reader: gguf-py's stops at types it lacks (q2_0)
+    mm = np.memmap(path, dtype=np.uint8, mode="r+")
+    todo = [t for t in header.tensors if t.type_name in SUPPORTED and t.name in hessians and t.name in weights]
     gains = {}
     if progress:
         todo = tqdm(todo, desc="gptq", unit="tensor", leave=False)
     for t in todo:
-        qtype = t.tensor_type.name.lower()
+        qtype = t.type_name
         rows, cols = int(t.shape[1]), int(t.shape[0])
-        raw = np.asarray(t.data).reshape(rows, -1)
+        start = header.data_offset + t.offset
+        data = mm[start:start + t.n_bytes]
+        raw = np.asarray(data).reshape(rows, -1)
         bpr = raw.shape[1]  # bytes per row
         per_block = {"q4_0": 32, "q8_0": 32}.get(qtype, QK)
         nb = cols // per_block
@@ -161,11 +164,12 @@ def refine_file(path: str | Path, weights: dict[str, np.ndarray], hessians: dict
         err_new = _out_err(w, a * codes + b, h)
         if err_new < err_old:  # never make a tensor worse than llama.cpp's rounding
             new = encode(qtype, blocks, codes.reshape(rows * nb, per_block))
-            t.data[...] = new.reshape(t.data.shape)
+            data[...] = new.reshape(-1)
             gains[t.name] = err_new / err_old - 1
         else:
             gains[t.name] = 0.0
-    r.data.flush()
+    mm.flush()
+    del mm
     return gains
 
 

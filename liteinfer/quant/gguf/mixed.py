@@ -74,6 +74,31 @@ def budget_bytes(src_tensors, target_bpw: float | None, target_mb: float | None,
     return target_mb * 1e6 - overhead
 
 
+def fp32_bytes(src: Path) -> int:
+    """The model's FP32 file size: every tensor at 4 bytes per weight, plus the source's own
+    header, vocabulary and alignment (a tensor's padding is ignored)."""
+    tensors = read_tensors(src)
+    return 4 * sum(t.n_elements for t in tensors) + src.stat().st_size - sum(t.n_bytes for t in tensors)
+
+
+def target_size_mb(value: str | float, src: Path) -> float:
+    """--target-size: MB (`65.5`), or a fraction of the FP32 file (`FP32/8`: the whole file, header
+    and vocabulary included, at most 1/8 of the same model's FP32 GGUF)."""
+    text = str(value).strip()
+    try:
+        if text.upper().startswith("FP32/"):
+            n = float(text[5:])
+            if n <= 0 or n != n:
+                raise ValueError
+            return fp32_bytes(src) / n / 1e6
+        mb = float(text)
+    except ValueError:
+        raise LiteInferError(f"--target-size {text!r}: give MB (65.5) or a fraction of the FP32 file (FP32/8)") from None
+    if mb <= 0 or mb != mb:
+        raise LiteInferError(f"--target-size {text!r}: must be positive")
+    return mb
+
+
 def check_budget(src: Path, target_bpw: float | None, target_mb: float | None, types) -> None:
     """Fail before calibrating when no plan can fit (cheap: nominal sizes only)."""
     tensors = read_tensors(src)

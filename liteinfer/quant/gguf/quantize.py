@@ -20,7 +20,7 @@ import numpy as np
 from liteinfer.core.catalog import check_gguf
 from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import atomic_output
-from liteinfer.core.gguf_header import TensorInfo
+from liteinfer.core.gguf_header import TYPE_NAMES, TensorInfo
 from liteinfer.hardware.cores import usable_cores
 
 # user-facing file types -> gguf.LlamaFileType member names (llama.cpp's `--type` names)
@@ -32,28 +32,101 @@ FTYPES = {
     "q6_k": "MOSTLY_Q6_K", "iq4_xs": "MOSTLY_IQ4_XS", "iq4_nl": "MOSTLY_IQ4_NL", "iq3_s": "MOSTLY_IQ3_S",
     "iq3_xxs": "MOSTLY_IQ3_XXS", "iq2_xs": "MOSTLY_IQ2_XS", "iq2_xxs": "MOSTLY_IQ2_XXS",
 }
+# file types llama.cpp has and gguf-py 0.19's LlamaFileType lacks (llama-quantize's ids)
+EXTRA_FTYPES = {"q1_0": 40, "q2_0": 41}
 NEEDS_IMATRIX = {"iq2_xs", "iq2_xxs"}
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 
 
 def ggml_type(name: str) -> int:
-    """ggml tensor type id for a tensor type name ("q4_k", "Q8_0", "f16")."""
+    """ggml tensor type id for a tensor type name ("q4_k", "Q8_0", "f16", "q2_0")."""
     try:
         return int(gguf.GGMLQuantizationType[name.upper()])
     except KeyError:
-        raise LiteInferError(f"unknown tensor type {name!r}") from None
+        pass
+    ids = {v: k for k, v in TYPE_NAMES.items()}  # types newer than gguf-py (q2_0)
+    if name.lower() in ids and _ggml().type_size(ids[name.lower()]):
+        return ids[name.lower()]
+    raise LiteInferError(f"unknown tensor type {name!r}")
 
 
 def ftype_id(name: str) -> int:
+    if name.lower() in EXTRA_FTYPES:
+        return EXTRA_FTYPES[name.lower()]
     key = FTYPES.get(name.lower())
     if key is None:
-        raise LiteInferError(f"unknown quantization type {name!r} (known: {', '.join(FTYPES)})")
+        raise LiteInferError(f"unknown quantization type {name!r} (known: {', '.join([*FTYPES, *EXTRA_FTYPES])})")
     return int(gguf.LlamaFileType[key])
 
 
 def bits_per_weight(type_name: str) -> float:
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name.upper()]]
-    return 8.0 * size / block
+    t = ggml_type(type_name)
+    return 8.0 * _ggml().type_size(t) / _ggml().block_size(t)
+
+
+class _Ggml:
+    """libggml-base inside llama-cpp-python: sizes and dequantization of every ggml type,
+    including those gguf-py does not know yet (q2_0, q1_0)."""
+
+    def __init__(self):
+        libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.*"))
+        if not libs:
+            raise LiteInferError("libggml-base from llama-cpp-python not found")
+        lib = ctypes.CDLL(str(libs[0]))
+        lib.ggml_type_size.restype, lib.ggml_type_size.argtypes = ctypes.c_size_t, [ctypes.c_int]
+        lib.ggml_blck_size.restype, lib.ggml_blck_size.argtypes = ctypes.c_int64, [ctypes.c_int]
+        lib.ggml_get_type_traits.restype, lib.ggml_get_type_traits.argtypes = ctypes.POINTER(_Traits), [ctypes.c_int]
+        self.lib = lib
+
+    def type_size(self, t: int) -> int:
+        return int(self.lib.ggml_type_size(t)) if t in TYPE_NAMES else 0
+
+    def block_size(self, t: int) -> int:
+        return int(self.lib.ggml_blck_size(t))
+
+    def to_float(self, data: np.ndarray, t: int, n: int) -> np.ndarray:
+        """n values of type t (raw bytes in `data`) as float32, by ggml's own to_float."""
+        if t == 0:
+            return np.frombuffer(data, dtype=np.float32, count=n).copy()
+        tr = self.lib.ggml_get_type_traits(t).contents
+        if not tr.to_float or tr.blck_size != self.block_size(t):
+            raise LiteInferError(f"ggml has no dequantizer for tensor type {TYPE_NAMES.get(t, t)}")
+        src = np.ascontiguousarray(data, dtype=np.uint8)
+        out = np.empty(n, dtype=np.float32)
+        _TO_FLOAT(tr.to_float)(src.ctypes.data, out.ctypes.data, n)
+        return out
+
+
+_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+class _Traits(ctypes.Structure):  # struct ggml_type_traits (ggml.h)
+    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p)]
+
+
+_GGML: _Ggml | None = None
+
+
+def _ggml() -> _Ggml:
+    global _GGML
+    if _GGML is None:
+        _GGML = _Ggml()
+    return _GGML
+
+
+def read_dequantized(path: str | Path, names: set[str] | None = None):
+    """(name, type name, n_bytes, float32 array in numpy order) for each tensor of a GGUF of any
+    ggml type (gguf-py's reader stops at types it does not know)."""
+    header = check_gguf(Path(path))
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    for t in header.tensors:
+        if names is not None and t.name not in names:
+            continue
+        start = header.data_offset + t.offset
+        w = _ggml().to_float(raw[start:start + t.n_bytes], t.ggml_type, t.n_elements)
+        yield t.name, t.type_name, t.n_bytes, w.reshape(list(reversed(t.shape)))
 
 
 def read_tensors(path: str | Path) -> list[TensorInfo]:

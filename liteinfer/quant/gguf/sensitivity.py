@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
 from tqdm import tqdm
 
 from liteinfer.core.errors import LiteInferError
 from liteinfer.quant.gguf.gptq import refine_file, targets
-from liteinfer.quant.gguf.quantize import bits_per_weight, quantize, read_tensors
+from liteinfer.quant.gguf.quantize import bits_per_weight, quantize, read_dequantized, read_tensors
 
-DEFAULT_TYPES = ("q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
+# q2_0 (64-wide blocks) and mxfp4 (32-wide) are the types under 4.5 bits that rows of a width
+# other than a multiple of 256 can take (llama.cpp swaps k-quants there for q4_0/iq4_nl and up)
+DEFAULT_TYPES = ("q2_0", "q2_k", "q3_k", "mxfp4", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
 
 
 @dataclass
@@ -92,20 +92,14 @@ def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndar
                 weights, hess, counts = targets(ref, hessians, n_tokens or {})
                 refine_file(out, weights, hess, n_tokens=counts)
             bar.update(1)
-            reader = GGUFReader(str(out))
-            for qt in reader.tensors:
-                if qt.name not in {t.name for t in quant}:
-                    continue
-                deq = dequantize(qt.data, qt.tensor_type).astype(np.float32).reshape(
-                    [int(d) for d in reversed(qt.shape)])
+            # ggml's own dequantizer: reads every type llama.cpp writes (gguf-py lacks q2_0)
+            for name, qtype, n_bytes, deq in read_dequantized(out, {t.name for t in quant}):
                 if method == "kl":
-                    cost = _kl_cost(ref, qt.name, deq, windows, resid, base_lp, n_layer)
+                    cost = _kl_cost(ref, name, deq, windows, resid, base_lp, n_layer)
                 else:
-                    cost = _proxy_cost(ref.gguf_weight(qt.name), deq, imatrix.get(qt.name))
-                sens.options.setdefault(qt.name, []).append(
-                    Option(qt.tensor_type.name.lower(), int(qt.n_bytes), float(cost)))
+                    cost = _proxy_cost(ref.gguf_weight(name), deq, imatrix.get(name))
+                sens.options.setdefault(name, []).append(Option(qtype, int(n_bytes), float(cost)))
                 bar.update(1)
-            del reader
     bar.close()
     return sens
 
