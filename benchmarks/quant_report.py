@@ -1,6 +1,7 @@
 """The quantization report: every number measured in this run, one table per section.
 
-    .venv/bin/python benchmarks/quant_report.py [--quick] [--only tiny,tiny-awq,smollm,onnx] [--json OUT] [--reprint JSON]
+    .venv/bin/python benchmarks/quant_report.py [--quick] [--only tiny,tiny-awq,smollm,curve-types,curve-mixed,onnx]
+        [--json OUT] [--reprint JSON]
 
 LLM sections (reference = FP32 weights unless said otherwise; held-out text never used for
 calibration; KLD = mean KL(reference || candidate) per token, top-1 = argmax agreement):
@@ -14,6 +15,15 @@ calibration; KLD = mean KL(reference || candidate) per token, top-1 = argmax agr
   SmolLM2-135M: the reference is its shipped Q4_1 weights (no FP32 copy ships), so every row
       is a requantization; its 576-wide rows are not multiples of 256, so llama.cpp swaps
       k-quants for legacy types (grid-alignment caveat: the numbers say little about k-quants).
+  SmolLM2-135M curve (`--only curve-types`, `--only curve-mixed`: two commands, each under ten
+      minutes): the reference is an F32 GGUF of its shipped Q4_1 weights dequantized exactly
+      (~/.cache/liteinfer/smollm2-f32/, written on first use), the "FP32 file" every size is a
+      fraction of (header and vocabulary counted). curve-types: llama.cpp's file types with the
+      imatrix; curve-mixed: `--mixed` at FP32/4 .. FP32/10 (proxy sensitivity, default candidates)
+      and +GPTQ at FP32/8. Each point: size fraction, ppl ratio, next-token top-1 accuracy ratio
+      (eval acc's), KLD; then each target FP32/N with the best row at or under it, and the tensors
+      with the largest proxy error. Target: ppl <= x1.02 and top-1 >= x0.98 at FP32/8.
+      `--reprint a.json` prints the tables of a saved run again.
 One-shot section: benchmarks/quant_report_onnx.py's rows (MiniLM, EfficientNet, fashion-MNIST).
 Targets: perplexity within 2% of FP32 at <= 1/6 of the FP32 size; KLD 20% below the curve.
 """
@@ -261,6 +271,158 @@ def smollm_case(quick: bool) -> LLMCase | None:
     return case
 
 
+# ---- SmolLM2-135M: the size-accuracy curve from 1/4 to 1/10 of its FP32 file ----
+FRACTIONS = (4, 5, 6, 7, 8, 9, 10)  # the whole file at most FP32/N (header and vocabulary counted)
+# llama.cpp's file types, each with the imatrix from the calibration text; on SmolLM2's 576-wide rows
+# its k-quants fall back to legacy types, so the grid lands where it lands and each target is read
+# off the nearest row at or under it
+CURVE_TYPES = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "iq4_nl", "q4_0", "q3_k_m", "q2_k", "q2_0")
+# liteinfer --mixed candidates: the defaults (which include mxfp4 and q2_0, the block-32/64 types
+# below 4.5 bits that 576-wide rows can take)
+CURVE_FRACTIONS = list(FRACTIONS)  # curve-mixed's budgets this run (--fractions)
+CURVE_GPTQ_AT = (8,)  # the same plan, GPTQ rounding: one fraction (its sensitivity is not re-measured)
+
+
+def smollm_f32(quick: bool) -> tuple[Path, Path, Path]:
+    """SmolLM2-135M as F32 (its shipped Q4_1 weights dequantized exactly: no FP32 copy ships),
+    plus the fortunes calibration / held-out split."""
+    from liteinfer.core.catalog import resolve_llm
+    from liteinfer.quant.gguf.quantize import quantize
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liteinfer"
+    ref = cache / "smollm2-f32" / "model-f32.gguf"
+    if not ref.is_file():
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        say(f"writing {ref} (Q4_1 dequantized to F32)")
+        quantize(resolve_llm("smollm2-135m"), ref, "f32")
+    tiny = cache / "tiny_lm"
+    if not (tiny / "calib.txt").is_file():
+        tiny = fortunes_split(cache / "smollm2-f32" / "text")
+    return ref, tiny / "calib.txt", tiny / "heldout.txt"
+
+
+def curve_rows(quick: bool, tmp: Path, part: str) -> list[dict]:
+    """part: 'types' (llama.cpp's file types +imatrix) or 'mixed' (liteinfer --mixed at every FP32/N)."""
+    from liteinfer.evaluate.llm import Reference, read_text
+    from liteinfer.quant.gguf.mixed import (
+        apply_recipe,
+        calibrate,
+        fp32_bytes,
+        measure_sensitivity,
+        plan_mixed,
+        target_size_mb,
+    )
+    from liteinfer.quant.gguf.quantize import model_bpw, quantize, read_tensors
+
+    src, calib, heldout = smollm_f32(quick)
+    max_tokens = 1024 if quick else 2560  # windows of 256, second halves scored: 1280 tokens
+    t0 = time.time()
+    ref = Reference(src, read_text(heldout), 256, max_tokens)
+    fp32 = fp32_bytes(src)
+    say(f"[curve] FP32 {fp32 / 1e6:.2f} MB, ppl {ref.ppl:.3f}, top-1 accuracy {ref.correct / ref.tokens:.4f} "
+        f"on {ref.tokens} held-out tokens ({time.time() - t0:.0f}s)")
+    rows: list[dict] = []
+    if part == "types":
+        rows.append({"model": "smollm2", "variant": "FP32 (Q4_1 weights dequantized)", "mb": fp32 / 1e6,
+                     "ratio": 1.0, "bpw": 32.0, "ppl": ref.ppl, "ppl_ratio": 1.0, "kld": 0.0, "top1": 1.0,
+                     "accuracy": ref.correct / ref.tokens, "accuracy_ratio": 1.0, "kind": "fp32"})
+    cal = calibrate(src, calib, 256, 2 if quick else 16, hessians=part == "mixed" and bool(CURVE_GPTQ_AT))
+    say(f"[curve] calibration: {cal.info.windows} windows, {cal.info.tokens} tokens ({time.time() - t0:.0f}s)")
+
+    def add(variant: str, path: Path, kind: str, extra: dict | None = None) -> None:
+        t = time.time()
+        m = ref.compare(path)
+        tensors = read_tensors(path)
+        size = path.stat().st_size
+        rows.append({"model": "smollm2", "variant": variant, "mb": size / 1e6, "ratio": fp32 / size,
+                     "bpw": model_bpw(tensors), "kind": kind,
+                     **{k: m[k] for k in ("ppl", "ppl_ratio", "kld", "kld_p99", "top1", "accuracy",
+                                          "accuracy_ratio")}, **(extra or {})})
+        r = rows[-1]
+        say(f"[curve] {variant:<34} 1/{r['ratio']:.2f} {r['bpw']:.3f} bpw  ppl x{r['ppl_ratio']:.4f}  "
+            f"top-1 acc x{r['accuracy_ratio']:.4f}  KLD {r['kld']:.4f} ({time.time() - t:.0f}s eval)")
+        path.unlink()
+
+    if part == "types":
+        for qtype in (("q4_0", "q2_0") if quick else CURVE_TYPES):
+            out = tmp / f"curve-{qtype}.gguf"
+            try:
+                quantize(src, out, qtype, imatrix=cal.imatrix)
+                add(f"llama.cpp {qtype} +imatrix", out, "llama.cpp")
+            except Exception as e:  # one failed type is a row's note, not a lost run
+                say(f"[curve] llama.cpp {qtype}: FAILED {e}")
+        return rows
+    t = time.time()
+    sens = measure_sensitivity(src, cal, method="proxy", workdir=tmp)
+    say(f"[curve] sensitivity (proxy, {len(next(iter(sens.options.values())))} candidates) in {time.time() - t:.0f}s")
+    for n in ((8,) if quick else CURVE_FRACTIONS):
+        out = tmp / f"curve-mixed-{n}.gguf"
+        try:
+            recipe = plan_mixed(src, cal, target_mb=target_size_mb(f"FP32/{n}", src), sens=sens)
+            apply_recipe(src, out, recipe, cal.imatrix)
+            mix = _mix(recipe)
+            add(f"liteinfer --mixed FP32/{n}", out, "mixed", {"target": n, "mix": mix})
+            if n in CURVE_GPTQ_AT and not quick:
+                out = tmp / f"curve-mixed-{n}-gptq.gguf"
+                t = time.time()
+                apply_recipe(src, out, recipe, cal.imatrix, cal, gptq=True)
+                say(f"[curve] GPTQ rounding in {time.time() - t:.0f}s")
+                add(f"liteinfer --mixed FP32/{n} +GPTQ", out, "mixed+gptq", {"target": n, "mix": mix})
+        except Exception as e:  # e.g. a budget no plan fits: the row says so
+            say(f"[curve] liteinfer --mixed FP32/{n}: FAILED {e}")
+    rows.append({"kind": "sensitivity", "variant": "per-tensor sensitivity", "options": {
+        name: [(o.type, o.n_bytes, o.cost) for o in opts] for name, opts in sens.options.items()}})
+    return rows
+
+
+def _mix(recipe) -> str:
+    types: dict[str, int] = {}
+    for tp in recipe.tensors.values():
+        types[tp.type] = types.get(tp.type, 0) + 1
+    return " ".join(f"{k}:{v}" for k, v in sorted(types.items()))
+
+
+def curve_table(rows: list[dict]) -> str:
+    """Every measured point, then each target FP32/N with the best llama.cpp row at or under it."""
+    pts = [r for r in rows if r.get("kind") not in ("sensitivity", None)]
+    pts.sort(key=lambda r: -r["mb"])
+    head = f"{'variant':<36} {'MB':>7} {'size':>7} {'bpw':>6} {'ppl x':>7} {'top-1 acc x':>11} {'KLD':>7}  mix"
+    lines = [head, "-" * len(head)]
+    for r in pts:
+        lines.append(f"{r['variant']:<36} {r['mb']:>7.2f} {'1/' + format(r['ratio'], '.2f'):>7} {r['bpw']:>6.3f} "
+                     f"{r['ppl_ratio']:>7.4f} {r['accuracy_ratio']:>11.4f} {r['kld']:>7.4f}  {r.get('mix', '')}")
+    lines += ["", "targets (ppl <= x1.02 and top-1 accuracy >= x0.98 of FP32):"]
+    for n in FRACTIONS:
+        for label, kinds in (("llama.cpp", ("llama.cpp",)), ("liteinfer", ("mixed", "mixed+gptq"))):
+            fit = [r for r in pts if r["kind"] in kinds and r["ratio"] >= n - 1e-6]
+            if not fit:
+                lines.append(f"  1/{n:<3} {label:<10} no file this small")
+                continue
+            best = min(fit, key=lambda r: r["kld"])
+            ok = best["ppl_ratio"] <= 1.02 and best["accuracy_ratio"] >= 0.98
+            lines.append(f"  1/{n:<3} {label:<10} {best['variant']:<34} 1/{best['ratio']:.2f} ppl x{best['ppl_ratio']:.4f} "
+                         f"top-1 x{best['accuracy_ratio']:.4f} -> {'MET' if ok else 'not met'}")
+    return "\n".join(lines)
+
+
+def sensitivity_table(rows: list[dict], top: int = 12) -> str:
+    """The tensors with the largest measured error at mxfp4 (4.25 bits), each type's cost beside."""
+    sens = next((r["options"] for r in rows if r.get("kind") == "sensitivity"), None)
+    if not sens:
+        return ""
+
+    def at(opts, qtype):
+        return next((c for t, _, c in opts if t == qtype), 0.0)
+
+    out = [f"{'tensor':<26}  proxy cost E|dW x|^2 / E|W x|^2 by the type llama.cpp wrote (smallest first)"]
+    for name, opts in sorted(sens.items(), key=lambda kv: -at(kv[1], "mxfp4"))[:top]:
+        seen: dict[str, float] = {}
+        for t, _, c in sorted(opts, key=lambda o: o[1]):
+            seen.setdefault(t, c)
+        out.append(f"{name:<26}  " + "  ".join(f"{t} {c:.2e}" for t, c in seen.items()))
+    return "\n".join(out)
+
+
 Section = tuple[str, Callable[[bool, Path], list[dict]], Callable[[list[dict]], str]]
 
 
@@ -287,6 +449,11 @@ SECTIONS: dict[str, Section] = {
     "tiny": ("LLM: tiny FP32 LM (examples/tiny_lm)", _llm_section(tiny_case), format_llm),
     "tiny-awq": ("LLM: tiny FP32 LM, the AWQ step alone", _llm_section(tiny_awq_case), format_llm),
     "smollm": ("LLM: SmolLM2-135M (reference: shipped Q4_1; requantization)", _llm_section(smollm_case), format_llm),
+    "curve-types": ("LLM: SmolLM2-135M curve, llama.cpp's types +imatrix (reference: Q4_1 dequantized to F32)",
+                    lambda quick, tmp: curve_rows(quick, tmp, "types"), lambda rows: curve_table(rows)),
+    "curve-mixed": ("LLM: SmolLM2-135M curve, liteinfer --mixed at FP32/4..FP32/10",
+                    lambda quick, tmp: curve_rows(quick, tmp, "mixed"),
+                    lambda rows: curve_table(rows) + "\n\n" + sensitivity_table(rows)),
     "onnx": ("One-shot models (ONNX Runtime)", _onnx_rows, _onnx_format),
 }
 
@@ -295,6 +462,8 @@ def reprint(path: Path) -> None:
     """Print the tables again from a --json file (e.g. after a formatting change)."""
     data = json.loads(path.read_text())
     for key, rows in data.items():
+        if rows and key.startswith("curve"):
+            print(f"\n## {SECTIONS[key][0]}\n{SECTIONS[key][2](rows)}")
         if rows and key in ("tiny", "tiny-awq", "smollm"):
             for r in rows:
                 r.pop("vs_curve", None)
@@ -310,7 +479,10 @@ def main() -> int:
     ap.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(SECTIONS)})")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows as JSON")
     ap.add_argument("--reprint", type=Path, default=None, help="print the tables of a saved --json and exit")
+    ap.add_argument("--fractions", default=None, help="curve-mixed: the FP32/N budgets, e.g. 8,9,10 (default 4..10)")
     args = ap.parse_args()
+    if args.fractions:
+        CURVE_FRACTIONS[:] = [int(n) for n in args.fractions.split(",")]
     if args.reprint:
         reprint(args.reprint)
         return 0
