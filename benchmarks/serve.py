@@ -301,6 +301,9 @@ def main() -> int:
     ap.add_argument("--conversation", action="store_true",
                     help="only the conversation workload (may go with --long-prompt): TTFT per turn of "
                     "--turns-turn conversations at one client, each turn the previous answer plus a new question")
+    ap.add_argument("--kv-f16", action="store_true",
+                    help="with --long-prompt/--conversation: also serve liteinfer with an f16 KV cache "
+                    "(its default is q8_0; llama-server's is f16)")
     ap.add_argument("--turns", type=int, default=8)
     ap.add_argument("--conversations", type=int, default=2, help="conversations per server and round")
     ap.add_argument("--reply-tokens", type=int, default=48, help="max_tokens of each conversation turn")
@@ -336,6 +339,12 @@ def main() -> int:
     base = [PY, "-m", "liteinfer", "serve", "-m", model_path, "--threads", str(threads), "--ctx", str(args.ctx),
             "--max-queue", "256"]
     configs.append(("liteinfer", base, "/health", str(ROOT)))
+    if context and args.kv_f16:
+        from liteinfer.core.config import SCHEMA_VERSION
+
+        f16 = Path(tempfile.mkdtemp(prefix="liteinfer-kv-")) / "device_config.json"
+        f16.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "engine": {"type_k": "f16", "type_v": "f16"}}))
+        configs.append(("liteinfer kv-f16", base + ["--config", str(f16)], "/health", str(ROOT)))
     if args.base:
         # `python -m liteinfer` run from an exported copy imports that copy (the current folder
         # comes first on sys.path), with this environment's packages.
