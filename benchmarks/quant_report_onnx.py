@@ -10,12 +10,20 @@ Everything measured in this run, against the FP32 model of the same run:
   fashion-MNIST CNN (examples/inspection): accuracy on the 10k test split vs FP32
 Targets: MiniLM cosine >= 0.99 at <= 1/6 size; EfficientNet >= 98% agreement at
 <= 1/4 size; fashion-MNIST accuracy >= 98% of FP32. benchmarks/quant_report.py calls `onnx_rows`.
+
+`--only minilm-curve`: MiniLM's size-accuracy curve, liteinfer `--mixed --max-size FP32/r` for
+r = 4, 6, 8, 10 (one sensitivity measurement) beside ORT's own quantizers in the same run
+(matmul_nbits int4 on MatMul + Gather, blocks 32 and 128; quantize_dynamic int8), each with
+mean cosine to FP32 on 600 `cookie` fortunes, retrieval top-1 vs FP32's (`eval retrieval`,
+300 passages) and ORT CPU time per batch of 32 texts against FP32's, interleaved in rounds.
+Target of issue 20: cosine >= 0.98 and retrieval >= 98% of FP32's at <= 1/8, no slower than FP32.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -190,7 +198,110 @@ def fashion_rows(tmp: Path, quick: bool, say) -> list[dict]:
     }, ">= 0.98 of FP32", m["accuracy_ratio"] >= 0.98)]
 
 
-SECTIONS = {"minilm": minilm_rows, "efficientnet": efficientnet_rows, "fashion": fashion_rows}
+MIXED_TYPES = ["int2-b64", "int2-b32", "int2x4-10", "int2x4-25", "int2x8-10", "int4-b128", "int4-b64", "int4-b32",
+               "int4x8-25", "int4x8-50", "int8", "fp16"]
+
+
+def _ort_baseline(src: Path, out: Path, kind: str) -> None:
+    """ORT's own quantizers, metadata carried over (liteinfer reads the tokenizer from it)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if kind == "dynamic-int8":
+        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)
+        model = onnx.load(str(out))
+    else:  # matmul_nbits int4, block 32 or 128, MatMul and the embedding Gather
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # needs onnx_ir
+
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=int(kind.rsplit("b", 1)[1]),
+                                 is_symmetric=False, accuracy_level=4, op_types_to_quantize=("MatMul", "Gather"),
+                                 quant_axes=(("MatMul", 0), ("Gather", 1)))
+        q.process()
+        model = q.model.model if hasattr(q.model, "model") else q.model
+    del model.metadata_props[:]
+    model.metadata_props.extend(onnx.load(str(src), load_external_data=False).metadata_props)
+    onnx.save(model, str(out))
+
+
+def ort_speed(paths: dict[str, Path], texts: list[str], rounds: int = 5, batch: int = 32) -> dict[str, float]:
+    """Median seconds per batch of `batch` texts for each model, rounds interleaved (same feeds)."""
+    import onnxruntime as ort
+
+    from liteinfer.engines.onnx import load_model
+    from liteinfer.evaluate.onnx import text_feeds
+
+    first = load_model(next(iter(paths.values())))
+    feeds = text_feeds(first, texts, batch=batch).feeds
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    output = first.meta.text.output
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for s in sessions.values():  # warm-up
+        s.run([output], feeds[0])
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            for f in feeds:
+                s.run([output], f)
+            times[k].append((time.perf_counter() - t0) / len(feeds))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def minilm_curve_rows(tmp: Path, quick: bool, say) -> list[dict]:
+    from liteinfer.convert.bert import cached_minilm
+    from liteinfer.core.errors import LiteInferError
+    from liteinfer.evaluate.onnx import evaluate, read_texts
+    from liteinfer.evaluate.retrieval import evaluate_retrieval
+
+    fp32 = cached_minilm()
+    calib, eval_text = FORTUNES / "computers", FORTUNES / "cookie"
+    n_eval, n_retr = (200, 150) if quick else (600, 300)
+    paths: dict[str, Path] = {"FP32": fp32}
+    notes: dict[str, str] = {}
+    for kind in ("matmul_nbits int4-b32", "matmul_nbits int4-b128", "dynamic-int8"):
+        out = tmp / f"minilm-ort-{kind.replace(' ', '-')}.onnx"
+        say(f"MiniLM ORT {kind} ...")
+        try:
+            _ort_baseline(fp32, out, kind.split()[-1])
+            paths[f"ORT {kind}"] = out
+        except ImportError as e:
+            say(f"MiniLM ORT {kind}: skipped ({e})")
+    sens = None
+    for r in ((8,) if quick else (4, 6, 8, 10)):
+        name = f"liteinfer --mixed --max-size FP32/{r}"
+        out = tmp / f"minilm-mixed-{r}.onnx"
+        say(f"MiniLM {name} ...")
+        try:
+            q = _quantize(fp32, out, mixed=True, max_size_mb=fp32.stat().st_size / r / 1e6, calib=calib,
+                          calib_limit=96 if quick else 160, types=MIXED_TYPES, sensitivity=sens)
+        except LiteInferError as e:
+            say(f"MiniLM {name}: not reachable: {e}")
+            continue
+        sens = q["sensitivity"] or sens
+        paths[name] = out
+        notes[name] = q["plan_text"].splitlines()[-1]
+    say("MiniLM ORT speed (interleaved rounds) ...")
+    speed = ort_speed(paths, read_texts(eval_text, limit=128 if quick else 256))
+    rows = []
+    for name, path in paths.items():
+        say(f"MiniLM {name}: evaluating ...")
+        m = evaluate(path, eval_text, fp32, limit=n_eval)
+        rr = evaluate_retrieval(path, eval_text, fp32, limit=n_retr)
+        ok = (m["mean_cosine"] >= 0.98 and rr["retrieval_ratio"] >= 0.98 and m["size_ratio"] <= 1 / 8
+              and speed[name] <= speed["FP32"])
+        rows.append(_row("MiniLM-L6-v2", name, fp32, path, {
+            "metric": "mean cosine", "value": m["mean_cosine"], "p05": m["p05_cosine"],
+            "retrieval_top1": rr["retrieval_top1"], "retrieval_ratio": rr["retrieval_ratio"],
+            "ms_per_batch": 1e3 * speed[name], "speed_vs_fp32": speed["FP32"] / speed[name], "n": m["n"],
+        }, ">= 0.98, retr >= 98% at <= 1/8", ok,
+            note=f"retrieval x{rr['retrieval_ratio']:.3f}, {1e3 * speed[name]:.0f} ms/batch "
+                 f"(x{speed['FP32'] / speed[name]:.2f} FP32's speed)" + (f"; {notes[name]}" if name in notes else "")))
+    return rows
+
+
+SECTIONS = {"minilm": minilm_rows, "minilm-curve": minilm_curve_rows, "efficientnet": efficientnet_rows, "fashion": fashion_rows}
 
 
 def onnx_rows(quick: bool = False, say=print, only: list[str] | None = None) -> list[dict]:
@@ -223,8 +334,6 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     ap.add_argument("--only", nargs="+", choices=list(SECTIONS), default=None, help="run only these models")
     args = ap.parse_args()
-    import os
-
     load = os.getloadavg()[0]
     if load > 1.5:
         print(f"warning: load average {load:.1f}: other work is running; timings are upper bounds", file=sys.stderr)

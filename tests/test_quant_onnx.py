@@ -51,6 +51,46 @@ def test_matmulnbits_layout_matches_onnxruntime(bits, block):
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ bq.dequant(), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("qtype", ["int2-b32", "int2-b64", "int4-b32", "int8", "int2x4-10", "int2x8-10"])
+def test_embedding_types_run_in_onnxruntime_as_simulated(qtype):
+    """Every embedding-table type (GatherBlockQuantized 2/4/8-bit with fp16 scales, and the
+    two-grid row split) looks up exactly the rows `dequant` simulates, at the bytes type_bytes
+    charges; the split keeps the rows calibration uses most on the fine grid."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from liteinfer.quant.onnx.quantize import Quantizer, type_bytes, weights_bytes
+
+    rng = np.random.default_rng(3)
+    vocab, dim = 1000, 64
+    table = rng.standard_normal((vocab, dim)).astype(np.float32)
+    node = helper.make_node("Gather", ["table", "ids"], ["y"], name="emb", axis=0)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, dim])],
+                          [numpy_helper.from_array(table, "table")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    from liteinfer.quant.onnx.calibration import token_counts
+    from liteinfer.quant.onnx.quantize import find_targets
+
+    # used in calibration (padding masked out): hot although their ids are not low
+    feeds = [{"ids": np.array([[7, 500, 7, 999, 0]]), "attention_mask": np.array([[1, 1, 1, 1, 0]])},
+             {"ids": np.array([[500, 7, 7]])}]
+    counts = token_counts(m, find_targets(m), feeds)["ids"]
+    assert counts[[7, 500, 999, 0]].tolist() == [4, 2, 1, 0] and counts.sum() == 7
+    q = Quantizer(m, token_counts={"ids": counts})
+    built = q.build({"emb": qtype})
+    assert abs(weights_bytes(built) - type_bytes(q.targets["emb"], qtype)) <= 32
+    sess = ort.InferenceSession(built.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([[0, 7, 500, 999, 3, 998]], np.int64)
+    sim = q.block_quant(q.targets["emb"], qtype).dequant().T  # [vocab, dim]
+    np.testing.assert_allclose(sess.run(None, {"ids": ids})[0][0], sim[ids[0]], rtol=2e-3, atol=2e-3)
+    err = np.abs(sim - table).mean(1)
+    if "x" in qtype:  # the used rows and the lowest ids on the fine grid, the rest 2-bit
+        assert err[[7, 500, 999, 0, 1]].max() < 0.5 * err[[200, 600, 998]].min(), err
+    bits = int(qtype[3]) if "x" not in qtype else 2
+    assert np.mean(err) < {2: 0.4, 4: 0.12, 8: 0.01}[bits]
+
+
 def test_split_int4x8_between_int4_and_int8_and_runs_in_onnxruntime():
     """int4x8-*: the most salient input rows in 8 bits cut GPTQ's int4 output error, and the
     built graph (two Gathers + two MatMulNBits) computes exactly the simulated weight."""
@@ -98,7 +138,7 @@ def test_sensitivity_inputs_are_held_out(tmp_path):
 
     texts = tmp_path / "calib.txt"
     texts.write_text("\n".join(f"calibration sentence number {i} about computers and disks" for i in range(40)))
-    _, fit, check, sens, _ = _calib_sets(minilm_fp32(), texts, 16)
+    _, fit, check, sens, _, _ = _calib_sets(minilm_fp32(), texts, 16)
     assert (fit.count, check.count, sens.count) == (12, 4, 4)
     ids = lambda es: sorted(tuple(r[m.astype(bool)]) for f in es.feeds  # noqa: E731
                             for r, m in zip(f["input_ids"], f["attention_mask"], strict=True))

@@ -143,6 +143,46 @@ class SplitQuant:
 SPLIT_LOW_BLOCK, SPLIT_HIGH_BLOCK = 32, 64
 
 
+def quantize_table(table: np.ndarray, bits: int, block: int) -> BlockQuant:
+    """An embedding table [V, D] on GatherBlockQuantized's grid (blocks along D, fp16 scales):
+    the transposed BlockQuant, round to nearest (a lookup has no input Hessian)."""
+    bq = quantize_rtn(np.ascontiguousarray(table.T), bits, block)
+    bq.scale = bq.scale.astype(np.float16).astype(np.float32)
+    return bq
+
+
+@dataclass
+class RowSplit:
+    """An embedding table [V, D] whose `hot` rows (the tokens calibration text uses most) are on
+    a finer grid than the rest: two GatherBlockQuantized tables and a row map (see quantize.py)."""
+
+    hot: np.ndarray  # int32 row ids, ascending
+    cold: np.ndarray
+    high: BlockQuant  # transposed tables, as quantize_table returns them
+    low: BlockQuant
+
+    def dequant(self) -> np.ndarray:
+        """The transposed table [D, V] the two lookups compute (like BlockQuant.dequant of a Gather)."""
+        w = np.zeros((self.high.q.shape[0], len(self.hot) + len(self.cold)), dtype=np.float32)
+        w[:, self.hot], w[:, self.cold] = self.high.dequant(), self.low.dequant()
+        return w
+
+
+def hot_rows(vocab: int, count: int, counts: np.ndarray | None) -> np.ndarray:
+    """The `count` rows to keep fine: most used in the calibration tokens first, then the lowest
+    ids (BPE and WordPiece vocabularies put frequent pieces early). Ascending int32."""
+    order = np.arange(vocab)
+    if counts is not None:
+        order = np.lexsort((order, -counts.astype(np.int64)))  # count desc, then id asc
+    return np.sort(order[:count]).astype(np.int32)
+
+
+def quantize_row_split(table: np.ndarray, hot: np.ndarray, high: tuple[int, int], low: tuple[int, int]) -> RowSplit:
+    """Rows `hot` on the (bits, block) grid `high`, the others on `low`."""
+    cold = np.setdiff1d(np.arange(table.shape[0], dtype=np.int32), hot)
+    return RowSplit(hot, cold, quantize_table(table[hot], *high), quantize_table(table[cold], *low))
+
+
 def split_rows(k: int, share: float) -> int:
     """Rows of a [K, N] weight that go to 8 bits: a multiple of the 8-bit block (no padded block)."""
     return min(k, int(k * share / SPLIT_HIGH_BLOCK + 0.5) * SPLIT_HIGH_BLOCK)
@@ -173,12 +213,19 @@ def quantize_split(w: np.ndarray, share: float, hessian: np.ndarray | None = Non
 
 
 def pack_rows(q: np.ndarray, bits: int) -> np.ndarray:
-    """Pack uint values along the last axis: 4-bit puts element 2i in the low nibble."""
+    """Pack uint values along the last axis, lowest bits first: 4-bit puts element 2i in the low
+    nibble, 2-bit puts element 4i in bits 0-1 (ORT's MatMulNBits / GatherBlockQuantized order)."""
     if bits == 8:
         return q.astype(np.uint8)
-    if q.shape[-1] % 2:
-        q = np.concatenate([q, np.zeros((*q.shape[:-1], 1), dtype=q.dtype)], axis=-1)
-    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    per = 8 // bits
+    if q.shape[-1] % per:
+        pad = per - q.shape[-1] % per
+        q = np.concatenate([q, np.zeros((*q.shape[:-1], pad), dtype=q.dtype)], axis=-1)
+    q = q.astype(np.uint8)
+    out = np.zeros((*q.shape[:-1], q.shape[-1] // per), dtype=np.uint8)
+    for j in range(per):
+        out |= q[..., j::per] << (bits * j)
+    return out
 
 
 def matmulnbits_tensors(bq: BlockQuant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -195,11 +242,14 @@ def matmulnbits_tensors(bq: BlockQuant) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def gather_tensors(bq: BlockQuant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data uint8 [V, D*bits/8], scales [V, D/block], zero_points uint8) for GatherBlockQuantized.
+    """(data uint8 [V, D*bits/8], scales fp16 [V, D/block], zero_points uint8) for GatherBlockQuantized.
 
     `bq` holds the transposed table (K = D along rows, N = V columns) so blocks run along D.
+    Scales are float16 (the op then returns float16, cast back to float32): a 2-bit row with
+    fp32 scales per 32 would spend a third of its bytes on them. `quantize_table` rounds the
+    scales to fp16 first, so `dequant` is what the op computes.
     """
     data = pack_rows(np.ascontiguousarray(bq.q.T), bq.bits)
-    scales = np.ascontiguousarray(bq.scale.T).astype(np.float32)
+    scales = np.ascontiguousarray(bq.scale.T).astype(np.float16)
     zp = pack_rows(bq.zero.T.astype(np.uint8), bq.bits)
     return data, scales, zp

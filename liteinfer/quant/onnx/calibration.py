@@ -54,3 +54,23 @@ def collect_hessians(model, targets: list[Target], feeds: list[dict], threads: i
                 x = x[keep]
             hess[name] = hess.get(name, 0) + (x.T @ x).astype(np.float64)
     return hess
+
+
+def token_counts(model, targets: list[Target], feeds: list[dict]) -> dict[str, np.ndarray]:
+    """How often the calibration inputs look up each row of every embedding-table target, by the
+    Gather's index input (graph inputs only, e.g. input_ids; padding skipped)."""
+    nodes = {n.name: n for n in model.graph.node}
+    out: dict[str, np.ndarray] = {}
+    for t in targets:
+        ids = nodes[t.node].input[1] if t.op == "Gather" and t.node in nodes else None
+        if ids is None or not feeds or ids not in feeds[0]:
+            continue
+        counts = np.zeros(t.shape[0], dtype=np.int64)
+        for feed in feeds:
+            x = np.asarray(feed[ids]).reshape(-1)
+            if "attention_mask" in feed and feed["attention_mask"].size == x.size:
+                x = x[feed["attention_mask"].reshape(-1).astype(bool)]
+            np.add.at(counts, x[(x >= 0) & (x < len(counts))], 1)
+        out[ids] = counts
+    return out
+

@@ -13,6 +13,9 @@ import argparse
 import json
 import sys
 
+DEFAULT_TYPES = ("int2-b64", "int2-b32", "int2x4-10", "int2x4-25", "int2x8-10", "int4-b128", "int4-b64", "int4-b32",
+                 "int4x8-25", "int4x8-50", "int8", "int8w", "fp16")
+
 
 def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
     """Flags only the ONNX path reads (`--type`, `--mixed`, `--calib` are shared with GGUF)."""
@@ -22,8 +25,9 @@ def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
                         "agreement to FP32 (classifiers)")
     g.add_argument("--max-size", type=float, default=None, metavar="MB", help="output file size budget (--mixed: the largest plan within it, or the smallest meeting --min-accuracy)")
     g.add_argument("--types", default=None,
-                   help="comma list of candidate types for --mixed (default: "
-                        "int4-b128,int4-b64,int4-b32,int4x8-25,int4x8-50,int8,int8w,fp16)")
+                   help="comma list of candidate types for --mixed (default: int2-b64,int2-b32,int2x4-10,"
+                        "int2x4-25,int2x8-10,int4-b128,int4-b64,int4-b32,int4x8-25,int4x8-50,int8,int8w,fp16; "
+                        "int2* are for embedding tables only)")
     g.add_argument("--calib-limit", type=int, default=None, help="use at most N calibration inputs")
     g.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits compute type (4 = int8 activations, fastest on CPU)")
@@ -41,8 +45,7 @@ def run_onnx(args: argparse.Namespace) -> int:
         if sys.stderr.isatty() or getattr(args, "verbose", False):
             print(msg, file=sys.stderr, flush=True)
 
-    types = [t.strip() for t in args.types.split(",")] if getattr(args, "types", None) else \
-        ["int4-b128", "int4-b64", "int4-b32", "int4x8-25", "int4x8-50", "int8", "int8w", "fp16"]
+    types = [t.strip() for t in args.types.split(",")] if getattr(args, "types", None) else list(DEFAULT_TYPES)
     r = quantize_onnx(
         args.input, args.output, qtype=getattr(args, "type", None), mixed=bool(getattr(args, "mixed", False)),
         calib=getattr(args, "calib", None), min_accuracy=args.min_accuracy, max_size_mb=args.max_size if args.max_size is not None else getattr(args, "target_size", None),

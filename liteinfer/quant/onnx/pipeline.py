@@ -20,8 +20,8 @@ from liteinfer.core.errors import LiteInferError
 from liteinfer.core.files import scratch_dir
 from liteinfer.engines.onnx import load_model
 from liteinfer.engines.onnx_meta import read_meta, write_meta
-from liteinfer.evaluate.onnx import load_eval_set, read_images, read_texts
-from liteinfer.quant.onnx.calibration import collect_hessians, quiet_session
+from liteinfer.evaluate.onnx import CALIB_TOKENS, load_eval_set, read_images, read_texts, text_feeds
+from liteinfer.quant.onnx.calibration import collect_hessians, quiet_session, token_counts
 from liteinfer.quant.onnx.conv_gptq import collect_conv_stats
 from liteinfer.quant.onnx.quantize import (
     QTYPES,
@@ -53,13 +53,15 @@ class OnnxQuantReport:
 
 
 def _calib_sets(fp32_path: Path, calib: str | Path, limit: int | None):
-    """(model, fit set, held-out check set, sensitivity slice, output name) from one data source.
+    """(model, fit set, held-out check set, sensitivity slice, output name, usage feeds) from one source.
 
     GPTQ statistics and int8 activation ranges come from the fit part; the accuracy floor is
     checked on the held-out quarter, which the quantizer never fitted: a score measured on the
     fitting data would flatter GPTQ. The per-node losses are measured on held-out inputs too:
     on fitted crops EfficientNet's int4 classifier lost 10x less than on others (5.5e-5 vs
     ~5e-4 KL), so the search ranked it too cheap to upgrade.
+    Usage feeds (embedding models): every text of the file except the held-out ones, past the
+    limit too; only their token ids are counted, to pick the embedding rows kept on a fine grid.
     """
     model = load_model(fp32_path)
     n = limit or CALIB_LIMIT[model.kind]
@@ -73,7 +75,11 @@ def _calib_sets(fp32_path: Path, calib: str | Path, limit: int | None):
         check = load_eval_set(model, calib, limit=n, calibration=True, part=slice(cut, None))
     sens = load_eval_set(model, calib, limit=n, calibration=True, part=slice(cut, cut + SENS_LIMIT[model.kind]))
     output = model.meta.text.output if model.kind == "embedding" else model.prep.output
-    return model, fit, check, sens, output
+    usage = fit.feeds
+    if model.kind == "embedding" and cut:
+        texts = read_texts(calib)
+        usage = text_feeds(model, texts[:cut] + texts[count:], max_tokens=CALIB_TOKENS).feeds
+    return model, fit, check, sens, output, usage
 
 
 def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mixed: bool = False,
@@ -102,9 +108,9 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
 
     fp32 = load_onnx(src)
     meta = read_meta(fp32)
-    model = fit = check = sens = output = None
+    model = fit = check = sens = output = usage = None
     if calib is not None:
-        model, fit, check, sens, output = _calib_sets(src, calib, calib_limit)
+        model, fit, check, sens, output, usage = _calib_sets(src, calib, calib_limit)
     # targets of the prepared graph: a Gemm is a MatMul target (and gets GPTQ) only after the rewrite
     prepared = prepare_model(fp32)
     targets = find_targets(prepared)
@@ -124,10 +130,11 @@ def quantize_onnx(src: str | Path, out: str | Path, qtype: str | None = None, mi
             progress("collecting conv input patch statistics (GPTQ + bias correction)")
         convs = [(t.node, t.weight, t.shape) for t in targets if t.op == "Conv"]
         conv_stats = _memo(("conv", key), lambda: collect_conv_stats(prepared, convs, fit.feeds))
+    counts = token_counts(prepared, targets, usage) if usage else {}
     # scratch beside the output (.OUT.q.PID.XXXX): a killed run's folder is removed by the next run
     with scratch_dir(out, "q") as work:
         q = Quantizer(fp32, hessians, fit.feeds if fit else None, accuracy_level=accuracy_level, conv_stats=conv_stats,
-                        work=work)
+                        work=work, token_counts=counts)
         if not q.targets:
             raise LiteInferError(f"{src}: no MatMul/Gemm/Conv/Gather weights to quantize")
 

@@ -3,6 +3,10 @@
 Targets are the nodes that hold weights: MatMul (and Gemm, rewritten as MatMul + Add first),
 Conv, and Gather over an embedding table. Types, smallest first:
 
+  int2-b64 / int2-b32               Gather only: GatherBlockQuantized 2-bit (fp16 scales)
+  int2x4-10 / int2x4-25 / int2x8-10 Gather only: the 10% / 25% rows of the tokens calibration
+                                    text uses most on a 4-bit (8-bit) grid, the rest 2-bit:
+                                    two GatherBlockQuantized tables, a row map and a Where
   int4-b128 / int4-b64 / int4-b32   MatMul -> MatMulNBits (4-bit, accuracy_level 4),
                                     Gather -> GatherBlockQuantized (4-bit); blocks of 128/64/32
   int4x8-25 / int4x8-50             MatMul: int4-b32 with the 25% / 50% most salient input rows
@@ -41,8 +45,13 @@ from liteinfer.quant.onnx import blockwise, conv_gptq
 
 MS_DOMAIN = "com.microsoft"
 ACCURACY_LEVEL = 4  # int8 activations x low-bit weights: the fast CPU path
-QTYPES = ("int4-b128", "int4-b64", "int4-b32", "int4x8-25", "int4x8-50", "int8", "int8w", "fp16", "fp32")
+QTYPES = ("int2-b64", "int2-b32", "int2x4-10", "int2x4-25", "int2x8-10", "int4-b128", "int4-b64", "int4-b32",
+          "int4x8-25", "int4x8-50", "int8", "int8w", "fp16", "fp32")
 SPLIT_TYPES = {"int4x8-25": 0.25, "int4x8-50": 0.5}  # share of input rows in 8 bits
+# embedding tables: (share of rows kept fine, their (bits, block), the other rows' (bits, block))
+ROW_SPLIT_TYPES = {"int2x4-10": (0.10, (4, 32), (2, 32)), "int2x4-25": (0.25, (4, 32), (2, 32)),
+                   "int2x8-10": (0.10, (8, 32), (2, 32))}
+GATHER_TYPES = ["int2-b64", "int2-b32", *ROW_SPLIT_TYPES, "int4-b128", "int4-b64", "int4-b32", "int8", "fp16", "fp32"]
 MIN_ELEMENTS = 4096  # smaller weights are not worth a node swap
 
 
@@ -50,8 +59,8 @@ def parse_qtype(qtype: str) -> tuple[int, int]:
     """(bits, block) of an integer type name."""
     if qtype == "int8":
         return 8, 32
-    if qtype.startswith("int4-b"):
-        return 4, int(qtype.removeprefix("int4-b"))
+    if qtype.startswith(("int4-b", "int2-b")):
+        return int(qtype[3]), int(qtype[6:])
     raise LiteInferError(f"unknown quantization type {qtype!r} (known: {', '.join(QTYPES)})")
 
 
@@ -133,8 +142,7 @@ def find_targets(model) -> list[Target]:
             axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
             shape = inits[node.input[0]]
             if axis == 0 and len(shape) == 2 and np.prod(shape) >= MIN_ELEMENTS and shape[1] >= 32:
-                targets.append(Target(node.name, "Gather", node.input[0], shape, None,
-                                      ["int4-b128", "int4-b64", "int4-b32", "int8", "fp16", "fp32"]))
+                targets.append(Target(node.name, "Gather", node.input[0], shape, None, list(GATHER_TYPES)))
     return targets
 
 
@@ -149,13 +157,30 @@ def type_bytes(t: Target, qtype: str) -> int:
         # int32 biases) makes the file larger (EfficientNet-Lite0: 5.40 vs 5.13 MB), and with
         # GPTQ + bias correction int8w also loses ~30x less, so the search takes int8w first
         return t.numel + 5 * t.shape[0] + (t.numel // 16 if qtype == "int8" else 0)
-    k, n = (t.shape if t.op == "MatMul" else (t.shape[1], t.shape[0]))
+    if t.op == "Gather":
+        vocab, dim = t.shape
+        if qtype in ROW_SPLIT_TYPES:  # two tables and the int32 row map
+            share, high, low = ROW_SPLIT_TYPES[qtype]
+            hot = hot_count(vocab, share)
+            return _table_bytes(hot, dim, *high) + _table_bytes(vocab - hot, dim, *low) + 4 * vocab
+        return _table_bytes(vocab, dim, *parse_qtype(qtype))
+    k, n = t.shape
     if qtype in SPLIT_TYPES:  # two MatMulNBits and their int32 row indices
         high = blockwise.split_rows(k, SPLIT_TYPES[qtype])
         return (_nbits_bytes(k - high, n, 4, blockwise.SPLIT_LOW_BLOCK)
                 + _nbits_bytes(high, n, 8, blockwise.SPLIT_HIGH_BLOCK) + 4 * k)
     bits, block = parse_qtype(qtype)
     return _nbits_bytes(k, n, bits, block)
+
+
+def hot_count(vocab: int, share: float) -> int:
+    return min(vocab, int(vocab * share + 0.5))
+
+
+def _table_bytes(rows: int, dim: int, bits: int, block: int) -> int:
+    """GatherBlockQuantized bytes of a [rows, dim] table: packed data, fp16 scales, packed zero points."""
+    nb = -(-dim // block)
+    return rows * (-(-dim * bits // 8) + 2 * nb + (-(-nb * bits // 8)))
 
 
 def _nbits_bytes(k: int, n: int, bits: int, block: int) -> int:
@@ -188,10 +213,12 @@ class Quantizer:
     """Builds quantized models from plans; caches each (node, type)'s quantized weights."""
 
     def __init__(self, model, hessians: dict | None = None, calib_feeds: list[dict] | None = None,
-                 accuracy_level: int = ACCURACY_LEVEL, conv_stats: dict | None = None, work: Path | None = None):
+                 accuracy_level: int = ACCURACY_LEVEL, conv_stats: dict | None = None, work: Path | None = None,
+                 token_counts: dict | None = None):
         """`work`: a scratch folder for the static int8 calibration files (quantize_onnx passes one
         beside the output, which the next run cleans if this one is killed); by default a
-        temporary folder, made when first needed."""
+        temporary folder, made when first needed. `token_counts`: how often calibration text
+        uses each row of an embedding table, by the Gather's index input (calibration.py)."""
         self.model = prepare_model(model)
         self.targets = {t.node: t for t in find_targets(self.model)}
         self.weights = {i.name: numpy_helper.to_array(i) for i in self.model.graph.initializer
@@ -202,6 +229,7 @@ class Quantizer:
                        if i.name in {n.input[2] for n in self.model.graph.node
                                      if n.name in self.targets and n.op_type == "Conv" and len(n.input) > 2}}
         self.calib_feeds = calib_feeds or []
+        self.token_counts = token_counts or {}
         self.accuracy_level = accuracy_level
         self._cache: dict[tuple[str, str], blockwise.BlockQuant | blockwise.SplitQuant] = {}
         self._conv_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = {}
@@ -209,17 +237,24 @@ class Quantizer:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.method: dict[str, str] = {}
 
-    def block_quant(self, t: Target, qtype: str) -> blockwise.BlockQuant | blockwise.SplitQuant:
+    def block_quant(self, t: Target, qtype: str) -> blockwise.BlockQuant | blockwise.SplitQuant | blockwise.RowSplit:
         key = (t.node, qtype)
         if key not in self._cache:
             w = self.weights[t.weight].astype(np.float32)
+            if qtype in ROW_SPLIT_TYPES:  # Gather only (see find_targets)
+                share, high, low = ROW_SPLIT_TYPES[qtype]
+                node = next(n for n in self.model.graph.node if n.name == t.node)
+                hot = blockwise.hot_rows(t.shape[0], hot_count(t.shape[0], share), self.token_counts.get(node.input[1]))
+                self._cache[key] = blockwise.quantize_row_split(w, hot, high, low)
+                self.method[t.node] = "rtn, rows by calibration use" if node.input[1] in self.token_counts else "rtn"
+                return self._cache[key]
             if qtype in SPLIT_TYPES:  # MatMul only (see find_targets)
                 self._cache[key] = blockwise.quantize_split(w, SPLIT_TYPES[qtype], self.hessians.get(t.activation))
                 self.method[t.node] = "gptq" if t.activation in self.hessians else "rtn"
                 return self._cache[key]
             bits, block = parse_qtype(qtype)
             if t.op == "Gather":  # blocks along the embedding dimension of each row
-                self._cache[key] = blockwise.quantize_rtn(np.ascontiguousarray(w.T), bits, block)
+                self._cache[key] = blockwise.quantize_table(w, bits, block)
                 self.method[t.node] = "rtn"
             elif t.activation in self.hessians:
                 self._cache[key] = blockwise.quantize_gptq(w, self.hessians[t.activation], bits, block)
@@ -299,6 +334,10 @@ class Quantizer:
                 inits, nodes = self._split_nodes(t, node, bq)
                 new_inits += inits
                 replace[node_name] = nodes
+            elif isinstance(bq, blockwise.RowSplit):
+                inits, nodes = self._row_split_nodes(t, node, bq)
+                new_inits += inits
+                replace[node_name] = nodes
             elif t.op == "MatMul":
                 b, scales, zp = blockwise.matmulnbits_tensors(bq)
                 names = [f"{t.weight}.q{bq.bits}", f"{t.weight}.scales", f"{t.weight}.zp"]
@@ -308,16 +347,43 @@ class Quantizer:
                     "MatMulNBits", [node.input[0], *names], list(node.output), name=node_name, domain=MS_DOMAIN,
                     K=k, N=n, bits=bq.bits, block_size=bq.block, accuracy_level=self.accuracy_level,
                 )]
-            else:  # Gather over an embedding table
-                data, scales, zp = blockwise.gather_tensors(bq)
-                names = [f"{t.weight}.q{bq.bits}", f"{t.weight}.scales", f"{t.weight}.zp"]
-                new_inits += list(zip(names, (data, scales, zp), strict=True))
-                replace[node_name] = [helper.make_node(
-                    "GatherBlockQuantized", [names[0], node.input[1], names[1], names[2]], list(node.output),
-                    name=node_name, domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
-                    block_size=bq.block, bits=bq.bits,
-                )]
+            else:  # Gather over an embedding table: fp16 out of the op, cast back
+                inits, gbq = _gather_node(t.weight, node.input[1], node.output[0] + ".f16", node_name, bq)
+                new_inits += inits
+                replace[node_name] = [gbq, helper.make_node("Cast", [gbq.output[0]], list(node.output),
+                                                            name=node_name + ".cast", to=1)]
         return _finish(model, replace, new_inits)
+
+    def _row_split_nodes(self, t: Target, node, rs: blockwise.RowSplit) -> tuple[list, list]:
+        """Initializers and nodes of a two-grid embedding lookup.
+
+        map[id] is the row's index in the hot table, or -1 - its index in the cold table; both
+        tables are looked up (index 0 for the other kind) and a Where keeps the right row. The
+        extra work is per token, not per table row.
+        """
+        vocab = len(rs.hot) + len(rs.cold)
+        row_map = np.zeros(vocab, dtype=np.int32)
+        row_map[rs.hot] = np.arange(len(rs.hot), dtype=np.int32)
+        row_map[rs.cold] = -1 - np.arange(len(rs.cold), dtype=np.int32)
+        p = node.name
+        inits = [(f"{t.weight}.rowmap", row_map), (f"{p}.zero", np.array(0, np.int32)),
+                 (f"{p}.minus1", np.array(-1, np.int32)), (f"{p}.last", np.array([-1], np.int64))]
+        nodes = [
+            helper.make_node("Gather", [f"{t.weight}.rowmap", node.input[1]], [f"{p}.m"], name=f"{p}.map", axis=0),
+            helper.make_node("Max", [f"{p}.m", f"{p}.zero"], [f"{p}.hi_idx"], name=f"{p}.hi_idx"),
+            helper.make_node("Sub", [f"{p}.minus1", f"{p}.m"], [f"{p}.neg"], name=f"{p}.neg"),
+            helper.make_node("Max", [f"{p}.neg", f"{p}.zero"], [f"{p}.lo_idx"], name=f"{p}.lo_idx"),
+            helper.make_node("GreaterOrEqual", [f"{p}.m", f"{p}.zero"], [f"{p}.is_hot"], name=f"{p}.is_hot"),
+            helper.make_node("Unsqueeze", [f"{p}.is_hot", f"{p}.last"], [f"{p}.is_hot3"], name=f"{p}.is_hot3"),
+        ]
+        for tag, bq in (("hi", rs.high), ("lo", rs.low)):
+            part, gbq = _gather_node(f"{t.weight}.{tag}", f"{p}.{tag}_idx", f"{p}.{tag}.y", f"{p}.{tag}", bq)
+            inits += part
+            nodes.append(gbq)
+        nodes.append(helper.make_node("Where", [f"{p}.is_hot3", f"{p}.hi.y", f"{p}.lo.y"], [f"{p}.f16"],
+                                      name=f"{p}.where"))
+        nodes.append(helper.make_node("Cast", [f"{p}.f16"], list(node.output), name=p, to=1))
+        return inits, nodes
 
     def _split_nodes(self, t: Target, node, sq: blockwise.SplitQuant) -> tuple[list, list]:
         """Initializers and nodes computing x @ W as x[..., idx4] @ W4 + x[..., idx8] @ W8."""
@@ -401,6 +467,15 @@ class _Reader:
 
     def __deepcopy__(self, memo):
         return _Reader(self.feeds)
+
+
+def _gather_node(prefix: str, ids: str, out: str, name: str, bq: blockwise.BlockQuant):
+    """(initializers, GatherBlockQuantized node) looking `ids` up in a transposed table `bq` (fp16 out)."""
+    data, scales, zp = blockwise.gather_tensors(bq)
+    names = [f"{prefix}.q{bq.bits}", f"{prefix}.scales", f"{prefix}.zp"]
+    node = helper.make_node("GatherBlockQuantized", [names[0], ids, names[1], names[2]], [out], name=name,
+                            domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=bq.block, bits=bq.bits)
+    return list(zip(names, (data, scales, zp), strict=True)), node
 
 
 def _finish(model, replace: dict, new_inits: list):
