@@ -279,8 +279,10 @@ FRACTIONS = (4, 5, 6, 7, 8, 9, 10)  # the whole file at most FP32/N (header and 
 CURVE_TYPES = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "iq4_nl", "q4_0", "q3_k_m", "q2_k", "q2_0")
 # liteinfer --mixed candidates: the defaults (which include mxfp4 and q2_0, the block-32/64 types
 # below 4.5 bits that 576-wide rows can take)
+CURVE_TYPES_RUN = list(CURVE_TYPES)  # curve-types' file types this run (--types)
 CURVE_FRACTIONS = list(FRACTIONS)  # curve-mixed's budgets this run (--fractions)
-CURVE_GPTQ_AT = (8,)  # the same plan, GPTQ rounding: one fraction (its sensitivity is not re-measured)
+CURVE_GPTQ_AT = (8,)
+CURVE_GPTQ_RUN = list(CURVE_GPTQ_AT)  # --gptq-at  # the same plan, GPTQ rounding: one fraction (its sensitivity is not re-measured)
 
 
 def smollm_f32(quick: bool) -> tuple[Path, Path, Path]:
@@ -326,7 +328,7 @@ def curve_rows(quick: bool, tmp: Path, part: str) -> list[dict]:
         rows.append({"model": "smollm2", "variant": "FP32 (Q4_1 weights dequantized)", "mb": fp32 / 1e6,
                      "ratio": 1.0, "bpw": 32.0, "ppl": ref.ppl, "ppl_ratio": 1.0, "kld": 0.0, "top1": 1.0,
                      "accuracy": ref.correct / ref.tokens, "accuracy_ratio": 1.0, "kind": "fp32"})
-    cal = calibrate(src, calib, 256, 2 if quick else 16, hessians=part == "mixed" and bool(CURVE_GPTQ_AT))
+    cal = calibrate(src, calib, 256, 2 if quick else 16, hessians=part == "mixed" and bool(CURVE_GPTQ_RUN))
     say(f"[curve] calibration: {cal.info.windows} windows, {cal.info.tokens} tokens ({time.time() - t0:.0f}s)")
 
     def add(variant: str, path: Path, kind: str, extra: dict | None = None) -> None:
@@ -344,7 +346,7 @@ def curve_rows(quick: bool, tmp: Path, part: str) -> list[dict]:
         path.unlink()
 
     if part == "types":
-        for qtype in (("q4_0", "q2_0") if quick else CURVE_TYPES):
+        for qtype in (("q4_0", "q2_0") if quick else CURVE_TYPES_RUN):
             out = tmp / f"curve-{qtype}.gguf"
             try:
                 quantize(src, out, qtype, imatrix=cal.imatrix)
@@ -355,14 +357,18 @@ def curve_rows(quick: bool, tmp: Path, part: str) -> list[dict]:
     t = time.time()
     sens = measure_sensitivity(src, cal, method="proxy", workdir=tmp)
     say(f"[curve] sensitivity (proxy, {len(next(iter(sens.options.values())))} candidates) in {time.time() - t:.0f}s")
+    sens_row = {"kind": "sensitivity", "variant": "per-tensor sensitivity", "options": {
+        name: [(o.type, o.n_bytes, o.cost) for o in opts] for name, opts in sens.options.items()}}
+    say(sensitivity_table([sens_row], top=20))  # now: a run cut short still shows it
     for n in ((8,) if quick else CURVE_FRACTIONS):
         out = tmp / f"curve-mixed-{n}.gguf"
         try:
             recipe = plan_mixed(src, cal, target_mb=target_size_mb(f"FP32/{n}", src), sens=sens)
             apply_recipe(src, out, recipe, cal.imatrix)
             mix = _mix(recipe)
+            say(f"[curve] FP32/{n} plan: {mix}")
             add(f"liteinfer --mixed FP32/{n}", out, "mixed", {"target": n, "mix": mix})
-            if n in CURVE_GPTQ_AT and not quick:
+            if n in CURVE_GPTQ_RUN and not quick:
                 out = tmp / f"curve-mixed-{n}-gptq.gguf"
                 t = time.time()
                 apply_recipe(src, out, recipe, cal.imatrix, cal, gptq=True)
@@ -370,8 +376,7 @@ def curve_rows(quick: bool, tmp: Path, part: str) -> list[dict]:
                 add(f"liteinfer --mixed FP32/{n} +GPTQ", out, "mixed+gptq", {"target": n, "mix": mix})
         except Exception as e:  # e.g. a budget no plan fits: the row says so
             say(f"[curve] liteinfer --mixed FP32/{n}: FAILED {e}")
-    rows.append({"kind": "sensitivity", "variant": "per-tensor sensitivity", "options": {
-        name: [(o.type, o.n_bytes, o.cost) for o in opts] for name, opts in sens.options.items()}})
+    rows.append(sens_row)
     return rows
 
 
@@ -479,8 +484,14 @@ def main() -> int:
     ap.add_argument("--only", default=None, help=f"comma-separated sections ({', '.join(SECTIONS)})")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows as JSON")
     ap.add_argument("--reprint", type=Path, default=None, help="print the tables of a saved --json and exit")
+    ap.add_argument("--types", default=None, help="curve-types: the llama.cpp file types, e.g. q2_k,q2_0")
+    ap.add_argument("--gptq-at", default=None, help="curve-mixed: the FP32/N budgets with a +GPTQ row (default 8; '' none)")
     ap.add_argument("--fractions", default=None, help="curve-mixed: the FP32/N budgets, e.g. 8,9,10 (default 4..10)")
     args = ap.parse_args()
+    if args.types:
+        CURVE_TYPES_RUN[:] = args.types.split(",")
+    if args.gptq_at is not None:
+        CURVE_GPTQ_RUN[:] = [int(n) for n in args.gptq_at.split(",") if n]
     if args.fractions:
         CURVE_FRACTIONS[:] = [int(n) for n in args.fractions.split(",")]
     if args.reprint:

@@ -136,6 +136,22 @@ def test_target_size_fp32_fraction(work):
     assert bad.returncode != 0 and "--target-size" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_embedding_and_head_stay_at_4_bits_or_more(work):
+    """--mixed never gives the token embedding or the output head a type under 4 bits (the
+    proxy cost cannot see that the head's error reaches every logit), even when the budget is tight."""
+    from liteinfer.quant.gguf.quantize import bits_per_weight
+
+    d, _, src = work
+    out, recipe = d / "tight.gguf", d / "tight.recipe.json"
+    _ok("quantize", src, out, "--mixed", "--target-bpw", "3.6", "--calib", d / "calib.txt", "--save-recipe", recipe,
+        "--candidates", "q2_0,q8_0", "--sensitivity", "proxy", *FAST)
+    types = {t.name: t.type_name for t in read_tensors(out) if t.quantizable}
+    assert types["token_embd.weight"] == types["output.weight"] == "q8_0"
+    assert "q2_0" in types.values()  # the blocks paid for it
+    assert all(bits_per_weight(t) >= 4 for n, t in types.items() if not n.startswith("blk."))
+    assert model_bpw(read_tensors(out)) <= 3.6
+
+
 def test_types_gguf_py_lacks(work):
     """q2_0 (unknown to gguf-py 0.19) and mxfp4 quantize, read back through ggml's own
     dequantizer (equal to gguf-py's where gguf-py has the type), and run in the engine."""

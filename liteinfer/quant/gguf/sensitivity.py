@@ -32,6 +32,13 @@ from liteinfer.quant.gguf.quantize import bits_per_weight, quantize, read_dequan
 # other than a multiple of 256 can take (llama.cpp swaps k-quants there for q4_0/iq4_nl and up)
 DEFAULT_TYPES = ("q2_0", "q2_k", "q3_k", "mxfp4", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
 
+# The token embedding and the output head (one tensor when tied, as in SmolLM2) take no type under
+# 4 bits: the proxy cost is a relative error per tensor and does not see that the head's error goes
+# straight into every logit; measured on SmolLM2-135M at FP32/8, a plan that put the tied
+# embedding at q2_0 had top-1 accuracy 0 (docs/quantization.md).
+OUTSIDE_BLOCKS = ("token_embd.weight", "output.weight")
+OUTSIDE_MIN_BPW = 4.0
+
 
 @dataclass
 class Option:
@@ -101,6 +108,10 @@ def measure(src: Path, ref, windows: list[list[int]], imatrix: dict[str, np.ndar
                 sens.options.setdefault(name, []).append(Option(qtype, int(n_bytes), float(cost)))
                 bar.update(1)
     bar.close()
+    for name in OUTSIDE_BLOCKS:  # the embedding / output head: no type under 4 bits when there is one
+        keep = [o for o in sens.options.get(name, []) if bits_per_weight(o.type) >= OUTSIDE_MIN_BPW]
+        if keep:
+            sens.options[name] = keep
     return sens
 
 
