@@ -296,7 +296,7 @@ def _events(lines) -> list:
 
 
 def test_sigterm_drains_then_ends_streams_with_a_final_chunk(default_model_path, tmp_path):
-    drain_s = 8.0  # long enough for the short stream on a busy 2-core machine
+    drain_s = 20.0  # long enough for the short stream on a busy 2-core machine (8 s was not, at load 3-5)
     cfg = _config(tmp_path, server__drain_s=drain_s)
     srv = ServerProcess("-m", str(default_model_path), "--config", str(cfg), "--ctx", "4096")
     try:
