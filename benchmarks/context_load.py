@@ -124,7 +124,9 @@ def measure_long(targets: list[tuple[str, int, dict | None]], prompts: int, roun
             for label, port, extra in order:
                 body = {"messages": long_prompt(k, n_tokens), "max_tokens": max_tokens, "temperature": 0,
                         **(extra or {})}
-                res[label].append(asyncio.run(chat_once(port, body)))
+                x = asyncio.run(chat_once(port, body))
+                res[label].append(x)
+                print(f"  {label}: prompt {k}, TTFT {x.get('ttft', float('nan')):.2f} s", flush=True)
     rows = []
     for label, _, _ in targets:
         ok = [x for x in res[label] if "error" not in x]
