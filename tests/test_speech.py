@@ -121,6 +121,32 @@ def test_transcript_fields_words_and_english_only_language(stt):
         stt.transcribe(espeak_wav("Hallo"), language="de")
 
 
+def test_short_window_encodes_only_the_audio_and_keeps_timestamps_and_long_audio():
+    from liteinfer.engines.stt import WINDOW_FRAMES, short_window_frames, subtitles
+
+    assert short_window_frames(230, 400) == 700 and short_window_frames(2900, 400) == WINDOW_FRAMES
+    config = speech_config()
+    config.speech.stt_short_window, config.speech.stt_window_margin_s = True, 4.0
+    svc = SpeechService.open(config, "stt", "whisper-tiny.en")
+    try:
+        model = svc.engine.model
+        t = svc.transcribe(espeak_wav("Where did I leave my keys last night?"), words=True)
+        # the encoder got the clip's own frames + 4 s of silence, rounded up to a second: not 30 s
+        assert t.duration * 100 <= model.last_window <= t.duration * 100 + 400 + 100, model.last_window
+        words = [w.word.strip(".,?").lower() for w in t.words]
+        assert "keys" in words and "night" in words, t.text
+        assert [w.start for w in t.words] == sorted(w.start for w in t.words)
+        assert t.segments and t.segments[0].start >= 0 and t.segments[-1].end <= t.duration + 0.5
+        assert "keys" in subtitles(t.segments, "srt").lower()
+        # past 30 s faster-whisper's own 30 s windows: a sentence, 28 s of silence, a sentence
+        one = audio.decode(espeak_wav("The children are playing in the garden."))
+        long = np.concatenate([one, np.zeros(28 * audio.STT_RATE, np.float32), one])
+        t = svc.engine.transcribe(long)
+        assert model.last_window == WINDOW_FRAMES and t.text.lower().count("garden") == 2, t.text
+    finally:
+        svc.close()
+
+
 def test_silence_and_noise_transcribe_to_nothing(stt):
     # no words made up from silence or a faint hiss
     for x in (np.zeros(32000, np.float32), (np.random.RandomState(0).randn(32000) * 0.01).astype(np.float32)):
