@@ -44,16 +44,26 @@ POINTS = [  # single files off the curves: (row, label, where the label goes: bp
 CURVE_SECTION = "SmolLM2-135M size-accuracy curve"
 CURVE_SERIES = [  # (legend, style, colour, rows whose variant matches)
     ("llama.cpp file types +imatrix", "o-", "#ff7f0e", r"^llama\.cpp "),
-    ("liteinfer --mixed (llama.cpp rounding)", "^-", "#2ca02c", r"^liteinfer --mixed FP32/\d+$"),
+    ("liteinfer --mixed (embedding and head >= 6 bits)", "^-", "#2ca02c", r"^liteinfer --mixed FP32/\d+$"),
+    ("liteinfer --mixed, earlier floor (embedding >= 4 bits)", "v--", "#8c564b",
+     r"^liteinfer --mixed FP32/\d+ \(embedding >= 4 bits\)$"),
     ("liteinfer --mixed +GPTQ", "D", "#1f77b4", r"^liteinfer --mixed FP32/\d+ \+GPTQ$"),  # optional
 ]
+
+
+def _float(cell: str) -> float:
+    """A table number that may be written 2.3e+11."""
+    try:
+        return float(cell.strip("*"))
+    except ValueError:
+        return number(cell)
 
 
 def plot_curve(doc: str, output: str) -> int:
     tables = tables_after(Path(doc).read_text(), CURVE_SECTION)
     if not tables:
         raise SystemExit(f"no table in the '{CURVE_SECTION}' section")
-    rows = {r["variant"]: (number(r["size vs FP32"].split("/")[-1]), number(r["ppl x"]), number(r["top-1 acc x"]))
+    rows = {r["variant"]: (number(r["size vs FP32"].split("/")[-1]), _float(r["ppl x"]), _float(r["top-1 acc x"]))
             for r in tables[0] if r["variant"].startswith(("llama.cpp", "liteinfer"))}
     try:
         import matplotlib
@@ -66,7 +76,7 @@ def plot_curve(doc: str, output: str) -> int:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for label, style, colour, pattern in CURVE_SERIES:
         pts = sorted(v for k, v in rows.items() if re.search(pattern, k))
-        if not pts and "GPTQ" in label:
+        if not pts and ("GPTQ" in label or "earlier" in label):
             continue
         if not pts:
             raise SystemExit(f"no rows for {label!r} in the table")
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     "docs/img/quant_curve_smollm2.png)")
     ap.add_argument("--curve", action="store_true", help="the SmolLM2-135M size-accuracy curve")
     args = ap.parse_args(argv)
+    if not Path(args.doc).is_file():
+        raise SystemExit(f"doc not found: {args.doc}")
     if args.curve:
         return plot_curve(args.doc, args.output or str(ROOT / "docs/img/quant_curve_smollm2.png"))
     args.output = args.output or str(ROOT / "docs/img/quant_kld.png")
