@@ -27,7 +27,7 @@ def running(engine):
     """A scheduler on a 2-core share, generating one long answer in its own thread."""
     if engine.n_threads < 2:
         pytest.skip("the engine runs on one thread here")
-    threads = engine.n_threads
+    threads, prefix_cache = engine.n_threads, engine.prefix_cache  # the scheduler sets both
     made = []
 
     def start(max_pause_s: float):
@@ -44,9 +44,12 @@ def running(engine):
 
     yield start
     for sched, req in made:
-        req.cancelled = True
+        req.cancelled = True  # the scheduler ends it at its next step and frees its KV cells
+        _until(lambda s=sched: not s.running and not s.waiting, timeout=60)
         sched.stop()
     engine.set_threads(threads)
+    engine.prefix_cache = prefix_cache
+    assert engine.n_active == 0  # the session's engine is left as it was found
 
 
 def test_llm_steps_wait_while_speech_holds_every_core(running, engine):
